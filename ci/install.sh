@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs everything vhostnet's demo and tests need, idempotently and quickly when done:
+# Debian packages (QEMU, busybox, cpio, tshark, iproute2), the Python package with its test
+# extras in .venv (compiling the cffi helpers), and the guest kernel + initramfs (cached
+# outside git by ci/guest/build.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(qemu-system-x86 busybox-static cpio tshark iproute2 kmod iperf3 curl docker-compose)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "install: apt packages: ${missing[*]}"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "install: creating .venv"
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.vhostnet-install-stamp
+want=$(cat pyproject.toml setup.py netstack/_fast_build.py vhostuser/_fast_build.py | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c "import netstack._fast, vhostuser._fast" 2>/dev/null; then
+    echo "install: pip install -e .[test] (builds the cffi helpers)"
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+    .venv/bin/python -c "import netstack._fast, vhostuser._fast"
+    echo "$want" > "$stamp"
+fi
+
+.venv/bin/python ci/guest/build.py --quiet
