@@ -293,7 +293,10 @@ class Ipv4Repr:
 
     def emit(self, packet: Ipv4Packet, fill_checksum: bool = True) -> None:
         """Write the 20-byte header; the payload starts at HEADER_LEN. With
-        `fill_checksum=False` the checksum field is written as zero (offload)."""
+        `fill_checksum=False` the checksum field is written as zero (offload).
+        Raises ValueError if the payload cannot fit in one datagram."""
+        if not 0 <= self.payload_len <= MAX_TOTAL_LEN - HEADER_LEN:
+            raise ValueError(f"ipv4: payload of {self.payload_len} bytes does not fit")
         _HEADER.pack_into(
             packet.buffer,
             0,

@@ -161,3 +161,17 @@ def test_emit_parse_round_trip(op, sha, spa, tha, tpa):
     out = _emit_twice(r)
     assert ArpRepr.parse(ArpPacket.new_checked(out)) == r
     assert ARP(out).op == op
+
+
+def test_packet_reads_any_address_sizes():
+    # hardware 8 bytes, protocol 16 bytes (as for an IPv6-over-something ARP): 8 + 2 × 24
+    sha, spa, tha, tpa = b"S" * 8, b"s" * 16, b"T" * 8, b"t" * 16
+    data = b"\x00\x06\x86\xdd\x08\x10\x00\x01" + sha + spa + tha + tpa
+    pkt = ArpPacket.new_checked(data)
+    assert pkt.header_len == 56
+    assert (pkt.source_hardware_addr, pkt.source_protocol_addr) == (sha, spa)
+    assert (pkt.target_hardware_addr, pkt.target_protocol_addr) == (tha, tpa)
+    with pytest.raises(Error):
+        ArpRepr.parse(pkt)  # readable, but not Ethernet/IPv4
+    with pytest.raises(Error):
+        ArpPacket.new_checked(data[:-1])

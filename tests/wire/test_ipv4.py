@@ -304,3 +304,9 @@ def test_cidr():
     assert Ipv4Cidr(IPv4Address("10.0.0.1"), 0).contains(IPv4Address("200.1.1.1"))
     with pytest.raises(ValueError):
         Ipv4Cidr(IPv4Address("10.0.0.1"), 33)
+
+
+def test_emit_refuses_a_payload_that_cannot_fit():
+    r = Ipv4Repr(IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2"), IpProtocol.UDP, 65516)
+    with pytest.raises(ValueError):
+        r.emit(Ipv4Packet(bytearray(HEADER_LEN)))
