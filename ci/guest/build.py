@@ -109,6 +109,8 @@ def find_kernel_package(log: Log) -> tuple[str, str]:
     """(package, version) of the current cloud kernel; runs apt-get update if unknown."""
 
     def lookup() -> tuple[str, str] | None:
+        if shutil.which("apt-cache") is None:
+            raise BuildError("apt-cache not found: the guest is built from Debian packages")
         proc = subprocess.run(
             ["apt-cache", "depends", KERNEL_META_PACKAGE], capture_output=True, text=True
         )
@@ -296,6 +298,8 @@ def build(out: Path, *, force: bool, log: Log) -> Path:
                 return out
 
         log(f"building guest image {digest} from {pkg} {version}")
+        for stale in out.glob(".build-*"):  # left by a build that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         manifest_path.unlink(missing_ok=True)
         with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp:
             work = Path(tmp)
