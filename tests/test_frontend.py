@@ -920,3 +920,63 @@ def test_reset_device_then_restart(pair):
     fe.send_frame(frame_of(60))
     assert dev.loopback() == 1
     assert fe.recv_frames(0.5) == [frame_of(60)]
+
+
+def test_reset_and_close_give_memory_back(pair):
+    fe, dev = started(pair)
+    free = fe.mem.free_bytes
+    fe.post_rx_buffers(4)
+    fe.send_frame(frame_of(60), indirect=True)
+    fe.reset_device()  # rings, RX buffers, TX buffers and the indirect table all freed
+    assert fe.mem.free_bytes > free
+    fe.start()
+    assert fe.mem.free_bytes == free
+    fe.wait_tx_done(0.1)  # nothing in flight, nothing to kick
+    assert fe.counters.kicks_suppressed == 0
+
+
+def test_tx_buffer_straddling_regions(pair):
+    mem = GuestMemoryArea([(0, 1 * MiB), (1 * MiB, 1 * MiB)], mmap_offset=4096)
+    try:
+        fe, dev = started(pair, memory=mem)
+        data = bytes(12) + frame_of(100)
+        gpa = mem.alloc_at(MiB - 50, len(data))
+        mem.write(gpa, data)
+        vq = fe.tx_vq()
+        vq.add_chain([(gpa, len(data))])
+        vq.publish_and_kick()
+        ((seen, chain),) = dev.tx()
+        assert seen == data and chain == [(gpa, len(data), False)]
+        assert vq.reap() == [(0, 0)]
+        mem.free(gpa)
+    finally:
+        fe.close()
+        mem.close()
+
+
+def test_connect_by_socket_path(tmp_path):
+    path = str(tmp_path / "vhost.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    fe = NetFrontend(path, queue_size=8, timeout=0.5)
+    accepted: list[FakeBackend] = []
+    t = threading.Thread(target=lambda: accepted.append(FakeBackend(listener.accept()[0])))
+    t.start()
+    try:
+        fe.connect()
+        fe.start()
+        fe.post_rx_buffers(2)
+        fe.send_frame(frame_of(60))
+        fe.get_features()
+        t.join(1)
+        assert accepted[0].loopback() == 1
+        assert fe.recv_frames(0.5) == [frame_of(60)]
+    finally:
+        fe.close()
+        t.join(1)
+        for dev in accepted:
+            dev.close()
+        listener.close()
+    with pytest.raises(FrontendError, match="cannot connect"):
+        NetFrontend(path).connect()

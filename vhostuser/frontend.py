@@ -613,11 +613,25 @@ class Virtqueue:
         except BlockingIOError:
             return 0
 
-    def close(self) -> None:
+    def close(self) -> list[object]:
+        """Close the eventfds and give the ring memory (and outstanding indirect tables)
+        back to the allocator. Returns the tokens of chains still outstanding, for their
+        owner to free the buffers."""
         for fd in (self.kick_fd, self.call_fd):
             if fd >= 0:
                 os.close(fd)
         self.kick_fd = self.call_fd = -1
+        tokens = [c.token for c in self.chains.values()]
+        if self.mem.regions:  # memory not already torn down
+            for c in self.chains.values():
+                if c.indirect_table is not None:
+                    self.mem.free(c.indirect_table)
+            for gpa in (self.desc_gpa, self.avail_gpa, self.used_gpa):
+                self.mem.free(gpa)
+        self.chains = {}
+        self.pending = []
+        self.free_heads = []
+        return tokens
 
 
 # ---------------------------------------------------------------------------------------
@@ -983,9 +997,12 @@ class VhostUserFrontend:
     # -- teardown -----------------------------------------------------------------------
     def _drop_vqs(self) -> None:
         for vq in self.vqs:
-            vq.close()
+            self._free_tokens(vq, vq.close())
         self.vqs = []
         self.vring_bases = {}
+
+    def _free_tokens(self, vq: Virtqueue, tokens: list[object]) -> None:
+        """Free the buffers behind chains dropped unused (subclasses know what tokens are)."""
 
     def close(self) -> None:
         """Close the socket and the eventfds; unmap guest memory when we created it."""
@@ -1052,6 +1069,17 @@ class NetFrontend(VhostUserFrontend):
             return NET_HDR_LEN
         return NET_HDR_LEN_LEGACY
 
+    def _free_tokens(self, vq: Virtqueue, tokens: list[object]) -> None:
+        if not self.mem.regions:
+            return
+        for token in tokens:
+            if vq.index % 2 == 0:  # RX: (gpa, size)
+                self.mem.free(token[0])  # type: ignore[index]
+            else:  # TX: [gpa, ...]
+                for gpa in token:  # type: ignore[union-attr]
+                    self.mem.free(gpa)
+        self._rx_partial.pop(vq.index // 2, None)
+
     def rx_vq(self, queue_pair: int = 0) -> Virtqueue:
         return self.vq(2 * queue_pair)
 
@@ -1059,6 +1087,8 @@ class NetFrontend(VhostUserFrontend):
         return self.vq(2 * queue_pair + 1)
 
     def _kick(self, vq: Virtqueue) -> None:
+        if not vq.pending:
+            return
         if vq.publish_and_kick():
             self.counters.kicks += 1
         else:
@@ -1225,6 +1255,8 @@ class NetFrontend(VhostUserFrontend):
         """Wait until the device has used every TX chain (of one or all queue pairs).
         Raises FrontendError naming what is still in flight on timeout."""
         qps = range(self.queue_pairs) if queue_pair is None else [queue_pair]
+        for qp in qps:
+            self.flush_tx(qp)
         deadline = time.monotonic() + timeout
         while True:
             for qp in qps:
