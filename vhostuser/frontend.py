@@ -37,7 +37,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from vhostuser._fast import lib as _fast
 from vhostuser.errors import ProtocolError, VhostUserError
@@ -1048,7 +1048,6 @@ class NetCounters:
     calls: int = 0  # call eventfd signals seen
     kicks: int = 0
     kicks_suppressed: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class NetFrontend(VhostUserFrontend):
