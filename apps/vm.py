@@ -363,7 +363,9 @@ class QemuVM:
     def stop(self, timeout: float = 10) -> int | None:
         """Power the guest off through the console; kill QEMU if it is not gone in time."""
         proc = self._proc
-        if proc is not None and proc.poll() is None:
+        # Before the ready marker nobody reads the console (e.g. QEMU still waits for the
+        # vhost-user backend to connect), so asking politely would only cost the timeout.
+        if proc is not None and proc.poll() is None and self.boot_ms is not None:
             try:
                 self._write(b"\npoweroff -f\n")
                 proc.wait(timeout)
