@@ -1,0 +1,143 @@
+"""The `vhostnet` command line: serve a QEMU VM's NIC, and the tools around it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from vhostuser.backend import DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES, BackendConfig
+from vhostuser.features import Feature
+from vhostuser.protocol import ProtocolFeature, feature_names
+
+log = logging.getLogger("vhostnet")
+
+QEMU_HINT = """\
+Attach a QEMU VM to this backend with:
+
+  qemu-system-x86_64 ... \\
+    -object memory-backend-memfd,id=mem,size=256M,share=on -machine memory-backend=mem \\
+    -chardev socket,id=c0,path={path}{chardev_mode} \\
+    -netdev vhost-user,id=n0,chardev=c0{queues} \\
+    -device virtio-net-pci,netdev=n0,vectors=0{mq}
+
+(share=on memory is required: we map the guest's RAM. vectors=0 keeps the NIC on INTx:
+QEMU 7.2 under TCG crashes in msix_set_vector_notifiers with MSI-X; with KVM or newer QEMU
+you may drop it.)"""
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--socket-path", metavar="PATH",
+                      help="listen on this unix socket; QEMU connects to it "
+                           "(-chardev socket,path=PATH,reconnect=1). Default: ./vhostnet.sock")
+    mode.add_argument("--connect", metavar="PATH",
+                      help="connect to QEMU listening on PATH (-chardev socket,server=on); "
+                           "retried until it is there and after it restarts")
+    mode.add_argument("--fd", type=int, metavar="N",
+                      help="use inherited fd N (a listening or connected unix socket)")
+    p.add_argument("--queues", type=int, default=1, metavar="N",
+                   help="queue pairs offered to the guest (multiqueue, default 1)")
+    p.add_argument("--mtu", type=int, default=1500, help="MTU offered to the guest (default 1500)")
+    p.add_argument("--print-capabilities", action="store_true",
+                   help="print the backend capabilities as JSON and exit")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="default: info")
+
+
+def _capabilities() -> dict:
+    return {
+        "type": "net",
+        "features": feature_names(DEFAULT_FEATURES, Feature),
+        "protocol-features": feature_names(DEFAULT_PROTOCOL_FEATURES, ProtocolFeature),
+    }
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    if args.print_capabilities:
+        print(json.dumps(_capabilities(), indent=2))
+        return 0
+    _setup_logging(args.log_level)
+    from vhostuser.server import RawFrameApp, VhostUserServer, install_signal_handlers
+
+    if not 1 <= args.queues <= 127:
+        print("vhostnet: --queues must be 1..127", file=sys.stderr)
+        return 2
+    config = BackendConfig(queue_pairs=args.queues, mtu=args.mtu)
+
+    def show(frame: bytes, device) -> None:
+        if args.log_frames:
+            log.info("guest sent %d bytes: %s", len(frame), frame[:34].hex())
+
+    app = RawFrameApp(show)
+    path = args.socket_path
+    if args.fd is None and args.connect is None and path is None:
+        path = "vhostnet.sock"
+    try:
+        server = VhostUserServer(socket_path=path, connect_path=args.connect, fd=args.fd,
+                                 config=config, app=app)
+    except OSError as e:
+        print(f"vhostnet: cannot serve: {e}", file=sys.stderr)
+        return 1
+    install_signal_handlers(server)
+    if path:
+        print(QEMU_HINT.format(path=os.path.abspath(path), chardev_mode=",reconnect=1",
+                               queues=f",queues={args.queues}" if args.queues > 1 else "",
+                               mq=",mq=on" if args.queues > 1 else ""), flush=True)
+    elif args.connect:
+        print(QEMU_HINT.format(path=os.path.abspath(args.connect),
+                               chardev_mode=",server=on,wait=off",
+                               queues=f",queues={args.queues}" if args.queues > 1 else "",
+                               mq=",mq=on" if args.queues > 1 else ""), flush=True)
+    log.info("serving vhost-user net on %s", path or args.connect or f"fd {args.fd}")
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vhostnet",
+        description="A vhost-user virtio-net backend with its own TCP/IP stack: QEMU's NIC "
+                    "is served by this process.",
+        epilog="Run `vhostnet COMMAND --help` for the options of each command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve", help="serve a VM's NIC over vhost-user",
+        description="Serve a QEMU VM's virtio-net NIC over vhost-user. Prints the QEMU "
+                    "options to paste. SIGTERM/SIGINT stop it and remove the socket file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  vhostnet serve --socket-path /tmp/vhostnet.sock\n"
+               "  qemu-system-x86_64 ... -chardev socket,id=c0,path=/tmp/vhostnet.sock,"
+               "reconnect=1 \\\n    -netdev vhost-user,id=n0,chardev=c0 "
+               "-device virtio-net-pci,netdev=n0,vectors=0",
+    )
+    _add_backend_args(serve)
+    serve.add_argument("--log-frames", action="store_true",
+                       help="log a line for every frame the guest sends")
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

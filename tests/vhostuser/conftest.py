@@ -1,0 +1,103 @@
+"""Fixtures: our back-end (VhostUserServer in a thread) and the Python front-end that
+drives it over a real unix socket with real shared memory."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import pytest
+
+from vhostuser.backend import BackendConfig
+from vhostuser.frontend import NetFrontend
+from vhostuser.server import VhostUserServer
+
+
+class RecordingApp:
+    """Records every frame the guest sends; sends frames queued by the test thread.
+    With `echo=True` every guest frame is sent straight back."""
+
+    def __init__(self, echo: bool = False) -> None:
+        self.echo = echo
+        self.device = None
+        self.frames: queue.Queue[bytes] = queue.Queue()
+        self.to_guest: queue.Queue[bytes] = queue.Queue()
+        self.attached = threading.Event()
+
+    def attach(self, device) -> None:
+        self.device = device
+        self.attached.set()
+
+    def detach(self) -> None:
+        self.device = None
+        self.attached.clear()
+
+    def poll(self, now: float):
+        dev = self.device
+        if dev is None:
+            return None
+        while True:
+            try:
+                frame = self.to_guest.get_nowait()
+            except queue.Empty:
+                break
+            dev.send(frame)
+
+        def got(frame) -> None:
+            data = bytes(frame)
+            self.frames.put(data)
+            if self.echo:
+                dev.send(data)
+
+        dev.drain_tx(got, limit=256)
+        return None
+
+    def received(self, n: int, timeout: float = 5.0) -> list[bytes]:
+        out = []
+        for _ in range(n):
+            out.append(self.frames.get(timeout=timeout))
+        return out
+
+
+class ServerThread:
+    def __init__(self, path: str, config: BackendConfig | None = None, echo: bool = False):
+        self.app = RecordingApp(echo=echo)
+        self.server = VhostUserServer(socket_path=path, config=config, app=self.app)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def inject(self, frame: bytes) -> None:
+        self.app.to_guest.put(frame)
+        self.server.wake()
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.thread.join(5)
+        assert not self.thread.is_alive(), "server thread did not stop"
+        self.server.close()
+
+
+@pytest.fixture
+def sock_path(tmp_path):
+    return str(tmp_path / "vhost.sock")
+
+
+@pytest.fixture
+def server(sock_path):
+    s = ServerThread(sock_path)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def echo_server(sock_path):
+    s = ServerThread(sock_path, echo=True)
+    yield s
+    s.stop()
+
+
+def make_frontend(path: str, **kw) -> NetFrontend:
+    fe = NetFrontend(path, **kw)
+    fe.connect()
+    fe.start()
+    return fe

@@ -1,0 +1,415 @@
+"""The runtime of the back-end: sockets, eventfds, signals and one selector loop.
+
+Everything protocol-shaped lives in backend.py (sans-I/O); this module only moves bytes
+and fds between the unix socket and `VhostUserBackend.handle`, waits on kick eventfds,
+and calls the application (`App`) whenever there may be work: after kicks, on its timer,
+or when another thread calls `wake()`.
+
+Connection modes (vhost-user "backend program conventions"): listen on `socket_path`
+(QEMU connects, `reconnect=1` brings it back after we restart), `connect_path` (QEMU
+listens with `server=on`; we retry until it is there and again after it goes away), or an
+inherited `fd` (a listening or a connected socket). One device per connection; on
+disconnect everything is torn down and the next connection is served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from vhostuser.backend import BackendConfig, VhostUserBackend
+from vhostuser.errors import ProtocolError
+from vhostuser.net import VirtioNetDevice
+from vhostuser.protocol import MAX_FDS, MessageDecoder
+from vhostuser.virtqueue import Virtqueue
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.001  # for rings the front-end asked us to poll (no kick fd)
+RECONNECT_INTERVAL = 0.5
+
+
+class App(Protocol):
+    """What runs on top of the device: the TCP/IP stack, or a raw-frame handler."""
+
+    def attach(self, device: VirtioNetDevice) -> None: ...
+
+    def detach(self) -> None: ...
+
+    def poll(self, now: float) -> float | None:
+        """Do all pending work; return the next deadline (monotonic seconds) or None."""
+        ...
+
+
+class RawFrameApp:
+    """The simplest App: hands every frame the guest sends to `handler(frame, device)`,
+    which may answer with `device.send(...)`. Used by `vhostnet serve --raw` and tests."""
+
+    def __init__(self, handler: Callable[[bytes, VirtioNetDevice], None] | None = None):
+        self.handler = handler
+        self.device: VirtioNetDevice | None = None
+        self.frames = 0
+
+    def attach(self, device: VirtioNetDevice) -> None:
+        self.device = device
+
+    def detach(self) -> None:
+        self.device = None
+
+    def poll(self, now: float) -> float | None:
+        dev = self.device
+        if dev is None:
+            return None
+
+        def one(frame: memoryview) -> None:
+            self.frames += 1
+            if self.handler is not None:
+                self.handler(bytes(frame), dev)
+
+        dev.drain_tx(one, limit=512)
+        return None
+
+
+class Connection:
+    """One front-end connection and the device it drives."""
+
+    def __init__(self, sock: socket.socket, config: BackendConfig) -> None:
+        self.sock = sock
+        sock.setblocking(False)
+        self.decoder = MessageDecoder()
+        self.backend = VhostUserBackend(config)
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def on_readable(self) -> bool:
+        """Read and handle every complete message; False when the connection is over."""
+        while True:
+            try:
+                data, fds, flags, _ = socket.recv_fds(self.sock, self.decoder.pending, MAX_FDS)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError as e:
+                log.info("front-end connection error: %s", e)
+                return False
+            if flags & getattr(socket, "MSG_CTRUNC", 8):
+                for fd in fds:
+                    os.close(fd)
+                log.error("front-end sent more than %d fds with one message; closing",
+                          MAX_FDS)
+                return False
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                if self.decoder.mid_message:
+                    log.warning("front-end closed the connection in the middle of a message")
+                else:
+                    log.info("front-end closed the connection")
+                return False
+            try:
+                for msg in self.decoder.feed(data, fds):
+                    log.debug("<- %s flags=%#x size=%d fds=%d", msg.name, msg.flags,
+                              len(msg.payload), len(msg.fds))
+                    reply = self.backend.handle(msg)
+                    if reply is not None:
+                        self._send(reply.encode())
+            except ProtocolError as e:
+                log.error("vhost-user protocol violation, closing the connection: %s", e)
+                return False
+
+    def _send(self, data: bytes) -> None:
+        self.sock.setblocking(True)
+        self.sock.settimeout(2.0)
+        try:
+            self.sock.sendall(data)
+        finally:
+            self.sock.setblocking(False)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.decoder.close()
+            self.backend.close()
+            self.sock.close()
+
+
+class VhostUserServer:
+    """Serve vhost-user net devices, one connection at a time, until `stop()`."""
+
+    def __init__(
+        self,
+        *,
+        socket_path: str | None = None,
+        connect_path: str | None = None,
+        fd: int | None = None,
+        config: BackendConfig | None = None,
+        app: App | None = None,
+    ) -> None:
+        if sum(x is not None for x in (socket_path, connect_path, fd)) != 1:
+            raise ValueError("give exactly one of socket_path, connect_path or fd")
+        self.socket_path = socket_path
+        self.connect_path = connect_path
+        self.config = config or BackendConfig()
+        self.app: App = app or RawFrameApp()
+        self.sel = selectors.DefaultSelector()
+        self.listener: socket.socket | None = None
+        self.conn: Connection | None = None
+        self._inherited_fd = fd
+        self._watched_kicks: dict[int, Virtqueue] = {}
+        self._stop = False
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.sel.register(self._wake_fd, selectors.EVENT_READ, self._on_wake)
+        self._next_connect = 0.0
+        self._work = True
+        self.connections_served = 0
+        self.on_connect: Callable[[Connection], None] | None = None
+        self.on_disconnect: Callable[[Connection], None] | None = None
+        self._lock = threading.Lock()
+        self._setup()
+
+    # -- setup -----------------------------------------------------------------------
+    def _setup(self) -> None:
+        if self.socket_path is not None:
+            self.listener = self._listen(self.socket_path)
+        elif self._inherited_fd is not None:
+            s = socket.socket(fileno=self._inherited_fd)
+            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                self.listener = s
+            else:
+                self._adopt(s)
+        if self.listener is not None:
+            self.listener.setblocking(False)
+            self.sel.register(self.listener, selectors.EVENT_READ, self._on_accept)
+
+    @staticmethod
+    def _listen(path: str) -> socket.socket:
+        if os.path.exists(path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except ConnectionRefusedError:
+                os.unlink(path)  # stale socket file of a process that died
+            except OSError:
+                os.unlink(path)
+            else:
+                probe.close()
+                raise OSError(errno.EADDRINUSE, f"another process serves {path}")
+            finally:
+                probe.close()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(path)
+        s.listen(4)
+        return s
+
+    # -- connections -----------------------------------------------------------------
+    def _adopt(self, sock: socket.socket) -> None:
+        conn = Connection(sock, self.config)
+        conn.backend.on_started = self._queue_started
+        self.conn = conn
+        self.connections_served += 1
+        self.sel.register(conn.sock, selectors.EVENT_READ, self._on_conn)
+        self.app.attach(conn.backend.net)
+        log.info("front-end connected")
+        if self.on_connect is not None:
+            self.on_connect(conn)
+
+    def _drop(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        self.conn = None
+        for fd in list(self._watched_kicks):
+            self.sel.unregister(fd)
+        self._watched_kicks.clear()
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(conn.sock)
+        self.app.detach()
+        conn.close()
+        log.info("front-end disconnected; device torn down")
+        if self.on_disconnect is not None:
+            self.on_disconnect(conn)
+        self._next_connect = time.monotonic() + RECONNECT_INTERVAL
+        # the next waiting front-end is accepted on the next loop turn
+
+    def _on_accept(self) -> None:
+        if self.conn is not None:
+            return  # one device at a time; the next waits in the backlog
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        self._adopt(sock)
+
+    def _try_connect(self, now: float) -> None:
+        if self.conn is not None or self.connect_path is None or now < self._next_connect:
+            return
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(self.connect_path)
+        except OSError as e:
+            s.close()
+            self._next_connect = now + RECONNECT_INTERVAL
+            log.debug("connect %s: %s (retrying)", self.connect_path, e)
+            return
+        self._adopt(s)
+
+    def _on_conn(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            alive = conn.on_readable()
+        except Exception:  # a bug in our handler must not take the process down
+            log.exception("internal error handling a vhost-user message; closing")
+            alive = False
+        if not alive:
+            self._drop()
+            return
+        self._sync_kicks()
+        self._work = True
+
+    def _sync_kicks(self) -> None:
+        want = self.conn.backend.watch_fds() if self.conn else {}
+        for fd in list(self._watched_kicks):
+            if fd not in want or want[fd] is not self._watched_kicks[fd]:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.sel.unregister(fd)
+                del self._watched_kicks[fd]
+        for fd, q in want.items():
+            if fd not in self._watched_kicks:
+                try:
+                    self.sel.register(fd, selectors.EVENT_READ, self._kick_cb(q))
+                except (OSError, ValueError) as e:
+                    log.warning("queue %d: kick fd %d cannot be watched: %s", q.index, fd, e)
+                    continue
+                self._watched_kicks[fd] = q
+
+    def _kick_cb(self, q: Virtqueue) -> Callable[[], None]:
+        def cb() -> None:
+            try:
+                os.eventfd_read(q.kick_fd)
+            except (BlockingIOError, OSError, TypeError):
+                pass
+            if self.conn is not None:
+                self.conn.backend.kicked(q)
+            self._work = True
+
+        return cb
+
+    def _queue_started(self, q: Virtqueue) -> None:
+        self._work = True
+
+    def _on_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._wake_fd)
+        self._work = True
+
+    # -- the loop --------------------------------------------------------------------
+    def wake(self) -> None:
+        """Ask the loop to call the app soon (thread-safe)."""
+        with contextlib.suppress(OSError):
+            os.eventfd_write(self._wake_fd, 1)
+
+    def stop(self) -> None:
+        self._stop = True
+        self.wake()
+
+    @property
+    def device(self) -> VirtioNetDevice | None:
+        return self.conn.backend.net if self.conn else None
+
+    def _service(self, now: float) -> float | None:
+        """Run the app and move frames until nothing is left; return its deadline."""
+        conn = self.conn
+        if conn is None:
+            return self.app.poll(now)
+        net = conn.backend.net
+        deadline = None
+        for _ in range(64):  # bounded, so a busy guest cannot starve the socket
+            net.flush_backlog()
+            deadline = self.app.poll(now)
+            net.flush()
+            more = False
+            for q in conn.backend.queues:
+                if q.ready and q.enable_notification() and (q.index % 2 == 1 or net._backlog):
+                    more = True
+            if not more:
+                break
+            now = time.monotonic()
+        return deadline
+
+    def run_once(self, timeout: float | None = None) -> None:
+        now = time.monotonic()
+        deadline = None
+        if self._work:
+            self._work = False
+            try:
+                deadline = self._service(now)
+            except Exception:  # a bug on the data path: drop this device, keep serving
+                log.exception("internal error on the data path; closing the connection")
+                self._drop()
+        self._try_connect(now)
+        waits = [timeout] if timeout is not None else []
+        if deadline is not None:
+            waits.append(max(0.0, deadline - time.monotonic()))
+        if self.conn is not None and self.conn.backend.polled_queues():
+            waits.append(POLL_INTERVAL)
+            self._work = True
+        if self.connect_path is not None and self.conn is None:
+            waits.append(max(0.0, self._next_connect - now))
+        if self.listener is not None and self.conn is None:
+            waits.append(0.5)
+        wait = min(waits) if waits else None
+        for key, _ in self.sel.select(wait):
+            key.data()
+        if deadline is not None and time.monotonic() >= deadline:
+            self._work = True
+        if self.conn is None and self.listener is not None:
+            self._on_accept()
+
+    def serve_forever(self) -> None:
+        while not self._stop:
+            self.run_once()
+
+    def close(self) -> None:
+        self._drop()
+        if self.listener is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(self.listener)
+            self.listener.close()
+            self.listener = None
+            if self.socket_path and os.path.exists(self.socket_path):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.socket_path)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(self._wake_fd)
+        with contextlib.suppress(OSError):
+            os.close(self._wake_fd)
+        self.sel.close()
+
+    def __enter__(self) -> VhostUserServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def install_signal_handlers(server: VhostUserServer) -> None:
+    """SIGTERM/SIGINT end `serve_forever` promptly (the loop wakes on its eventfd)."""
+
+    def handler(signum, frame) -> None:
+        log.info("signal %d: shutting down", signum)
+        server.stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

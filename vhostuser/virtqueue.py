@@ -1,0 +1,329 @@
+"""The device side of a split virtqueue (virtio 1.2 §2.7), hardened against the driver.
+
+The driver (guest) owns the descriptor table and the avail ring; we own the used ring.
+Everything we read from guest memory is checked before use, and each descriptor is read
+once into a local tuple (the guest may rewrite it behind our back). A rule broken by the
+driver raises RingError inside `pop()`; the queue is marked broken, stops, and the
+caller reports it (err eventfd, DEVICE_NEEDS_RESET) — it never crashes or loops.
+
+Ring states follow vhost-user: a queue is *started* by the first kick (or at once when the
+front-end asks for polling) and stopped by GET_VRING_BASE; *enabled* by SET_VRING_ENABLE.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass, field
+
+from vhostuser.errors import GuestMemoryError, RingError
+from vhostuser.features import (
+    VIRTQ_AVAIL_F_NO_INTERRUPT,
+    VIRTQ_DESC_F_INDIRECT,
+    VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_WRITE,
+    VIRTQ_USED_F_NO_NOTIFY,
+)
+from vhostuser.memory import GuestMemory
+from vhostuser.protocol import VringAddr
+
+try:
+    from vhostuser._fast import lib as _lib
+
+    fence = _lib.vu_fence
+except ImportError:  # pragma: no cover - only without the C build
+    import threading
+
+    _fence_lock = threading.Lock()
+
+    def fence() -> None:
+        """A locked instruction (the lock's cmpxchg) is a full barrier on x86."""
+        with _fence_lock:
+            pass
+
+
+log = logging.getLogger(__name__)
+
+DESC = struct.Struct("<QIHH")  # addr, len, flags, next
+DESC_SIZE = 16
+USED_ELEM = struct.Struct("<II")
+U16 = struct.Struct("<H")
+MAX_QUEUE_SIZE = 32768  # virtio: Queue Size ≤ 32768
+
+
+def vring_need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:
+    """virtio §2.7.10: notify iff event_idx lies in [old_idx, new_idx)."""
+    return ((new_idx - event_idx - 1) & 0xFFFF) < ((new_idx - old_idx) & 0xFFFF)
+
+
+@dataclass(slots=True)
+class Chain:
+    """One popped descriptor chain: `readable`/`writable` are (guest address, length)
+    pairs in order. `head` goes back in the used ring."""
+
+    head: int
+    readable: list[tuple[int, int]] = field(default_factory=list)
+    writable: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def readable_len(self) -> int:
+        return sum(n for _, n in self.readable)
+
+    @property
+    def writable_len(self) -> int:
+        return sum(n for _, n in self.writable)
+
+
+@dataclass(slots=True)
+class QueueStats:
+    popped: int = 0
+    used: int = 0
+    notified: int = 0
+    kicks: int = 0
+    errors: int = 0
+
+
+class Virtqueue:
+    """One split virtqueue seen from the device."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.size = 0
+        self.addr: VringAddr | None = None
+        self.last_avail_idx = 0
+        self.used_idx = 0
+        self.kick_fd: int | None = None
+        self.call_fd: int | None = None
+        self.err_fd: int | None = None
+        self.polling = False  # SET_VRING_KICK with the no-fd bit: we poll, no kicks
+        self.started = False
+        self.enabled = False
+        self.broken = False
+        self.event_idx = False
+        self.indirect = False
+        self.stats = QueueStats()
+        self._memory: GuestMemory | None = None
+        self._mem_gen = -1
+        self._desc: memoryview | None = None
+        self._avail: memoryview | None = None  # cast to u16
+        self._used: memoryview | None = None  # raw bytes
+        self._shadow_avail = 0
+        self._signalled_used: int | None = None
+        self._pending = 0  # used entries pushed but not yet published
+
+    # -- configuration -------------------------------------------------------------
+    @property
+    def configured(self) -> bool:
+        return self.size > 0 and self.addr is not None
+
+    @property
+    def mapped(self) -> bool:
+        return self._desc is not None
+
+    @property
+    def ready(self) -> bool:
+        """Started, mapped and healthy: may be processed."""
+        return self.started and not self.broken and self._desc is not None
+
+    def map(self, memory: GuestMemory) -> None:
+        """Translate the ring addresses into views of guest memory. Raises
+        GuestMemoryError (the ring stays unmapped) when they are not all inside one region
+        each, or RingError when misaligned."""
+        if self._pending:
+            self.publish()
+        self.unmap()
+        if not self.configured:
+            return
+        a, n = self.addr, self.size
+        assert a is not None
+        if a.desc % 16 or a.avail % 2 or a.used % 4:
+            raise RingError(f"queue {self.index}: misaligned ring addresses")
+        desc = memory.uva(a.desc, DESC_SIZE * n)
+        avail = memory.uva(a.avail, 6 + 2 * n)
+        used = memory.uva(a.used, 6 + 8 * n)
+        self._desc, self._avail, self._used = desc, avail.cast("H"), used
+        self._memory = memory
+        self._mem_gen = memory.generation
+        self._shadow_avail = self.last_avail_idx
+        # the driver saw exactly what the used ring says (we may be a restarted backend)
+        self.used_idx = U16.unpack_from(used, 2)[0]
+
+    def unmap(self) -> None:
+        for v in (self._desc, self._avail, self._used):
+            if v is not None:
+                v.release()
+        self._desc = self._avail = self._used = None
+        self._memory = None
+
+    def is_stale(self, memory: GuestMemory) -> bool:
+        return self._desc is not None and self._mem_gen != memory.generation
+
+    def reset(self) -> None:
+        """Back to the initial state (RESET_DEVICE, disconnect). Fds are the caller's."""
+        self.unmap()
+        self.size = 0
+        self.addr = None
+        self.last_avail_idx = self.used_idx = 0
+        self.started = self.enabled = self.broken = self.polling = False
+        self._signalled_used = None
+        self._pending = 0
+        self._shadow_avail = 0
+
+    def set_base(self, base: int) -> None:
+        self.last_avail_idx = base & 0xFFFF
+        self.used_idx = base & 0xFFFF
+        self._shadow_avail = self.last_avail_idx
+        self._signalled_used = None
+
+    def start(self) -> None:
+        if not self.started:
+            self.started = True
+            self._signalled_used = None
+
+    def stop(self) -> int:
+        """GET_VRING_BASE: publish what was used, stop, return the next avail index."""
+        self.publish()
+        self.started = False
+        return self.last_avail_idx
+
+    def mark_broken(self, why: str) -> None:
+        if not self.broken:
+            log.error("queue %d: %s; queue stopped until the device is reset", self.index, why)
+        self.broken = True
+        self.stats.errors += 1
+
+    # -- the avail side --------------------------------------------------------------
+    def avail_idx(self) -> int:
+        return self._avail[1]
+
+    def has_avail(self) -> bool:
+        if not self.ready:
+            return False
+        if self.last_avail_idx != self._shadow_avail:
+            return True
+        self._shadow_avail = self._avail[1]
+        return self._shadow_avail != self.last_avail_idx
+
+    def pop(self) -> Chain | None:
+        """The next available chain, validated, or None. RingError marks the queue
+        broken (and is re-raised so the caller can count and report it)."""
+        if not self.ready:
+            return None
+        last = self.last_avail_idx
+        if last == self._shadow_avail:
+            self._shadow_avail = self._avail[1]
+            if last == self._shadow_avail:
+                return None
+        n = self.size
+        if (self._shadow_avail - last) & 0xFFFF > n:
+            self.mark_broken(f"avail index {self._shadow_avail} is more than the queue size "
+                             f"({n}) ahead of {last}")
+            raise RingError("avail index too far ahead")
+        head = self._avail[2 + (last & (n - 1))]
+        self.last_avail_idx = (last + 1) & 0xFFFF
+        try:
+            chain = self._walk(head)
+        except (RingError, GuestMemoryError) as e:
+            self.mark_broken(str(e))
+            raise RingError(str(e)) from None
+        self.stats.popped += 1
+        return chain
+
+    def unpop(self, count: int = 1) -> None:
+        """Give back the last `count` popped chains (nothing was written to them)."""
+        self.last_avail_idx = (self.last_avail_idx - count) & 0xFFFF
+        self.stats.popped -= count
+
+    def _walk(self, head: int) -> Chain:
+        n = self.size
+        if head >= n:
+            raise RingError(f"head index {head} ≥ queue size {n}")
+        descs: memoryview | bytes = self._desc
+        table_len = n
+        chain = Chain(head)
+        readable, writable = chain.readable, chain.writable
+        i = head
+        count = 0
+        indirect = False
+        unpack = DESC.unpack_from
+        while True:
+            addr, length, flags, nxt = unpack(descs, i * DESC_SIZE)
+            if flags & VIRTQ_DESC_F_INDIRECT:
+                if not self.indirect:
+                    raise RingError("indirect descriptor without INDIRECT_DESC negotiated")
+                if indirect:
+                    raise RingError("nested indirect descriptor table")
+                if flags & VIRTQ_DESC_F_NEXT or count:
+                    raise RingError("indirect descriptor inside a chain")
+                if length == 0 or length % DESC_SIZE or length // DESC_SIZE > n:
+                    raise RingError(f"indirect table of {length} bytes (queue size {n})")
+                pieces = self._memory.gpa_segments(addr, length)
+                descs = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                table_len = length // DESC_SIZE
+                indirect = True
+                i = 0
+                continue
+            if flags & VIRTQ_DESC_F_WRITE:
+                writable.append((addr, length))
+            elif writable:
+                raise RingError("readable descriptor after a writable one")
+            else:
+                readable.append((addr, length))
+            count += 1
+            if not flags & VIRTQ_DESC_F_NEXT:
+                return chain
+            if count >= table_len:
+                raise RingError(f"descriptor chain longer than {table_len} (a loop?)")
+            i = nxt
+            if i >= table_len:
+                raise RingError(f"next index {i} ≥ table size {table_len}")
+
+    # -- the used side ---------------------------------------------------------------
+    def push(self, head: int, written: int) -> None:
+        """Put one used element; visible to the driver after `publish()`."""
+        n = self.size
+        USED_ELEM.pack_into(self._used, 4 + 8 * (self.used_idx & (n - 1)), head, written)
+        self.used_idx = (self.used_idx + 1) & 0xFFFF
+        self._pending += 1
+        self.stats.used += 1
+
+    def publish(self) -> bool:
+        """Make pushed elements visible (elements are written before the index: x86 keeps
+        stores in order, and every struct call is a compiler barrier). Returns whether
+        anything was published."""
+        if not self._pending or self._used is None:
+            return False
+        U16.pack_into(self._used, 2, self.used_idx)
+        self._pending = 0
+        return True
+
+    def should_notify(self) -> bool:
+        """After publishing: does the driver want an interrupt for what we used?"""
+        if self._used is None:
+            return False
+        fence()  # our used idx store must be visible before we read the driver's wish
+        if self.event_idx:
+            new = self.used_idx
+            old = self._signalled_used
+            self._signalled_used = new
+            if old is None:
+                return True
+            used_event = self._avail[2 + self.size]
+            return vring_need_event(used_event, new, old)
+        return not (self._avail[0] & VIRTQ_AVAIL_F_NO_INTERRUPT)
+
+    def enable_notification(self) -> bool:
+        """Ask for a kick on the next buffer; returns True if buffers are already there
+        (re-check after the fence, or a kick sent meanwhile would be lost)."""
+        if not self.ready:
+            return False
+        if self.event_idx:
+            U16.pack_into(self._used, 4 + 8 * self.size, self.last_avail_idx)
+        else:
+            U16.pack_into(self._used, 0, 0)
+        fence()
+        return self.has_avail()
+
+    def disable_notification(self) -> None:
+        if self.ready and not self.event_idx:
+            U16.pack_into(self._used, 0, VIRTQ_USED_F_NO_NOTIFY)
