@@ -12,16 +12,47 @@
   header), max burst, checksum and segmentation offloads.
 
 `now` is a float of seconds on a monotonic clock; devices never read a clock themselves.
-Wrappers (pcap writer, fault injector) are devices that wrap devices.
+Wrappers (pcap writer, fault injector, tracer) are devices that wrap devices; they keep the
+wrapped device in `.inner` and forward `fileno()` and `poll_at()` to it.
+
+Devices here: `loopback.Loopback` / `loopback.loopback_pair()` (in memory), `tap.TapDevice`
+(a Linux TAP, optionally inside a network namespace), and the wrappers `pcap.PcapWriter`,
+`fault.FaultInjector`, `tracer.Tracer`.
+
+Example (the usual receive loop, on the in-memory loopback):
+
+>>> from netstack.phy.loopback import Loopback
+>>> dev = Loopback()
+>>> dev.transmit(0.0).consume(3, lambda buf: buf.__setitem__(slice(None), b"abc"))
+>>> rx, tx = dev.receive(0.0)
+>>> rx.consume(bytes)
+b'abc'
+>>> dev.receive(0.0) is None
+True
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
 
 R = TypeVar("R")
+
+
+class Medium(enum.Enum):
+    """What a device's frames start with."""
+
+    ETHERNET = "ethernet"  # 14-byte Ethernet header (TAP, virtio-net)
+    IP = "ip"  # bare IPv4/IPv6 packets (TUN)
+
+
+class Direction(enum.StrEnum):
+    """Which way a frame went, seen from the stack: RX = device to stack, TX = stack to device."""
+
+    RX = "rx"
+    TX = "tx"
 
 
 @dataclass(frozen=True, slots=True)

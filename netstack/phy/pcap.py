@@ -1,0 +1,206 @@
+"""Packet capture: write frames as classic pcap (or pcapng), streaming, flushed per frame.
+
+- `PcapSink(file_or_path, *, snaplen=65535, start=None, format=None)`: a capture file;
+  `write(frame, now, direction)` appends one record and flushes, so a reader on a FIFO
+  (`tcpdump -r -`, `tshark -r -`, `scapy.utils.PcapReader`) sees it at once.
+- `PcapWriter(device, file_or_path, ...)`: a device wrapping `device`; every frame received
+  and transmitted goes to a `PcapSink`.
+
+Classic pcap: magic 0xa1b2c3d4, version 2.4, microsecond timestamps, LINKTYPE_ETHERNET (1).
+pcapng (chosen when the path ends in `.pcapng`, or with `format="pcapng"`): one section, one
+Ethernet interface, Enhanced Packet Blocks with the `epb_flags` direction (inbound = RX,
+outbound = TX), microsecond timestamps.
+
+Timestamps: the stack's `now` is monotonic, a capture wants dates. The first frame is stamped
+`start` (wall-clock seconds; default: `time.time()` when the sink is opened) and every later
+frame `start + (now - first_now)`. Passing `start` makes the output deterministic.
+
+Opening a FIFO for writing blocks until a reader opens it (POSIX); start the reader first or
+open the sink from a thread. The sink closes only files it opened itself.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from typing import BinaryIO
+
+from . import Device, Direction
+from .tracer import Tracer
+
+PCAP_MAGIC = 0xA1B2C3D4
+PCAP_VERSION = (2, 4)
+LINKTYPE_ETHERNET = 1
+DEFAULT_SNAPLEN = 65535
+
+_PCAP_HEADER = struct.Struct("<IHHiIII")  # magic, major, minor, thiszone, sigfigs, snaplen, net
+_PCAP_RECORD = struct.Struct("<IIII")  # ts_sec, ts_usec, incl_len, orig_len
+
+# pcapng block types and options
+_SHB = 0x0A0D0D0A
+_IDB = 0x00000001
+_EPB = 0x00000006
+_BYTE_ORDER_MAGIC = 0x1A2B3C4D
+_OPT_ENDOFOPT = 0
+_OPT_EPB_FLAGS = 2
+_EPB_INBOUND = 0b01
+_EPB_OUTBOUND = 0b10
+
+
+def _pad4(n: int) -> int:
+    return (-n) & 3
+
+
+def _pcapng_block(block_type: int, body: bytes) -> bytes:
+    total = 12 + len(body)
+    return struct.pack("<II", block_type, total) + body + struct.pack("<I", total)
+
+
+class PcapSink:
+    """A capture file: `write(frame, now, direction)` appends one frame and flushes."""
+
+    def __init__(
+        self,
+        file_or_path: BinaryIO | str | os.PathLike[str],
+        *,
+        snaplen: int = DEFAULT_SNAPLEN,
+        start: float | None = None,
+        format: str | None = None,
+        flush: bool = True,
+    ) -> None:
+        if not 0 < snaplen <= 0x3FFFFFFF:
+            raise ValueError(f"snaplen must be in 1..0x3fffffff, got {snaplen}")
+        if isinstance(file_or_path, (str, os.PathLike)):
+            path = os.fspath(file_or_path)
+            if format is None:
+                format = "pcapng" if path.endswith(".pcapng") else "pcap"
+            self._file: BinaryIO = open(path, "wb")  # closed in close()
+            self._owned = True
+        else:
+            self._file = file_or_path
+            self._owned = False
+        format = format or "pcap"
+        if format not in ("pcap", "pcapng"):
+            raise ValueError(f"format must be 'pcap' or 'pcapng', got {format!r}")
+        self.format = format
+        self.snaplen = snaplen
+        self.frames = 0
+        self._flush_each = flush
+        self._start = time.time() if start is None else start
+        self._first_now: float | None = None
+        self._closed = False
+        self._file.write(self._header())
+        self._file.flush()
+
+    def _header(self) -> bytes:
+        if self.format == "pcap":
+            return _PCAP_HEADER.pack(
+                PCAP_MAGIC, *PCAP_VERSION, 0, 0, self.snaplen, LINKTYPE_ETHERNET
+            )
+        # Section Header Block: byte-order magic, version 1.0, section length unknown (-1).
+        shb = _pcapng_block(_SHB, struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1))
+        # Interface Description Block: linktype, reserved, snaplen; default tsresol is 10^-6.
+        idb = _pcapng_block(_IDB, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, self.snaplen))
+        return shb + idb
+
+    def _timestamp_us(self, now: float) -> int:
+        if self._first_now is None:
+            self._first_now = now
+        return max(0, round((self._start + (now - self._first_now)) * 1_000_000))
+
+    def write(
+        self,
+        frame: bytes | bytearray | memoryview,
+        now: float,
+        direction: Direction | str | None = None,
+    ) -> None:
+        """Append `frame` seen at `now`; `direction` ("rx"/"tx") is kept in pcapng only."""
+        if self._closed:
+            raise ValueError("write to a closed PcapSink")
+        frame = memoryview(frame).cast("B")
+        orig_len = len(frame)
+        data = frame[: self.snaplen]
+        ts = self._timestamp_us(now)
+        if self.format == "pcap":
+            sec, usec = divmod(ts, 1_000_000)
+            self._file.write(_PCAP_RECORD.pack(sec & 0xFFFFFFFF, usec, len(data), orig_len))
+            self._file.write(data)
+        else:
+            self._file.write(self._epb(data, orig_len, ts, direction))
+        self.frames += 1
+        if self._flush_each:
+            self._file.flush()
+
+    def _epb(
+        self, data: memoryview, orig_len: int, ts: int, direction: Direction | str | None
+    ) -> bytes:
+        options = b""
+        if direction is not None:
+            flags = _EPB_INBOUND if Direction(direction) is Direction.RX else _EPB_OUTBOUND
+            options = struct.pack("<HHI", _OPT_EPB_FLAGS, 4, flags) + struct.pack(
+                "<HH", _OPT_ENDOFOPT, 0
+            )
+        body = b"".join(
+            (
+                struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(data), orig_len),
+                bytes(data),
+                b"\0" * _pad4(len(data)),
+                options,
+            )
+        )
+        return _pcapng_block(_EPB, body)
+
+    def flush(self) -> None:
+        if not self._closed:
+            self._file.flush()
+
+    def close(self) -> None:
+        """Flush; close the file if the sink opened it. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._file.flush()
+        finally:
+            if self._owned:
+                self._file.close()
+
+    def __enter__(self) -> PcapSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PcapWriter(Tracer):
+    """A device wrapping `inner` that records every received and transmitted frame.
+
+    `close()` closes the capture only; the inner device stays open.
+    """
+
+    def __init__(
+        self,
+        inner: Device,
+        file_or_path: BinaryIO | str | os.PathLike[str],
+        *,
+        snaplen: int = DEFAULT_SNAPLEN,
+        start: float | None = None,
+        format: str | None = None,
+        flush: bool = True,
+    ) -> None:
+        self.sink = PcapSink(file_or_path, snaplen=snaplen, start=start, format=format, flush=flush)
+        sink = self.sink
+        super().__init__(inner, lambda direction, frame, now: sink.write(frame, now, direction))
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def close(self) -> None:
+        self.sink.close()
+
+    def __enter__(self) -> PcapWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
