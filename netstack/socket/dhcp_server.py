@@ -58,6 +58,7 @@ from netstack.wire.dhcpv4 import CLIENT_PORT, SERVER_PORT, DhcpRepr, MessageType
 from netstack.wire.ethernet import BROADCAST, EthernetAddress
 
 LIMITED_BROADCAST = IPv4Address("255.255.255.255")
+INFINITE_LEASE = 0xFFFFFFFF
 ZERO = IPv4Address(0)
 
 
@@ -354,6 +355,7 @@ class DhcpServer:
         cfg = self.config
         params = message_type != MessageType.NAK
         lease_time = cfg.lease_time if params and lease else None
+        timers = lease_time is not None and lease_time != INFINITE_LEASE  # no T1/T2 if infinite
         return DhcpRepr(
             message_type=message_type,
             transaction_id=request.transaction_id,
@@ -366,8 +368,8 @@ class DhcpServer:
             # RFC 6842: the client identifier is echoed back.
             client_identifier=request.client_identifier,
             lease_duration=lease_time,
-            renew_duration=lease_time // 2 if lease_time else None,
-            rebind_duration=lease_time * 7 // 8 if lease_time else None,
+            renew_duration=lease_time // 2 if timers else None,
+            rebind_duration=lease_time * 7 // 8 if timers else None,
             subnet_mask=self._mask if params else None,
             router=cfg.router if params else None,
             dns_servers=cfg.dns_servers if params else (),
