@@ -242,3 +242,10 @@ def test_infinite_lease_never_renews(lease: int) -> None:
     assert link.events[0][1].lease == math.inf
     link.step(1e12)
     assert len(link.sent) == 2 and link.client.state is State.BOUND
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    import netstack.socket.dhcp_client as mod
+    assert doctest.testmod(mod).failed == 0

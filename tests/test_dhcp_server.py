@@ -6,6 +6,8 @@ import random
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.dhcp import BOOTP, DHCP
 
 from netstack.socket.dhcp_server import (
@@ -299,3 +301,42 @@ def test_config_validation() -> None:
                            pool_start="192.168.7.100")
     assert cfg.pool_end == IPv4Address("192.168.7.254")
     assert cfg.reserved == {IPv4Address("192.168.7.1")}
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    import netstack.socket.dhcp_server as mod
+    assert doctest.testmod(mod).failed == 0
+
+
+_ADDRS = st.sampled_from(["0.0.0.0", "10.0.2.2", "10.0.2.3", "10.0.2.15", "10.0.2.16",
+                          "10.0.2.254", "10.0.2.255", "10.0.3.15", "192.0.2.1"]).map(IPv4Address)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(list(MessageType)), st.integers(0, 3), _ADDRS, st.none() | _ADDRS,
+    st.none() | _ADDRS, st.booleans(), st.sampled_from(["0.0.0.0", "10.0.2.1"]).map(IPv4Address),
+    st.none() | st.binary(max_size=8), st.floats(0, 10_000)), max_size=40))
+def test_any_message_sequence_is_handled(messages) -> None:
+    """Whatever clients send, handle never raises, replies emit, the table stays bounded."""
+    server = DhcpServer(DhcpServerConfig(pool_size=3, max_leases=2))
+    now = 0.0
+    for mtype, who, ciaddr, requested, sid, bcast, giaddr, cid, dt in messages:
+        now += dt
+        mac = EthernetAddress(bytes([0x52, 0, 0, 0, 0, who]))
+        req = DhcpRepr(mtype, 1, mac, broadcast=bcast, client_ip=ciaddr, relay_agent_ip=giaddr,
+                       requested_ip=requested, server_identifier=sid, client_identifier=cid)
+        reply = server.handle(now, req, mac)
+        if reply is not None:
+            to_scapy(reply)
+            dest = reply_destination(req, reply)
+            assert dest.broadcast == (dest.ip == BCAST)
+            if reply.message_type == MessageType.ACK and reply.your_ip != IPv4Address(0):
+                assert reply.your_ip in (IPv4Address("10.0.2.15"), IPv4Address("10.0.2.16"),
+                                         IPv4Address("10.0.2.17"))
+        leases = server.leases()
+        assert len(leases) <= 2
+        assert len({le.address for le in leases}) == len(leases)
+        assert server.poll_at() is None or server.poll_at() > now

@@ -168,3 +168,10 @@ def test_mutated_queries_never_raise(tail: bytes) -> None:
     for data in (query[:12] + tail, query + tail, query[: len(tail)]):
         out = DnsResponder().handle_bytes(data)
         assert out is None or len(out) <= MAX_UDP_LEN
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    import netstack.socket.dns_responder as mod
+    assert doctest.testmod(mod).failed == 0

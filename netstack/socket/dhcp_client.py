@@ -31,6 +31,8 @@ Theory of operation (the states of RFC 2131 Figure 5; INIT-REBOOT is not used)::
   and counted. A NAK is believed only from the server we are talking to once we have one.
 - A lease of 0xFFFFFFFF seconds is infinite: no renewal.
 - No ARP probe of the offered address (no DECLINE): the stack has no ARP hook for it.
+- No random 1–10 s wait before the first DISCOVER (§4.4.1 SHOULD): `poll_at()` starts at
+  0.0; a caller that boots many clients at once can delay the first `poll` itself.
 """
 
 from __future__ import annotations
