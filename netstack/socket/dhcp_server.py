@@ -24,14 +24,17 @@ the last `decline_timeout` seconds.
 
 REQUEST is told apart by its fields (RFC 2131 §4.3.2):
 
-==============  =================  ============  =============
-state            server id (54)    requested (50)  ciaddr
-==============  =================  ============  =============
-SELECTING        present            present        zero
-INIT-REBOOT      absent             present        zero
-RENEWING         absent             absent         the lease
-REBINDING        absent             absent         the lease
-==============  =================  ============  =============
+============  ==============  ==============  =========
+state         server id (54)  requested (50)  ciaddr
+============  ==============  ==============  =========
+SELECTING     present         present         zero
+INIT-REBOOT   absent          present         zero
+RENEWING      absent          absent          the lease
+REBINDING     absent          absent          the lease
+============  ==============  ==============  =========
+
+RENEWING (unicast) and REBINDING (broadcast) differ only in the IP destination, which the
+engine does not see; they are answered alike.
 
 SELECTING with another server's identifier means the client chose that server: our offer is
 withdrawn and we stay silent. Otherwise the address is ACKed when it is free for this client
