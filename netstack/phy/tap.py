@@ -135,7 +135,12 @@ class TapDevice:
 
         if netns is not None and not _netns_exists(netns):
             raise TapError(errno.ENOENT, f"network namespace {netns!r} does not exist")
-        if create and "%" not in name:
+        if not create:
+            with _ipr(None) as ipr:
+                if _link_index(ipr, name) is None:
+                    # TUNSETIFF would create it: refuse, the caller asked to attach.
+                    raise TapError(errno.ENODEV, f"no interface {name!r} to attach to")
+        elif "%" not in name:
             with _ipr(None) as ipr:
                 if _link_index(ipr, name) is not None:
                     raise TapError(errno.EEXIST, f"interface {name!r} already exists")
