@@ -120,3 +120,16 @@ def test_pair_ping_pong_many():
         n = rx.consume(lambda f: int.from_bytes(f, "big"))
         tx.consume(2, lambda buf, n=n: buf.__setitem__(slice(None), (n + 1).to_bytes(2, "big")))
         assert recv(a) == (i + 1).to_bytes(2, "big")
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["netstack.phy", "netstack.phy.loopback", "netstack.phy.tracer", "netstack.phy.fault"],
+)
+def test_docstring_examples(module):
+    """The examples in the phy docstrings run (they cannot drift from the code)."""
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), verbose=False)
+    assert result.attempted > 0 and result.failed == 0
