@@ -1,0 +1,179 @@
+"""The socket protocol every socket implements, the `SocketSet` that holds them, and the
+bounded `PacketBuffer` datagram sockets store packets in.
+
+The protocol (smoltcp's `AnySocket` as a duck type). Each socket class has a `KIND`
+("udp", "icmp", "raw", and "tcp" when it exists) that the interface demultiplexes on, and:
+
+- `accepts(ip_repr, header) -> bool`: would this socket take the packet? `header` is the
+  parsed transport repr (`UdpRepr`, `Icmpv4Repr`, ...; for raw sockets None).
+- `process(now, ip_repr, header, payload, src_hw)`: take it. `payload` is a memoryview valid
+  only during the call (it may point into guest memory): copy what you keep.
+- `dispatch(now, emit)`: hand outgoing packets to `emit` (see `Interface.emit`), one call
+  per packet, until `emit` returns False (device full or per-poll budget spent) or the
+  socket has nothing more; dequeue a packet only after `emit` returned True.
+- `poll_at(now) -> float | None`: when the socket next needs `dispatch` (a time <= now
+  means at once), or None.
+
+A socket calls its waker (`set_waker(fn)`) whenever it may have become readable or
+writable. The interface calls process/dispatch from the one thread that owns it, with the
+runtime lock held, so a waker may notify a `threading.Condition` built on that lock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from netstack.socket.errors import BufferFull, Exhausted, TooLarge
+
+
+class Socket:
+    """What every socket shares: the waker hook and the back-reference to its set."""
+
+    __slots__ = ("_waker", "_set")
+    KIND = ""
+
+    def __init__(self) -> None:
+        self._waker: Callable[[], None] | None = None
+        self._set: SocketSet | None = None
+
+    def set_waker(self, fn: Callable[[], None] | None) -> None:
+        """Call `fn()` (from the interface's thread) when the socket may have become
+        readable or writable. None removes it."""
+        self._waker = fn
+
+    def _wake(self) -> None:
+        if self._waker is not None:
+            self._waker()
+
+    def accepts(self, ip_repr, header) -> bool:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def process(self, now: float, ip_repr, header, payload: memoryview, src_hw) -> None:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def dispatch(self, now: float, emit) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def poll_at(self, now: float) -> float | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class SocketSet:
+    """Sockets by handle (an int, never reused), and by KIND for the interface's demux.
+
+    Iteration yields the sockets in insertion order (the interface dispatches in that
+    order)."""
+
+    __slots__ = ("_sockets", "_by_kind", "_next")
+
+    def __init__(self) -> None:
+        self._sockets: dict[int, Socket] = {}
+        self._by_kind: dict[str, list[Socket]] = {}
+        self._next = 1
+
+    def add(self, sock: Socket) -> int:
+        """Add `sock`; return its handle. A socket belongs to at most one set."""
+        if sock._set is not None:
+            raise ValueError("socket is in a set already")
+        check = getattr(sock, "_check_unique", None)
+        if check is not None:
+            check(self)
+        handle = self._next
+        self._next += 1
+        self._sockets[handle] = sock
+        self._by_kind.setdefault(sock.KIND, []).append(sock)
+        sock._set = self
+        return handle
+
+    def remove(self, handle: int) -> Socket:
+        """Remove and return the socket (KeyError for an unknown handle)."""
+        sock = self._sockets.pop(handle)
+        self._by_kind[sock.KIND].remove(sock)
+        sock._set = None
+        return sock
+
+    def get(self, handle: int) -> Socket:
+        return self._sockets[handle]
+
+    __getitem__ = get
+
+    def of_kind(self, kind: str) -> list[Socket]:
+        """The sockets of one KIND (a live list: do not modify it)."""
+        return self._by_kind.get(kind, _EMPTY)
+
+    def __iter__(self) -> Iterator[Socket]:
+        return iter(list(self._sockets.values()))
+
+    def __len__(self) -> int:
+        return len(self._sockets)
+
+    def __contains__(self, handle: object) -> bool:
+        return handle in self._sockets
+
+    def items(self) -> list[tuple[int, Socket]]:
+        return list(self._sockets.items())
+
+
+_EMPTY: list[Socket] = []
+
+
+class PacketBuffer:
+    """A bounded FIFO of (metadata, payload bytes): at most `packets` entries and
+    `payload_bytes` bytes of payload in total."""
+
+    __slots__ = ("_queue", "packet_capacity", "byte_capacity", "_bytes")
+
+    def __init__(self, packets: int = 64, payload_bytes: int = 64 * 1024) -> None:
+        if packets <= 0 or payload_bytes <= 0:
+            raise ValueError("a PacketBuffer needs room for packets and bytes")
+        self._queue: deque[tuple[Any, bytes]] = deque()
+        self.packet_capacity = packets
+        self.byte_capacity = payload_bytes
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __bool__(self) -> bool:
+        return bool(self._queue)
+
+    @property
+    def bytes_used(self) -> int:
+        return self._bytes
+
+    def is_empty(self) -> bool:
+        return not self._queue
+
+    def is_full(self) -> bool:
+        return len(self._queue) >= self.packet_capacity or self._bytes >= self.byte_capacity
+
+    def fits(self, size: int) -> bool:
+        return len(self._queue) < self.packet_capacity and self._bytes + size <= self.byte_capacity
+
+    def push(self, meta: Any, data: bytes) -> None:
+        """Append; raise `TooLarge` if it could never fit, `BufferFull` if not now."""
+        n = len(data)
+        if n > self.byte_capacity:
+            raise TooLarge(f"{n} bytes exceed the buffer's {self.byte_capacity}")
+        if len(self._queue) >= self.packet_capacity or self._bytes + n > self.byte_capacity:
+            raise BufferFull
+        self._queue.append((meta, data))
+        self._bytes += n
+
+    def peek(self) -> tuple[Any, bytes]:
+        if not self._queue:
+            raise Exhausted
+        return self._queue[0]
+
+    def pop(self) -> tuple[Any, bytes]:
+        if not self._queue:
+            raise Exhausted
+        item = self._queue.popleft()
+        self._bytes -= len(item[1])
+        return item
+
+    def clear(self) -> None:
+        self._queue.clear()
+        self._bytes = 0
