@@ -1,0 +1,7 @@
+"""TCP (RFC 9293), split by concern.
+
+- `seq`: sequence-number arithmetic mod 2^32.
+- `assembler`: out-of-order reassembly of received data, SACK blocks (RFC 2018).
+- `rtt`: the RTT estimator and retransmission timeout (RFC 6298).
+- `congestion`: congestion controllers, Reno (RFC 5681) and CUBIC (RFC 9438).
+"""
