@@ -23,6 +23,7 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
@@ -88,6 +89,9 @@ class Connection:
         self.decoder = MessageDecoder()
         self.backend = VhostUserBackend(config)
         self.closed = False
+        # why on_readable gave up, for the server's counters: "protocol_errors",
+        # "too_many_fds", "truncated_messages" (None: an orderly hang-up)
+        self.failure: str | None = None
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -107,12 +111,14 @@ class Connection:
                     os.close(fd)
                 log.error("front-end sent more than %d fds with one message; closing",
                           MAX_FDS)
+                self.failure = "too_many_fds"
                 return False
             if not data:
                 for fd in fds:
                     os.close(fd)
                 if self.decoder.mid_message:
                     log.warning("front-end closed the connection in the middle of a message")
+                    self.failure = "truncated_messages"
                 else:
                     log.info("front-end closed the connection")
                 return False
@@ -125,6 +131,7 @@ class Connection:
                         self._send(reply.encode())
             except ProtocolError as e:
                 log.error("vhost-user protocol violation, closing the connection: %s", e)
+                self.failure = "protocol_errors"
                 return False
 
     def _send(self, data: bytes) -> None:
@@ -172,6 +179,9 @@ class VhostUserServer:
         self._next_connect = 0.0
         self._work = True
         self.connections_served = 0
+        # connections closed on a broken protocol (see Connection.failure), over all
+        # connections: each backend's own counters go with its connection
+        self.counters: Counter[str] = Counter()
         self.on_connect: Callable[[Connection], None] | None = None
         self.on_disconnect: Callable[[Connection], None] | None = None
         self._lock = threading.Lock()
@@ -271,8 +281,11 @@ class VhostUserServer:
             alive = conn.on_readable()
         except Exception:  # a bug in our handler must not take the process down
             log.exception("internal error handling a vhost-user message; closing")
+            conn.failure = "internal_errors"
             alive = False
         if not alive:
+            if conn.failure is not None:
+                self.counters[conn.failure] += 1
             self._drop()
             return
         self._sync_kicks()
