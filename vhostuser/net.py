@@ -278,11 +278,10 @@ class VirtioNetDevice:
                 if len(chain.writable) == 1 and chain.writable[0][1] >= hdr + length:
                     try:
                         view = self.memory.gpa(chain.writable[0][0], hdr + length)
-                    except GuestMemoryError as e:
-                        log.warning("guest RX buffer outside guest memory: %s", e)
-                        self.drops["rx_bad_address"] += 1
-                        rxq.push(chain.head, 0)
-                        self._dirty.add(rxq)
+                    except GuestMemoryError:
+                        # not in one region: it may straddle adjacent regions, which
+                        # the scatter path below handles (and it drops a bad address)
+                        rxq.unpop()
                         view = None
                     if view is not None:
                         view[:hdr] = _HEADERS[hdr]
