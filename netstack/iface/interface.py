@@ -253,6 +253,8 @@ class Interface:
         self._nets: list[tuple[int, int, IPv4Address]] = []  # (network, mask, our address)
         self._addr_set: frozenset[IPv4Address] = frozenset()
         self._bcast_set: frozenset[IPv4Address] = frozenset()
+        self._addr_ints: frozenset[int] = frozenset()  # the same, as ints: cheap to hash
+        self._bcast_ints: frozenset[int] = frozenset({0xFFFFFFFF})
         self._groups: set[IPv4Address] = set()
         self._group_macs: set[bytes] = set()
         self._ident = 0
@@ -289,6 +291,8 @@ class Interface:
         self._nets = [(int(c.address) & c.mask_int, c.mask_int, c.address) for c in self._cidrs]
         self._addr_set = frozenset(c.address for c in self._cidrs)
         self._bcast_set = frozenset(c.broadcast for c in self._cidrs if c.broadcast is not None)
+        self._addr_ints = frozenset(int(a) for a in self._addr_set)
+        self._bcast_ints = frozenset({0xFFFFFFFF, *(int(a) for a in self._bcast_set)})
         self._announce = bool(self._cidrs)
 
     def add_ip_addr(self, cidr: Ipv4Cidr) -> None:
@@ -497,18 +501,19 @@ class Interface:
             stats["ipv4_malformed"] += 1
             return
         src, dst = ip.src_addr, ip.dst_addr
-        if src.is_multicast or src == LIMITED_BROADCAST or src in self._bcast_set:
+        s, d = int(src), int(dst)
+        if s >> 28 == 0xE or s in self._bcast_ints:
             stats["ipv4_martian_source"] += 1
             return
         foreign = False
-        if dst in self._addr_set:
+        if d in self._addr_ints:
             if l2_cast:
                 stats["ipv4_unicast_in_l2_broadcast"] += 1
                 return
             cast = False
-        elif dst == LIMITED_BROADCAST or dst in self._bcast_set:
+        elif d in self._bcast_ints:
             cast = True
-        elif dst.is_multicast:
+        elif d >> 28 == 0xE:
             if dst not in self._groups:
                 stats["ipv4_not_for_us"] += 1
                 return
@@ -522,7 +527,7 @@ class Interface:
             stats["ipv4_not_for_us"] += 1
             return
         src_hw = EthernetAddress(frame[6:12])
-        if not cast and src != UNSPECIFIED and src not in self.neighbors and self._on_link(src):
+        if not cast and s and src not in self.neighbors and self._on_link(src):
             self.neighbors.fill(src, src_hw, now)  # what we would learn by asking
         payload = pkt.payload
         raw_taken = False
@@ -657,17 +662,18 @@ class Interface:
         stats = self.stats
         now = self._now
         hop = None
+        d = int(dst)
         if dst_hw is not None:
             mac = dst_hw
-        elif dst == LIMITED_BROADCAST or dst in self._bcast_set:
+        elif d in self._bcast_ints:
             mac = BROADCAST
-        elif dst.is_multicast:
+        elif d >> 28 == 0xE:
             mac = multicast_mac(dst)
         else:
-            if dst == UNSPECIFIED:
+            if d == 0:
                 stats["tx_unspecified_destination"] += 1
                 return True
-            if dst in self._addr_set:
+            if d in self._addr_ints:
                 stats["tx_to_self"] += 1
                 return True
             hop = self._route(dst)
