@@ -71,38 +71,66 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 1 <= args.queues <= 127:
         print("vhostnet: --queues must be 1..127", file=sys.stderr)
         return 2
-    config = BackendConfig(queue_pairs=args.queues, mtu=args.mtu)
-
-    def show(frame: bytes, device) -> None:
-        if args.log_frames:
-            log.info("guest sent %d bytes: %s", len(frame), frame[:34].hex())
-
-    app = RawFrameApp(show)
     path = args.socket_path
     if args.fd is None and args.connect is None and path is None:
         path = "vhostnet.sock"
+    stack = None
     try:
-        server = VhostUserServer(socket_path=path, connect_path=args.connect, fd=args.fd,
-                                 config=config, app=app)
-    except OSError as e:
+        if args.raw:
+            def show(frame: bytes, device) -> None:
+                if args.log_frames:
+                    log.info("guest sent %d bytes: %s", len(frame), frame[:34].hex())
+
+            server = VhostUserServer(socket_path=path, connect_path=args.connect, fd=args.fd,
+                                     config=BackendConfig(queue_pairs=args.queues, mtu=args.mtu),
+                                     app=RawFrameApp(show))
+        else:
+            from apps.serve import make_server
+
+            server, stack, _ = make_server(
+                stack_config=_stack_config(args), socket_path=path, connect_path=args.connect,
+                fd=args.fd, pcap=args.pcap,
+                backend=BackendConfig(queue_pairs=args.queues, mtu=args.mtu))
+    except (OSError, ValueError) as e:
         print(f"vhostnet: cannot serve: {e}", file=sys.stderr)
         return 1
     install_signal_handlers(server)
+    queues = f",queues={args.queues}" if args.queues > 1 else ""
+    mq = ",mq=on" if args.queues > 1 else ""
     if path:
         print(QEMU_HINT.format(path=os.path.abspath(path), chardev_mode=",reconnect=1",
-                               queues=f",queues={args.queues}" if args.queues > 1 else "",
-                               mq=",mq=on" if args.queues > 1 else ""), flush=True)
+                               queues=queues, mq=mq), flush=True)
     elif args.connect:
         print(QEMU_HINT.format(path=os.path.abspath(args.connect),
-                               chardev_mode=",server=on,wait=off",
-                               queues=f",queues={args.queues}" if args.queues > 1 else "",
-                               mq=",mq=on" if args.queues > 1 else ""), flush=True)
+                               chardev_mode=",server=on,wait=off", queues=queues, mq=mq),
+              flush=True)
+    if stack is not None:
+        c = stack.config
+        print(f"\nThe stack: {c.address} (mac {c.mac}, mtu {c.mtu}); DNS {c.dns_address} "
+              f"(gateway.vhostnet, dns.vhostnet{''.join(', ' + r for r in c.dns_records)}); "
+              + (f"DHCP leases from {c.dhcp_start}; " if c.dhcp else "no DHCP; ")
+              + "UDP echo on 7, udpserver on 5555.", flush=True)
     log.info("serving vhost-user net on %s", path or args.connect or f"fd {args.fd}")
     try:
         server.serve_forever()
     finally:
+        if stack is not None:
+            stack.stop()
         server.close()
     return 0
+
+
+def _stack_config(args: argparse.Namespace):
+    from apps.stack import StackConfig
+
+    start, _, count = (args.dhcp_range or "").partition(",")
+    cfg = StackConfig(address=args.address, dns_address=args.dns_address, mac=args.mac,
+                      mtu=args.mtu, dhcp=not args.no_dhcp, dns_records=list(args.dns_record))
+    if start:
+        cfg.dhcp_start = start
+    if count:
+        cfg.dhcp_count = int(count)
+    return cfg
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -132,7 +160,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_backend_args(serve)
     serve.add_argument("--log-frames", action="store_true",
-                       help="log a line for every frame the guest sends")
+                       help="with --raw: log a line for every frame the guest sends")
+    serve.add_argument("--raw", action="store_true",
+                       help="no stack: only count (and log) raw frames; for debugging")
+    st = serve.add_argument_group("the stack (what the guest sees)")
+    st.add_argument("--address", default="10.0.2.2/24",
+                    help="our address and prefix on the guest's link (default 10.0.2.2/24)")
+    st.add_argument("--dns-address", default="10.0.2.3",
+                    help="the DNS server address we answer on (default 10.0.2.3)")
+    st.add_argument("--mac", default="52:55:0a:00:02:02",
+                    help="our MAC address (default 52:55:0a:00:02:02)")
+    st.add_argument("--dhcp-range", metavar="START[,COUNT]",
+                    help="first address leased (and how many); default 10.0.2.15 to .254")
+    st.add_argument("--no-dhcp", action="store_true", help="do not run the DHCP server")
+    st.add_argument("--dns-record", action="append", default=[], metavar="NAME=ADDR",
+                    help="an extra A/AAAA record (repeatable), e.g. host.vhostnet=10.0.2.50")
+    st.add_argument("--pcap", metavar="FILE",
+                    help="capture every frame at the virtqueue (classic pcap; .pcapng for "
+                         "pcapng with directions; a FIFO streams live to wireshark -k -i)")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser(

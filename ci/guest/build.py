@@ -136,6 +136,22 @@ def find_kernel_package(log: Log) -> tuple[str, str]:
     return found
 
 
+def build_tools(log: Log) -> list[tuple[str, bytes]]:
+    """Compile ci/guest/tools/*.c into static binaries for the guest (what busybox lacks,
+    e.g. a UDP client)."""
+    out = []
+    cc = shutil.which("gcc") or shutil.which("cc")
+    for src in sorted((HERE / "tools").glob("*.c")):
+        if cc is None:
+            raise BuildError("gcc not found: it builds the guest's tools (apt-get install gcc)")
+        with tempfile.TemporaryDirectory() as tmp:
+            exe = Path(tmp) / src.stem
+            run([cc, "-static", "-O2", "-Wall", "-o", str(exe), str(src)])
+            out.append((src.stem, exe.read_bytes()))
+        log(f"tool: {src.stem}")
+    return out
+
+
 def busybox_id() -> str:
     if not BUSYBOX.is_file():
         raise BuildError(f"{BUSYBOX} missing (apt-get install busybox-static)")
@@ -233,6 +249,7 @@ def build_initrd(root: Path, kver: str, log: Log) -> tuple[bytes, list[str], lis
         "usr/share",
         "usr/share/udhcpc",
         "etc",
+        "etc/udhcpc",
         "etc/vhostnet",
         "lib",
         "lib/modules",
@@ -263,8 +280,14 @@ def build_initrd(root: Path, kver: str, log: Log) -> tuple[bytes, list[str], lis
     arc.file("etc/vhostnet/modules", ("\n".join(order) + "\n").encode())
     log(f"modules: {' '.join(order)}")
 
+    for name, binary in build_tools(log):
+        arc.file(f"usr/bin/{name}", binary, 0o755)
+
     arc.file("init", (HERE / "init").read_bytes(), 0o755)
-    arc.file("usr/share/udhcpc/default.script", (HERE / "udhcpc.script").read_bytes(), 0o755)
+    # Debian's busybox looks in /etc/udhcpc, upstream's default in /usr/share/udhcpc
+    script = (HERE / "udhcpc.script").read_bytes()
+    arc.file("etc/udhcpc/default.script", script, 0o755)
+    arc.file("usr/share/udhcpc/default.script", script, 0o755)
     arc.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     arc.file("etc/group", b"root:x:0:\n")
     arc.file("etc/hosts", b"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\tguest\n")

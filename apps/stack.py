@@ -1,0 +1,92 @@
+"""The default stack `vhostnet serve` puts behind the guest's NIC, as slirp/passt users
+expect it: we are 10.0.2.2/24 (and 10.0.2.3, the DNS server) with MAC 52:55:0a:00:02:02,
+a DHCP server leases from 10.0.2.15, a DNS responder knows gateway.vhostnet and
+dns.vhostnet, and the example apps listen (UDP echo on 7, udpserver on 5555).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from dataclasses import dataclass, field
+
+from netstack.iface import Interface, InterfaceConfig
+from netstack.runtime import Runtime
+from netstack.socket.dhcp_server import DhcpServer, DhcpServerConfig
+from netstack.socket.dns_responder import DnsResponder, parse_record_spec
+from netstack.socket.services import DhcpServerSocket, DnsServerSocket
+from netstack.socket.set import SocketSet
+from netstack.wire.ethernet import EthernetAddress
+from netstack.wire.ipv4 import Ipv4Cidr
+
+
+@dataclass
+class StackConfig:
+    address: str = "10.0.2.2/24"
+    dns_address: str = "10.0.2.3"
+    mac: str = "52:55:0a:00:02:02"
+    mtu: int = 1500
+    dhcp: bool = True
+    dhcp_start: str = "10.0.2.15"
+    dhcp_count: int | None = None
+    lease_time: int = 3600
+    dns_records: list[str] = field(default_factory=list)  # NAME=ADDR
+    apps: bool = True
+
+    @property
+    def interface(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(self.address)
+
+
+@dataclass
+class Stack:
+    config: StackConfig
+    iface: Interface
+    sockets: SocketSet
+    runtime: Runtime
+    dhcp: DhcpServer | None
+    dns: DnsResponder
+    app_threads: list[threading.Thread] = field(default_factory=list)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def start_apps(self) -> None:
+        from apps import echo, udpserver
+
+        for target in (echo.serve_udp, udpserver.serve):
+            t = threading.Thread(target=target, args=(self.runtime, self.stop_event),
+                                 name=target.__module__, daemon=True)
+            t.start()
+            self.app_threads.append(t)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.runtime.wake()
+        for t in self.app_threads:
+            t.join(1.0)
+
+
+def build_stack(config: StackConfig | None = None) -> Stack:
+    """The interface, its services and the runtime; the caller attaches a device (the
+    vhost-user server drives `runtime` as its App, or `runtime.start()` runs it alone)."""
+    config = config or StackConfig()
+    net = config.interface
+    addrs = [Ipv4Cidr(net.ip, net.network.prefixlen)]
+    if config.dns_address and ipaddress.IPv4Address(config.dns_address) != net.ip:
+        addrs.append(Ipv4Cidr(ipaddress.IPv4Address(config.dns_address), net.network.prefixlen))
+    iface = Interface(InterfaceConfig(hardware_addr=EthernetAddress.parse(config.mac),
+                                      ip_addrs=addrs))
+    sockets = SocketSet()
+    dhcp = None
+    if config.dhcp:
+        dhcp = DhcpServer(DhcpServerConfig(
+            server_ip=net.ip, subnet=net.network, pool_start=config.dhcp_start,
+            pool_size=config.dhcp_count, router=net.ip,
+            dns_servers=(config.dns_address or str(net.ip),), lease_time=config.lease_time))
+        sockets.add(DhcpServerSocket(dhcp))
+    dns = DnsResponder()
+    for spec in config.dns_records:
+        dns.add_record(*parse_record_spec(spec))
+    for cidr in addrs:
+        sockets.add(DnsServerSocket(dns, str(cidr.address)))
+    runtime = Runtime(iface, None, sockets)
+    return Stack(config, iface, sockets, runtime, dhcp, dns)
