@@ -259,7 +259,9 @@ class VirtioNetDevice:
 
     def send(self, frame: bytes | bytearray | memoryview) -> bool:
         """Deliver one frame to the guest (or the backlog). False if it was dropped."""
-        return self._send_with(len(frame), lambda buf: buf.__setitem__(slice(None), frame))
+        dropped = self.drops.total()
+        self._send_with(len(frame), lambda buf: buf.__setitem__(slice(None), frame))
+        return self.drops.total() == dropped
 
     def _send_with(self, length: int, fn):
         if length < MIN_FRAME or length > MAX_FRAME:
@@ -310,6 +312,10 @@ class VirtioNetDevice:
         self.stats["guest_rx_bytes"] += len(frame)
         if self.on_frame is not None:
             self.on_frame("guest-rx", frame)
+
+    @property
+    def has_backlog(self) -> bool:
+        return bool(self._backlog)
 
     def flush_backlog(self) -> None:
         """Move waiting frames into RX buffers the guest has posted since."""

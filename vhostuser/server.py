@@ -341,25 +341,31 @@ class VhostUserServer:
     def device(self) -> VirtioNetDevice | None:
         return self.conn.backend.net if self.conn else None
 
-    def _service(self, now: float) -> float | None:
-        """Run the app and move frames until nothing is left; return its deadline."""
+    def _service(self, now: float) -> tuple[float | None, bool]:
+        """Run the app and move frames until nothing is left (bounded, so a busy guest
+        cannot starve the socket). Returns the app's deadline and whether work remains."""
         conn = self.conn
         if conn is None:
-            return self.app.poll(now)
+            return self.app.poll(now), False
         net = conn.backend.net
         deadline = None
-        for _ in range(64):  # bounded, so a busy guest cannot starve the socket
+        more = False
+        for _ in range(64):
             net.flush_backlog()
             deadline = self.app.poll(now)
             net.flush()
             more = False
             for q in conn.backend.queues:
-                if q.ready and q.enable_notification() and (q.index % 2 == 1 or net._backlog):
-                    more = True
+                if not q.ready:
+                    continue
+                if q.index % 2:  # TX: frames left unread, or new ones since we looked
+                    more = q.has_avail() or q.enable_notification() or more
+                elif net.has_backlog:  # RX: frames waiting for buffers the guest adds
+                    more = q.enable_notification() or more
             if not more:
                 break
             now = time.monotonic()
-        return deadline
+        return deadline, more
 
     def run_once(self, timeout: float | None = None) -> None:
         now = time.monotonic()
@@ -367,7 +373,7 @@ class VhostUserServer:
         if self._work:
             self._work = False
             try:
-                deadline = self._service(now)
+                deadline, self._work = self._service(now)
             except Exception:  # a bug on the data path: drop this device, keep serving
                 log.exception("internal error on the data path; closing the connection")
                 self._drop()
@@ -382,7 +388,7 @@ class VhostUserServer:
             waits.append(max(0.0, self._next_connect - now))
         if self.listener is not None and self.conn is None:
             waits.append(0.5)
-        wait = min(waits) if waits else None
+        wait = 0.0 if self._work else (min(waits) if waits else None)
         for key, _ in self.sel.select(wait):
             key.data()
         if deadline is not None and time.monotonic() >= deadline:

@@ -313,16 +313,21 @@ class Virtqueue:
         return not (self._avail[0] & VIRTQ_AVAIL_F_NO_INTERRUPT)
 
     def enable_notification(self) -> bool:
-        """Ask for a kick on the next buffer; returns True if buffers are already there
-        (re-check after the fence, or a kick sent meanwhile would be lost)."""
+        """Ask for a kick when the driver makes more buffers available than we have seen
+        (with EVENT_IDX: avail_event = the avail index we read, as Linux vhost does — not
+        our consumption point, or an RX queue waiting for enough buffers for a large frame
+        would never be kicked). Returns True if the index moved meanwhile (re-checked after
+        the fence, or a kick sent in between would be lost)."""
         if not self.ready:
             return False
+        seen = self._avail[1]
+        self._shadow_avail = seen
         if self.event_idx:
-            U16.pack_into(self._used, 4 + 8 * self.size, self.last_avail_idx)
+            U16.pack_into(self._used, 4 + 8 * self.size, seen)
         else:
             U16.pack_into(self._used, 0, 0)
         fence()
-        return self.has_avail()
+        return self._avail[1] != seen
 
     def disable_notification(self) -> None:
         if self.ready and not self.event_idx:

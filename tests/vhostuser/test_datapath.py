@@ -220,3 +220,25 @@ def test_fd_count_flat_over_sessions(sock_path):
         assert nfds() <= before + 2
     finally:
         s.stop()
+
+
+def test_large_frame_waits_for_buffers_posted_a_few_at_a_time(server, sock_path):
+    """A 64 KiB frame needs ~33 merged 2 KiB buffers; the guest posts 4 at a time. Each
+    post must kick us (EVENT_IDX: avail_event = the avail index we saw, not the one we
+    consumed up to), or the frame would wait forever."""
+    fe = make_frontend(sock_path)
+    try:
+        assert fe.has_feature(Feature.RING_F_EVENT_IDX)
+        frame = frame_of(65536, 4)
+        fe.post_rx_buffers(4)
+        server.inject(frame)
+        got = []
+        for _ in range(20):
+            got = fe.recv_frames(timeout=0.2)
+            if got:
+                break
+            fe.post_rx_buffers(4)
+        assert got == [frame]
+        assert fe.counters.kicks >= 8  # the posts kicked us; nothing polled it through
+    finally:
+        fe.close()

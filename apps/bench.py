@@ -1,0 +1,188 @@
+"""`vhostnet bench`: benchmarks, printed as a table and written as JSON.
+
+ring — the Python front-end (vhostuser.frontend) against our backend over the real rings,
+in two processes: frames/s and Gbit/s per frame size and direction, and the backend's CPU
+time per frame (its process CPU time / frames, read from /proc, so a slow front-end does
+not hide a slow backend). The backend runs `python -m apps.bench backend MODE` with a
+RawFrameApp: `sink` drops what the guest sends, `source` fills every RX buffer the guest
+posts with frames of the asked size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+@dataclass
+class RingResult:
+    direction: str  # "guest->backend" or "backend->guest"
+    frame_size: int
+    frames: int
+    seconds: float
+    frames_per_s: float
+    gbit_per_s: float
+    backend_cpu_us_per_frame: float
+
+
+# -- the backend side (a subprocess) ----------------------------------------------------
+def run_backend(mode: str, socket_path: str, size: int) -> None:
+    from vhostuser.server import VhostUserServer, install_signal_handlers
+
+    frame = bytes(range(256)) * (size // 256 + 1)
+    frame = frame[:size]
+
+    class Source:
+        device = None
+
+        def attach(self, device) -> None:
+            self.device = device
+
+        def detach(self) -> None:
+            self.device = None
+
+        def poll(self, now):
+            dev = self.device
+            if dev is None:
+                return None
+            dev.drain_tx(lambda f: None)
+            rxq = dev.queues[0]
+            while rxq.ready and rxq.enabled and rxq.has_avail():
+                if not dev.send(frame):
+                    break
+            return None
+
+    class Sink(Source):
+        def poll(self, now):
+            if self.device is not None:
+                self.device.drain_tx(lambda f: None)
+            return None
+
+    server = VhostUserServer(socket_path=socket_path, app=Source() if mode == "source" else Sink())
+    if threading.current_thread() is threading.main_thread():
+        install_signal_handlers(server)
+    print("ready", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+
+
+# -- the front-end side -----------------------------------------------------------------
+def _start_backend(mode: str, path: str, size: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "backend", mode, path,
+                             str(size)], stdout=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError("benchmark backend did not start")
+    return proc
+
+
+def ring_guest_to_backend(size: int, seconds: float) -> RingResult:
+    from vhostuser.frontend import NetFrontend
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "bench.sock")
+        proc = _start_backend("sink", path, size)
+        try:
+            fe = NetFrontend(path, queue_size=1024)
+            fe.connect()
+            fe.start()
+            frame = bytes(size)
+            batch = 256 if size <= 1514 else 16
+            frames = 0
+            cpu0 = _cpu_seconds(proc.pid)
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                fe.send_frames([frame] * batch)
+                fe.wait_tx_done(timeout=5)
+                frames += batch
+            dt = time.perf_counter() - t0
+            cpu = _cpu_seconds(proc.pid) - cpu0
+            fe.close()
+        finally:
+            proc.terminate()
+            proc.wait(5)
+    return RingResult("guest->backend", size, frames, dt, frames / dt,
+                      frames * size * 8 / dt / 1e9, cpu / frames * 1e6)
+
+
+def ring_backend_to_guest(size: int, seconds: float) -> RingResult:
+    from vhostuser.frontend import NetFrontend
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "bench.sock")
+        proc = _start_backend("source", path, size)
+        try:
+            fe = NetFrontend(path, queue_size=1024)
+            fe.connect()
+            fe.start()
+            frames = 0
+            cpu0 = _cpu_seconds(proc.pid)
+            t0 = time.perf_counter()
+            fe.post_rx_buffers(512, size=4096)  # MRG_RXBUF merges big frames
+            while time.perf_counter() - t0 < seconds:
+                frames += len(fe.recv_packets(timeout=2))
+            dt = time.perf_counter() - t0
+            cpu = _cpu_seconds(proc.pid) - cpu0
+            fe.close()
+        finally:
+            proc.terminate()
+            proc.wait(5)
+    return RingResult("backend->guest", size, frames, dt, frames / dt,
+                      frames * size * 8 / dt / 1e9, cpu / max(frames, 1) * 1e6)
+
+
+def bench_ring(seconds: float, sizes=(64, 1500, 65536)) -> list[RingResult]:
+    out = []
+    for size in sizes:
+        out.append(ring_guest_to_backend(size, seconds))
+        out.append(ring_backend_to_guest(size, seconds))
+    return out
+
+
+def print_ring(results: list[RingResult]) -> None:
+    print(f"{'ring':<16} {'size':>6} {'frames/s':>10} {'Gbit/s':>8} {'backend µs/frame':>17}")
+    for r in results:
+        print(f"{r.direction:<16} {r.frame_size:>6} {r.frames_per_s:>10.0f} "
+              f"{r.gbit_per_s:>8.3f} {r.backend_cpu_us_per_frame:>17.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vhostnet bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", nargs="?", default="ring", choices=["ring", "backend"])
+    p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+    p.add_argument("--seconds", type=float, default=2.0, help="per measurement (default 2)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--sizes", default="64,1500,65536", help="frame sizes (default 64,1500,65536)")
+    args = p.parse_args(argv)
+    if args.what == "backend":
+        mode, path, size = args.rest
+        run_backend(mode, path, int(size))
+        return 0
+    results = bench_ring(args.seconds, [int(s) for s in args.sizes.split(",")])
+    print_ring(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"ring": [asdict(r) for r in results], "machine": os.uname().nodename,
+                       "time": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
