@@ -140,6 +140,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(accel=args.accel, keep=args.keep)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from apps.bench import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vhostnet",
@@ -193,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--log-level", default="warning",
                       choices=["debug", "info", "warning", "error"], help="default: warning")
     demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="run the benchmarks (see `vhostnet bench -- --help`)",
+                           add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
