@@ -62,7 +62,8 @@ def run_backend(mode: str, socket_path: str, size: int) -> None:
                 return None
             dev.drain_tx(lambda f: None)
             rxq = dev.queues[0]
-            while rxq.ready and rxq.enabled and rxq.has_avail():
+            # fill every buffer; the one frame left in the backlog asks for the next kick
+            while rxq.ready and rxq.enabled and not dev.has_backlog:
                 if not dev.send(frame):
                     break
             return None
