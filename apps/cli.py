@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
                            add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
+
+    from apps.bridge import add_parser as add_bridge_parser  # its code lives in apps/bridge.py
+
+    add_bridge_parser(sub)
     return parser
 
 

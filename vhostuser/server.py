@@ -327,6 +327,29 @@ class VhostUserServer:
             os.eventfd_read(self._wake_fd)
         self._work = True
 
+    # -- extra fds --------------------------------------------------------------------
+    def add_reader(self, fd: int, callback: Callable[[], None] | None = None) -> None:
+        """Watch another fd (a TAP, a socket) with the loop: when it is readable, call
+        `callback` (if any), then the app's poll, which is expected to read it. The watch
+        is level-triggered: an fd left readable brings the loop back on its next turn.
+        Call before `serve_forever` or from the loop's thread; `remove_reader` before
+        closing the fd. ValueError/KeyError if `fd` is already watched, as selectors."""
+
+        def ready() -> None:
+            if callback is not None:
+                callback()
+            self._work = True
+
+        self.sel.register(fd, selectors.EVENT_READ, ready)
+
+    def remove_reader(self, fd: int) -> bool:
+        """Stop watching `fd`; False if it was not watched."""
+        try:
+            self.sel.unregister(fd)
+        except (KeyError, ValueError):
+            return False
+        return True
+
     # -- the loop --------------------------------------------------------------------
     def wake(self) -> None:
         """Ask the loop to call the app soon (thread-safe)."""
