@@ -38,7 +38,6 @@ import logging
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +77,12 @@ class TapBridge:
         self.batch = batch
         self.device = None
         self.counters: Counter[str] = Counter()
-        self.on_attach: Callable[[object], None] | None = None
 
     # -- App -------------------------------------------------------------------------
     def attach(self, device) -> None:
         self.device = device
         log.info("guest attached: frames flow between its NIC and TAP %s",
                  getattr(self.tap, "name", "?"))
-        if self.on_attach is not None:
-            self.on_attach(device)
 
     def detach(self) -> None:
         self.device = None
@@ -198,9 +194,11 @@ def _fail(msg: str) -> int:
 
 def _open_tap(args: argparse.Namespace):
     """The TapDevice asked for, up and addressed; raises TapError/ValueError."""
-    from netstack.phy.tap import TapDevice, TapError, _netns_exists
+    from pyroute2 import netns as pyr_netns
 
-    if args.netns is not None and not _netns_exists(args.netns):
+    from netstack.phy.tap import TapDevice, TapError
+
+    if args.netns is not None and args.netns not in pyr_netns.listnetns():
         raise TapError(errno.ENOENT, f"network namespace {args.netns!r} does not exist; "
                                      f"create it first: ip netns add {args.netns}")
     if args.existing and args.netns is not None:
