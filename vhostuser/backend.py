@@ -168,6 +168,10 @@ class VhostUserBackend:
         self.net.on_error = self._queue_error
         self.counters: Counter[str] = Counter()
         self.on_started: Callable[[Virtqueue], None] | None = None
+        # Called with a kick fd just before we close it: a runtime waiting on it must stop
+        # (epoll keeps watching a closed fd's file while the front-end holds it, and the
+        # number comes back for the next kick fd, often the same eventfd).
+        self.on_kick_closing: Callable[[int], None] | None = None
 
     # -- helpers ---------------------------------------------------------------------
     def _proto(self, f: ProtocolFeature) -> bool:
@@ -186,6 +190,13 @@ class VhostUserBackend:
                 os.eventfd_write(q.err_fd, 1)
             except OSError:
                 pass
+
+    def _close_kick(self, q: Virtqueue) -> None:
+        fd, q.kick_fd = q.kick_fd, None
+        if fd is not None:
+            if self.on_kick_closing is not None:
+                self.on_kick_closing(fd)
+            self._close(fd)
 
     @staticmethod
     def _close(fd: int | None) -> None:
@@ -431,8 +442,7 @@ class VhostUserBackend:
         q = self._queue(index)
         self.net.flush()
         base = q.stop()
-        self._close(q.kick_fd)
-        q.kick_fd = None
+        self._close_kick(q)
         q.polling = False
         log.debug("queue %d stopped at avail index %d", index, base)
         return reply_to(msg, state_payload(index, base))
@@ -451,7 +461,7 @@ class VhostUserBackend:
 
     def _h_set_vring_kick(self, msg: Message) -> None:
         q, fd = self._vring_fd(msg)
-        self._close(q.kick_fd)
+        self._close_kick(q)
         q.kick_fd = fd
         q.polling = fd is None
         # A kick sent before we (re)connected is lost: treat the new fd as a kick and look
@@ -574,7 +584,8 @@ class VhostUserBackend:
         """Disable and forget every ring (RESET_DEVICE, status 0); keep the memory table
         and the negotiated features, as libvhost-user does."""
         for q in self.queues:
-            for fd in (q.kick_fd, q.call_fd, q.err_fd):
+            self._close_kick(q)
+            for fd in (q.call_fd, q.err_fd):
                 self._close(fd)
             q.kick_fd = q.call_fd = q.err_fd = None
             q.reset()

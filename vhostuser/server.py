@@ -225,6 +225,7 @@ class VhostUserServer:
     def _adopt(self, sock: socket.socket) -> None:
         conn = Connection(sock, self.config)
         conn.backend.on_started = self._queue_started
+        conn.backend.on_kick_closing = self._unwatch_kick
         self.conn = conn
         self.connections_served += 1
         self.sel.register(conn.sock, selectors.EVENT_READ, self._on_conn)
@@ -306,6 +307,13 @@ class VhostUserServer:
                     log.warning("queue %d: kick fd %d cannot be watched: %s", q.index, fd, e)
                     continue
                 self._watched_kicks[fd] = q
+
+    def _unwatch_kick(self, fd: int) -> None:
+        """The backend is about to close kick fd `fd`: stop waiting on it while it is
+        still open (after the close, epoll_ctl DEL fails and the registration lingers)."""
+        if self._watched_kicks.pop(fd, None) is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.sel.unregister(fd)
 
     def _kick_cb(self, q: Virtqueue) -> Callable[[], None]:
         def cb() -> None:
