@@ -365,6 +365,7 @@ class VhostUserBackend:
         except ValueError as e:
             raise InvalidRequest(str(e)) from None
         fds = self._expect_fds(msg, len(regions))
+        self.net.flush()  # used entries pushed into the old mappings reach the guest
         try:
             for q in self.queues:
                 q.unmap()
@@ -393,6 +394,7 @@ class VhostUserBackend:
     def _h_rem_mem_reg(self, msg: Message) -> None:
         msg.close_fds()  # allowed for compatibility, never used
         region = unpack_single_region(msg.payload)
+        self.net.flush()  # as for SET_MEM_TABLE
         for q in self.queues:
             q.unmap()
         try:

@@ -799,3 +799,25 @@ def test_mem_slots_add_and_remove(h):
     assert len(h.be.memory.regions) == 1
     assert all(q.mapped for q in h.be.queues)
     assert nfds() == before
+
+
+@pytest.mark.parametrize("req", ["set-mem-table", "rem-mem-reg"])
+def test_memory_change_publishes_used_entries_first(running, req):
+    """A frame taken but its used entry not yet published (the stack holds the batch)
+    when the memory table changes: the entry must still reach the guest, once."""
+    h = running
+    extra = h.mem.add_region(64 * MiB, MiB)
+    h.ok(R.ADD_MEM_REG, pack_single_region(extra.describe()), [extra.fd])
+    h.tx(frame_of(100, 1))
+    tokens = h.net.receive()
+    assert tokens is not None and tokens[0].consume(bytes) == frame_of(100, 1)
+    if req == "set-mem-table":
+        h.set_mem_table()
+    else:
+        h.ok(R.REM_MEM_REG, pack_single_region(extra.describe()))
+    h.net.flush()
+    assert h.vqs[1].used_idx == 1
+    assert len(h.vqs[1].reap()) == 1
+    h.tx(frame_of(100, 2))
+    assert h.drain() == [frame_of(100, 2)]
+    assert h.vqs[1].used_idx == 2
