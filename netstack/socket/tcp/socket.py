@@ -375,6 +375,26 @@ class TcpSocket(Socket):
         self.snd_wl2 = iss
         self._last_rx = now
 
+    def _cookie_established(self, now: float, local, remote, iss: int, irs: int,
+                            peer_mss: int, seg: TcpRepr, our_window: int) -> None:
+        """Open straight into ESTABLISHED from a valid SYN cookie (`TcpListener`): the
+        SYN-ACK carried only an MSS option, so no window scaling, SACK or timestamps."""
+        self._local = local
+        self._remote = remote
+        self._init_send(now, iss)
+        self._ws_ok = self._sack_ok = self._ts_ok = False
+        self._rcv_shift = self._snd_shift = 0
+        self._peer_mss = peer_mss
+        self.irs = irs
+        self.rcv_nxt = self._last_ack_sent = seq_add(irs, 1)
+        self.rcv_adv = seq_add(self.rcv_nxt, our_window)
+        self.snd_una = self.snd_nxt = self.snd_max = seq_add(iss, 1)
+        self.snd_wnd = self.max_snd_wnd = seg.window_len
+        self.snd_wl1 = seg.seq_number
+        self.snd_wl2 = self.snd_una
+        self._last_rx = now
+        self._become_established(now)
+
     def _take_syn_options(self, seg: TcpRepr) -> None:
         if seg.max_seg_size:
             self._peer_mss = seg.max_seg_size
@@ -1120,6 +1140,8 @@ class TcpSocket(Socket):
             and self._data_plan() is None
 
     def dispatch(self, now: float, emit) -> None:
+        if self.state is not State.CLOSED and self.state is not State.LISTEN:
+            self._timers(now)
         ctl = self._ctl_out
         if ctl is not None:
             dst, src, repr_ = ctl
@@ -1134,10 +1156,6 @@ class TcpSocket(Socket):
             self._ctl_out = None
         state = self.state
         if state is State.CLOSED or state is State.LISTEN:
-            return
-        self._timers(now)
-        state = self.state
-        if state is State.CLOSED:
             return
         # our SYN / SYN-ACK
         if state is State.SYN_SENT or state is State.SYN_RECEIVED:
@@ -1288,7 +1306,7 @@ class TcpSocket(Socket):
         if self.keep_alive and state in SYNCHRONIZED:
             if self._ka_at is None:
                 self._ka_at = self._last_rx + self.keep_alive
-            elif now >= self._ka_at:
+            if now >= self._ka_at:
                 if self.snd_una == self.snd_max:
                     if self._ka_probes >= KEEPALIVE_PROBES:
                         self._time_out()
