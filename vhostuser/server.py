@@ -21,6 +21,7 @@ import os
 import selectors
 import signal
 import socket
+import stat
 import threading
 import time
 from collections import Counter
@@ -203,7 +204,9 @@ class VhostUserServer:
 
     @staticmethod
     def _listen(path: str) -> socket.socket:
-        if os.path.exists(path):
+        if os.path.lexists(path):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise OSError(errno.EEXIST, f"{path} exists and is not a socket; not removed")
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 probe.connect(path)

@@ -434,3 +434,13 @@ def test_stop_start_with_the_same_kick_eventfds(sock_path, reply_ack):
     finally:
         fe.close()
         s.stop()
+
+
+def test_serve_refuses_a_path_that_is_not_a_socket(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("precious")
+    r = subprocess.run([VHOSTNET, "serve", "--socket-path", str(path)], capture_output=True,
+                       text=True, timeout=20)
+    assert r.returncode != 0
+    assert "not a socket" in r.stderr and "Traceback" not in r.stderr
+    assert path.read_text() == "precious"
