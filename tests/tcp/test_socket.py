@@ -179,9 +179,15 @@ def test_listen_syn_no_options():
 
 
 def test_listen_ack():
+    # not taken: the interface answers it with rst_reply (tested above)
     s = new_socket()
     s.listen(LOCAL)
-    feed(s, 0.0, IRS, 1234)
+    assert not feed(s, 0.0, IRS, 1234)
+    assert s.state is State.LISTEN
+    # and if it is handed over anyway, the socket answers with the same RST
+    raw = scapy_segment(IRS, 1234)
+    tcp = TcpRepr.parse(TcpPacket(raw), REMOTE_IP, LOCAL_IP)
+    s.process(0.0, Ipv4Repr(REMOTE_IP, LOCAL_IP, 6, len(raw)), tcp, tcp.payload)
     r = one(s, 0.0)
     assert r.flags == RST and r.seq_number == 1234 and r.ack_number is None
     assert s.state is State.LISTEN
@@ -190,7 +196,7 @@ def test_listen_ack():
 def test_listen_rst():
     s = new_socket()
     s.listen(LOCAL)
-    feed(s, 0.0, IRS, flags="R")
+    assert not feed(s, 0.0, IRS, flags="R")
     assert out(s, 0.0) == [] and s.state is State.LISTEN
 
 

@@ -561,8 +561,9 @@ class TcpSocket(Socket):
         if not local[0].is_unspecified and local[0] != ip_repr.dst_addr:
             return False
         remote = self._remote
-        if remote is None:  # LISTEN
-            return True
+        if remote is None:  # LISTEN: only a SYN, so another connection's segments to this
+            # port are never taken by a listening socket that happens to come first
+            return seg.flags & (SYN | ACK | RST) == SYN
         return seg.src_port == remote[1] and ip_repr.src_addr == remote[0]
 
     def process(self, now: float, ip_repr, seg: TcpRepr, payload, src_hw=None) -> None:
