@@ -42,6 +42,7 @@ from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
 from netstack.iface.reassembly import Ipv4Reassembler
+from netstack.socket.tcp.socket import rst_reply as _tcp_rst_reply
 from netstack.wire import Error
 from netstack.wire.arp import ArpOperation, ArpPacket, ArpRepr
 from netstack.wire.checksum import checksum
@@ -54,6 +55,7 @@ from netstack.wire.icmpv4 import (
     quote_offending,
 )
 from netstack.wire.ipv4 import IpProtocol, Ipv4Cidr, Ipv4Packet, Ipv4Repr
+from netstack.wire.tcp import TcpPacket, TcpRepr
 from netstack.wire.udp import UdpPacket, UdpRepr
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -269,11 +271,14 @@ class Interface:
         self._sockets: SocketSet | None = None
         self._mtu = 1500
         self._rx_csum_ip = self._rx_csum_udp = self._rx_csum_icmp = True
+        self._rx_csum_tcp = True
         self._tx_csum_ip = True
         self._tx_csum: dict[int, bool] = {}
         # protocol number → handler(ip_repr, packet, payload, cast, raw_taken, src_hw);
         # TCP registers itself here.
-        self.protocol_handlers: dict[int, Callable] = {_UDP: self._rx_udp, _ICMP: self._rx_icmp}
+        self.protocol_handlers: dict[int, Callable] = {_UDP: self._rx_udp, _ICMP: self._rx_icmp,
+                                                       _TCP: self._rx_tcp}
+        self._tcp_sig: tuple[int, int] = (0, 0)
         self.set_ip_addrs(config.ip_addrs)
         self.set_default_gateway(config.default_gateway)
         for cidr, via in config.routes:
@@ -388,6 +393,13 @@ class Interface:
             self._rx_csum_udp = not cs.udp
             self._rx_csum_icmp = not cs.icmp
             self._tx_csum = {_UDP: cs.udp, _ICMP: cs.icmp, _TCP: cs.tcp}
+        self._rx_csum_tcp = cs is None or not cs.tcp
+        tcp = sockets.of_kind("tcp")
+        sig = (self._mtu, len(tcp))
+        if sig != self._tcp_sig:  # a new TCP socket or a new MTU: tell them the MSS
+            self._tcp_sig = sig
+            for sock in tcp:
+                sock.set_mtu(self._mtu)
 
     def poll_at(self, now: float, sockets: SocketSet) -> float | None:
         """When `poll` must run next (<= now: at once), or None for "when a frame comes"."""
@@ -571,6 +583,40 @@ class Interface:
             stats["udp_port_unreachable"] += 1
             self._icmp_error(ip, pkt, DstUnreachable.PORT_UNREACHABLE)
 
+    def _rx_tcp(self, ip: Ipv4Repr, pkt: Ipv4Packet, payload: memoryview, cast: bool,
+                raw_taken: bool, src_hw: EthernetAddress) -> None:
+        """Demux a segment to the first TCP socket (connection or listener) that accepts
+        it; answer segments nobody takes with a RST (RFC 9293 §3.10.7.1), never to a
+        broadcast or multicast."""
+        stats = self.stats
+        if cast:
+            stats["tcp_broadcast_dropped"] += 1
+            return
+        try:
+            seg = TcpRepr.parse(TcpPacket.new_checked(payload), ip.src_addr, ip.dst_addr,
+                                self._rx_csum_tcp)
+        except Error:
+            stats["tcp_malformed"] += 1
+            return
+        if seg.options_malformed:
+            stats["tcp_options_malformed"] += 1
+        for sock in self._sockets.of_kind("tcp"):
+            if sock.accepts(ip, seg):
+                sock.process(self._now, ip, seg, seg.payload, src_hw)
+                return
+        if raw_taken:
+            return
+        reply = _tcp_rst_reply(ip, seg)
+        if reply is None:
+            return
+        stats["tcp_rst_sent"] += 1
+        peer = ip.src_addr
+
+        def fill(buf, src, csum):
+            reply.emit(TcpPacket(buf), src, peer, csum)
+
+        self.emit(peer, _TCP, reply.buffer_len(), fill, ip.dst_addr, dont_frag=True)
+
     def _rx_icmp(self, ip: Ipv4Repr, pkt: Ipv4Packet, payload: memoryview, cast: bool,
                  raw_taken: bool, src_hw: EthernetAddress) -> None:
         stats = self.stats
@@ -618,7 +664,7 @@ class Interface:
 
     # -- transmit -----------------------------------------------------------------------
     def _socket_emit(self, dst, protocol, payload_len, fill, src=None, *, ttl=64,
-                     dont_frag=False, dst_hw=None) -> bool:
+                     dont_frag=False, dst_hw=None, gso_size=None) -> bool:
         if self._budget <= 0:
             return False
         self._budget -= 1
