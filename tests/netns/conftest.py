@@ -82,6 +82,16 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
         time.sleep(interval)
 
 
+def readline(proc: subprocess.Popen, timeout: float) -> str:
+    """The next line `proc` prints (stripped); AssertionError if none comes in time. For
+    processes that print a line at a time (python -u)."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            raise AssertionError(f"{proc.args[4:]!r} printed nothing in {timeout} s")
+    return proc.stdout.readline().strip()
+
+
 @dataclass
 class Link:
     """One namespace, its TAP and our stack on it. `device` is what the runtime polls: the
@@ -121,11 +131,7 @@ class Link:
         """Start Python code in the namespace and wait until it prints the `ready` line
         (so its socket is bound before we send)."""
         proc = self.spawn(PYTHON, "-u", "-c", code, *args, text=True)
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            if not sel.select(timeout):
-                raise AssertionError(f"no {ready!r} from the namespace's process in {timeout} s")
-        line = proc.stdout.readline().strip()
+        line = readline(proc, timeout)
         if line != ready:
             proc.wait(2.0)
             raise AssertionError(f"expected {ready!r}, got {line!r}: {proc.stderr.read()}")
