@@ -70,6 +70,15 @@ def test_linux_pings_us_20(link: Link):
     assert link.counter("icmp_echo_replies") == 20
 
 
+def test_linux_pings_us_fragmented(link: Link):
+    """Echo requests of 4000 and 65000 bytes: we reassemble 3 and 44 fragments (1480 bytes each) and answer
+    with as many."""
+    assert link.ping(OUR_IP, 5, "-i", "0.1", "-s", "4000") == (5, 5)
+    assert link.ping(OUR_IP, 2, "-i", "0.1", "-s", "65000") == (2, 2)
+    assert link.counter("icmp_echo_replies") == 7
+    assert link.counter("ipv4_fragments") == link.counter("tx_fragments") == 5 * 3 + 2 * 44
+
+
 def test_we_ping_linux_20(link: Link, pinger: Pinger):
     rng = random.Random(20)
     for seq in range(20):
@@ -115,6 +124,26 @@ def test_udp_to_linux_echo_server_100_datagrams_fragmented(link: Link):
     assert link.counter("tx_fragments") > 0  # we fragmented
     assert link.counter("ipv4_fragments") > 0  # and reassembled the kernel's fragments
     assert elapsed < 20, f"100 round trips took {elapsed:.1f} s"
+
+
+def test_largest_udp_datagram_both_ways(link: Link, our_apps):
+    """65507 bytes, the most one IPv4 datagram carries: to the kernel's echo server and
+    back, and from the kernel to our echo app and back."""
+    link.spawn_python(KERNEL_ECHO_SERVER)
+    data = random.Random(65507).randbytes(65507)
+    with link.runtime.udp_bind(("0.0.0.0", 0)) as sock:
+        sock.set_read_timeout(3.0)
+        sock.send_to(data, (KERNEL_IP, ECHO_PORT))
+        assert sock.recv(65535) == data
+    out = link.python(f"""
+import random, socket
+data = random.Random(65507).randbytes(65507)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3.0)
+s.sendto(data, ("{OUR_IP}", 7))
+print(s.recv(65535) == data)
+""")
+    assert out.stdout.strip() == "True"
 
 
 LINUX_CLIENT = f"""
