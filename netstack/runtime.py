@@ -57,6 +57,7 @@ class Runtime:
         self._wake_fd: int | None = None
         self._sel: selectors.BaseSelector | None = None
         self._dev_fd: int | None = None
+        self._released: list[int] = []
 
     # -- the App shape (driven by an external loop) ---------------------------------------
     def attach(self, device) -> None:
@@ -80,6 +81,8 @@ class Runtime:
             except Exception:  # a bug; keep serving, but say so
                 self.stats["poll_errors"] += 1
                 log.exception("netstack: interface poll failed")
+            if self._released:
+                self._reap(now)
             at = self.iface.poll_at(now, self.sockets)
             dev_poll_at = getattr(device, "poll_at", None)
             if dev_poll_at is not None:
@@ -113,6 +116,27 @@ class Runtime:
     def remove_socket(self, handle: int) -> Socket:
         with self.lock:
             return self.sockets.remove(handle)
+
+    def release_socket(self, handle: int) -> None:
+        """Hand a socket its application has let go of (closed) to the runtime: it stays in
+        the set while it still has work (a TCP FIN handshake, TIME-WAIT, a queued RST) and
+        is removed by `poll` once `is_open` is False and `poll_at` is None."""
+        with self.lock:
+            if handle in self.sockets:
+                self._released.append(handle)
+        self.wake()
+
+    def _reap(self, now: float) -> None:
+        keep = []
+        for handle in self._released:
+            if handle not in self.sockets:
+                continue
+            sock = self.sockets.get(handle)
+            if getattr(sock, "is_open", False) or sock.poll_at(now) is not None:
+                keep.append(handle)
+            else:
+                self.sockets.remove(handle)
+        self._released = keep
 
     def udp_bind(self, addr=("0.0.0.0", 0), **kwargs):
         """A std::net-style `netstack.net.UdpSocket` bound to `addr` = (host, port)."""
