@@ -144,6 +144,18 @@ class Runtime:
 
         return UdpSocket.bind(self, addr, **kwargs)
 
+    def tcp_listen(self, addr=("0.0.0.0", 0), backlog: int = 128, **kwargs):
+        """A std::net-style `netstack.net.TcpListener` listening on `addr` = (host, port)."""
+        from netstack.net import TcpListener
+
+        return TcpListener.bind(self, addr, backlog, **kwargs)
+
+    def tcp_connect(self, addr, timeout: float | None = None, **kwargs):
+        """A std::net-style `netstack.net.TcpStream` connected to `addr` = (host, port)."""
+        from netstack.net import TcpStream
+
+        return TcpStream.connect(self, addr, timeout, **kwargs)
+
     # -- our own thread -------------------------------------------------------------------
     def start(self) -> None:
         """Run the loop in a thread of our own."""
