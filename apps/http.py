@@ -42,10 +42,16 @@ from __future__ import annotations
 import hashlib
 import html
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from http import HTTPStatus
+from ipaddress import IPv4Address
+from urllib.parse import urlsplit
+
+from netstack.net import TcpStream
+from netstack.runtime import Runtime
 
 MAX_HEAD = 16 * 1024
 MAX_FIELDS = 100
@@ -482,3 +488,182 @@ def _not_allowed(allow: str) -> Response:
 
 def error_response(error: HttpError) -> Response:
     return Response.text(error.status, f"{error}\n")
+
+
+# -- I/O: the server ----------------------------------------------------------------------
+
+DRAIN_LIMIT = 1 << 20  # an unread request body up to this size is read and dropped (the
+                       # connection is kept); a larger one closes the connection
+
+
+def serve_http(runtime: Runtime, stop: threading.Event, port: int = 80, *,
+               max_connections: int = 256) -> None:
+    """Serve the routes above on `port` until `stop` is set: a thread per connection, at
+    most `max_connections` at a time (see `apps.tcpapps.serve_tcp`)."""
+    from apps.tcpapps import serve_tcp
+
+    serve_tcp(runtime, stop, port, handle_connection, max_connections=max_connections)
+
+
+class RequestBody:
+    """A request's body as an iterator of chunks, read from the stream as a route pulls
+    them. The first pull sends `100 Continue` when the client waits for it."""
+
+    def __init__(self, stream: TcpStream, request: Request, next_event) -> None:
+        self._stream = stream
+        self._request = request
+        self._next_event = next_event
+        self.started = False
+        self.done = False
+        self.remaining = request.content_length
+
+    def __iter__(self) -> RequestBody:
+        return self
+
+    def __next__(self) -> bytes:
+        if self.done:
+            raise StopIteration
+        if not self.started:
+            self.started = True
+            if self._request.expects_continue and self.remaining:
+                self._stream.write_all(response_head(100, content_length=None, keep_alive=True))
+        ev = self._next_event()
+        if isinstance(ev, Data):
+            self.remaining -= len(ev.data)
+            return ev.data
+        self.done = True  # EndOfMessage
+        raise StopIteration
+
+
+def handle_connection(stream: TcpStream) -> None:
+    """Answer requests on one connection until the client closes it or asks us to."""
+    reader = Reader("server")
+
+    def next_event():
+        while (ev := reader.next_event()) is NEED_DATA:
+            reader.receive_data(stream.read(CHUNK))
+        return ev
+
+    while True:
+        try:
+            request = next_event()
+            if isinstance(request, ConnectionClosed):
+                return
+            body = RequestBody(stream, request, next_event)
+            response = route(request, body)
+        except HttpError as e:  # a bad head, or the body broke off
+            send_response(stream, error_response(e), keep_alive=False)
+            return
+        # a body the route left unread is drained when small, else the connection closes
+        # (a client waiting for 100 Continue never sent it: closing is the clean way out)
+        keep = request.keep_alive and (body.done or body.remaining <= DRAIN_LIMIT and (
+            body.started or not request.expects_continue))
+        send_response(stream, response, keep_alive=keep, head_only=request.method == "HEAD")
+        if not keep:
+            return
+        try:
+            for _ in body:
+                pass
+        except HttpError:
+            return
+
+
+def send_response(stream: TcpStream, response: Response, *, keep_alive: bool,
+                  head_only: bool = False) -> None:
+    head = response_head(response.status, response.headers, content_length=response.length,
+                         keep_alive=keep_alive)
+    if head_only:
+        stream.write_all(head)
+        return
+    chunks = iter(response.body)
+    first = next(chunks, b"")
+    if len(first) <= 4096:  # a small body leaves in the head's segment
+        stream.write_all(head + first)
+    else:
+        stream.write_all(head)
+        stream.write_all(first)
+    for chunk in chunks:
+        stream.write_all(chunk)
+
+
+# -- I/O: the client ----------------------------------------------------------------------
+
+def parse_url(url: str) -> tuple[tuple[str, int], str, str]:
+    """`http://IPv4[:port]/path?query` as ((host, port), target, Host header). Only IPv4
+    literals: the stack has no DNS resolver."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        raise ValueError(f"only http:// URLs are supported, not {url!r}")
+    try:
+        host = str(IPv4Address(parts.hostname or ""))
+        port = parts.port or 80
+    except ValueError:
+        raise ValueError(f"the host of {url!r} must be an IPv4 address and port "
+                         "(the stack has no DNS resolver), e.g. http://10.0.2.15:8080/") from None
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return (host, port), target, parts.netloc.rpartition("@")[2]
+
+
+class HttpResponse:
+    """A response whose body is read from the connection as you iterate `iter_body()` (or
+    call `read()`). `status`, `reason` and `headers` (lower-case names) are there at once.
+    Close it when done (it is a context manager)."""
+
+    def __init__(self, stream: TcpStream, reader: Reader, head: ResponseHead) -> None:
+        self._stream = stream
+        self._reader = reader
+        self.status = head.status
+        self.reason = head.reason
+        self.headers = head.headers
+
+    def iter_body(self) -> Iterator[bytes]:
+        reader = self._reader
+        while True:
+            ev = reader.next_event()
+            if ev is NEED_DATA:
+                reader.receive_data(self._stream.read(CHUNK))
+            elif isinstance(ev, Data):
+                yield ev.data
+            else:
+                return
+
+    def read(self) -> bytes:
+        return b"".join(self.iter_body())
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def __enter__(self) -> HttpResponse:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def http_open(runtime: Runtime, url: str, *, timeout: float | None = 30.0,
+              headers: Iterable[tuple[str, str]] = ()) -> HttpResponse:
+    """GET `url` over `runtime`'s stack and return once the response head is in; the body
+    is read as you iterate it. `timeout` bounds the connect and each wait for data.
+    Raises ConnectionRefusedError, TimeoutError, other OSErrors, or HttpError."""
+    addr, target, host = parse_url(url)
+    stream = TcpStream.connect(runtime, addr, timeout=timeout)
+    try:
+        stream.set_read_timeout(timeout)
+        stream.write_all(request_head("GET", target, host, [("Connection", "close"), *headers]))
+        reader = Reader("client")
+        while (ev := reader.next_event()) is NEED_DATA:
+            reader.receive_data(stream.read(CHUNK))
+        if isinstance(ev, ConnectionClosed):
+            raise HttpError(502, f"{host} closed the connection without a response")
+        return HttpResponse(stream, reader, ev)
+    except BaseException:
+        stream.close()
+        raise
+
+
+def http_get(runtime: Runtime, url: str, timeout: float | None = 30.0,
+             ) -> tuple[int, dict[str, str], bytes]:
+    """GET `url`: (status, headers, body), the body whole in memory (for big ones iterate
+    `http_open(...).iter_body()`)."""
+    with http_open(runtime, url, timeout=timeout) as resp:
+        return resp.status, resp.headers, resp.read()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import doctest
 import hashlib
+import threading
+import time
 
 import pytest
 from hypothesis import given
@@ -21,11 +23,22 @@ from apps.http import (
     Reader,
     Request,
     ResponseHead,
+    http_get,
+    http_open,
     pattern_chunks,
     request_head,
     response_head,
     route,
 )
+from apps.tcpapps import (
+    chargen_lines,
+    serve_chargen,
+    serve_discard,
+    serve_echo,
+    serve_echoserver,
+)
+from netstack.net import TcpStream
+from tests.test_net_udp import A_IP, B_IP, link, stack
 
 GET = b"GET /bytes/10 HTTP/1.1\r\nHost: 10.0.2.2\r\nUser-Agent: Wget\r\n\r\n"
 POST = b"POST /sink HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
@@ -272,3 +285,185 @@ def test_not_found_and_wrong_methods():
     resp = route(request("GET", "/sink"), iter(()))
     assert resp.status == 405 and ("Allow", "POST") in resp.headers
     assert route(request("POST", "/"), iter(())).status == 405
+
+
+# -- the apps between two stacks --------------------------------------------------------------
+
+APPS = [(serve_echo, 7), (serve_discard, 9), (serve_chargen, 19), (serve_echoserver, 5555),
+        (apps.http.serve_http, 80)]
+
+
+@pytest.fixture(scope="module")
+def served():
+    """Stack B (10.9.0.2) runs every app, as `Stack.start_apps` does; stack A is the
+    client. Yields (client runtime, server runtime)."""
+    da, db = link()
+    ra, rb = stack(1, A_IP, da), stack(2, B_IP, db)
+    ra.start()
+    rb.start()
+    stop = threading.Event()
+    threads = [threading.Thread(target=serve, args=(rb, stop, port), daemon=True)
+               for serve, port in APPS]
+    for t in threads:
+        t.start()
+    yield ra, rb
+    stop.set()
+    for t in threads:
+        t.join(2.0)
+        assert not t.is_alive()
+    for rt in (ra, rb):
+        rt.stop()
+    da.close()
+    db.close()
+
+
+def connect(rt, port: int) -> TcpStream:
+    """Connect to the app on `port`, retrying while its listener is not up yet."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            s = TcpStream.connect(rt, (B_IP, port), timeout=5)
+            s.set_read_timeout(10)
+            return s
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def sha256_of_stream(chunks) -> tuple[int, str]:
+    h = hashlib.sha256()
+    n = 0
+    for chunk in chunks:
+        h.update(chunk)
+        n += len(chunk)
+    return n, h.hexdigest()
+
+
+def test_echo_returns_every_byte(served):
+    ra, _ = served
+    data = bytes(range(256)) * 4096  # 1 MiB
+    with connect(ra, 7) as s:
+        writer = threading.Thread(target=lambda: (s.write_all(data), s.shutdown("write")))
+        writer.start()
+        got = s.read_to_end()
+        writer.join()
+    assert got == data
+
+
+def test_discard_reads_everything_then_closes(served):
+    ra, _ = served
+    with connect(ra, 9) as s:
+        s.write_all(b"x" * 500_000)
+        s.shutdown("write")
+        assert s.read() == b""  # nothing ever comes back; EOF after ours
+
+
+def test_chargen_pattern_and_it_stops_when_we_close(served):
+    ra, rb = served
+    with connect(ra, 19) as s:
+        got = s.read_exact(3 * 7030)
+    assert got == chargen_lines() * 3
+    lines = got.split(b"\r\n")
+    assert lines[0] == bytes(range(32, 104)) and lines[1] == bytes(range(33, 105))
+    assert all(len(line) == 72 for line in lines[:-1])
+    # we closed with unread data (a RST): the server's writes fail and its thread ends
+    deadline = time.monotonic() + 5
+    while any(t.name.startswith("chargen ") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "chargen still writing to a closed peer"
+        time.sleep(0.02)
+
+
+def test_chargen_keeps_going_after_our_half_close(served):
+    ra, _ = served
+    with connect(ra, 19) as s:
+        s.shutdown("write")
+        assert len(s.read_exact(100_000)) == 100_000
+
+
+def test_echoserver_reverses_lines(served):
+    ra, _ = served
+    with connect(ra, 5555) as s:
+        s.write_all(b"hello\nvhost")  # the second line is answered once complete
+        assert s.read_exact(6) == b"olleh\n"
+        s.write_all(b"net\r\nab")
+        assert s.read_exact(10) == b"tentsohv\r\n"
+        s.shutdown("write")
+        assert s.read_to_end() == b"ba"  # a last line without newline, at our EOF
+
+
+def test_http_index(served):
+    ra, _ = served
+    status, headers, body = http_get(ra, f"http://{B_IP}/", timeout=10)
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert b"netstack" in body and int(headers["content-length"]) == len(body)
+
+
+def test_http_bytes_one_million_by_hash(served):
+    ra, _ = served
+    with http_open(ra, f"http://{B_IP}/bytes/1000000", timeout=10) as resp:
+        assert resp.status == 200
+        got = sha256_of_stream(resp.iter_body())
+    assert got == (1_000_000, hashlib.sha256(bytes(i % 256 for i in range(1_000_000))).hexdigest())
+
+
+def test_http_post_sink_5_mib(served):
+    ra, _ = served
+    body = hashlib.sha256(b"seed").digest() * (5 * 1024 * 1024 // 32)
+    head = (f"POST /sink HTTP/1.1\r\nHost: {B_IP}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode()
+    with connect(ra, 80) as s:
+        s.write_all(head)
+        s.write_all(body)
+        answer = s.read_to_end()
+    head, _, text = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close" in head
+    assert text == f"{len(body)} {hashlib.sha256(body).hexdigest()}\n".encode()
+
+
+def test_http_keep_alive_pipelined_and_errors(served):
+    ra, _ = served
+    with connect(ra, 80) as s:
+        s.write_all(b"GET /bytes/5 HTTP/1.1\r\n\r\n"
+                    b"POST /nope HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+        reader = Reader("client")
+        got = []
+        while len([e for e in got if isinstance(e, EndOfMessage)]) < 2:
+            got += events(reader, s.read())
+        assert [(e.status if isinstance(e, ResponseHead) else e) for e in joined(got)] == [
+            200, Data(b"\x00\x01\x02\x03\x04"), EndOfMessage(), 404,
+            Data(b"no such page: /nope\n"), EndOfMessage()]
+        s.write_all(b"POST /sink HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+        interim = s.read_exact(len(b"HTTP/1.1 100 Continue\r\nServer: vhostnet\r\n\r\n"))
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n")
+        s.write_all(b"hi")
+        assert b"\r\n\r\n2 " + hashlib.sha256(b"hi").hexdigest().encode() in s.read(4096)
+        s.write_all(b"POST /sink HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        answer = s.read_to_end()  # we asked for what is not supported: 501, closed
+    assert answer.startswith(b"HTTP/1.1 501 Not Implemented\r\n") and b"Connection: close" in answer
+
+
+def test_http_client_errors(served):
+    ra, _ = served
+    with pytest.raises(ConnectionRefusedError):
+        http_get(ra, f"http://{B_IP}:81/", timeout=5)
+    with pytest.raises(ValueError, match="IPv4"):
+        http_get(ra, "http://example.com/", timeout=5)
+    with pytest.raises(ValueError, match="http://"):
+        http_get(ra, f"https://{B_IP}/", timeout=5)
+
+
+def test_many_concurrent_http_clients(served):
+    ra, _ = served
+    results = []
+
+    def fetch() -> None:
+        status, _, body = http_get(ra, f"http://{B_IP}/bytes/20000", timeout=20)
+        results.append((status, body == bytes(i % 256 for i in range(20000))))
+
+    threads = [threading.Thread(target=fetch) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [(200, True)] * 50
