@@ -109,7 +109,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"\nThe stack: {c.address} (mac {c.mac}, mtu {c.mtu}); DNS {c.dns_address} "
               f"(gateway.vhostnet, dns.vhostnet{''.join(', ' + r for r in c.dns_records)}); "
               + (f"DHCP leases from {c.dhcp_start}; " if c.dhcp else "no DHCP; ")
-              + "UDP echo on 7, udpserver on 5555.", flush=True)
+              + "UDP echo on 7, udpserver on 5555; TCP echo on 7, discard on 9, chargen on 19, "
+              "echoserver on 5555, HTTP on 80.", flush=True)
     log.info("serving vhost-user net on %s", path or args.connect or f"fd {args.fd}")
     try:
         server.serve_forever()
@@ -208,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     from apps.bridge import add_parser as add_bridge_parser  # its code lives in apps/bridge.py
 
     add_bridge_parser(sub)
+    from apps.get import add_parser as add_get_parser  # its code lives in apps/get.py
+
+    add_get_parser(sub)
     return parser
 
 

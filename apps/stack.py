@@ -1,7 +1,8 @@
 """The default stack `vhostnet serve` puts behind the guest's NIC, as slirp/passt users
 expect it: we are 10.0.2.2/24 (and 10.0.2.3, the DNS server) with MAC 52:55:0a:00:02:02,
 a DHCP server leases from 10.0.2.15, a DNS responder knows gateway.vhostnet and
-dns.vhostnet, and the example apps listen (UDP echo on 7, udpserver on 5555).
+dns.vhostnet, and the example apps listen (UDP echo on 7, udpserver on 5555; TCP echo
+on 7, discard on 9, chargen on 19, echoserver on 5555, HTTP on 80).
 """
 
 from __future__ import annotations
@@ -50,11 +51,13 @@ class Stack:
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     def start_apps(self) -> None:
-        from apps import echo, udpserver
+        from apps import echo, http, tcpapps, udpserver
 
-        for target in (echo.serve_udp, udpserver.serve):
+        for target in (echo.serve_udp, udpserver.serve, tcpapps.serve_echo,
+                       tcpapps.serve_discard, tcpapps.serve_chargen, tcpapps.serve_echoserver,
+                       http.serve_http):
             t = threading.Thread(target=target, args=(self.runtime, self.stop_event),
-                                 name=target.__module__, daemon=True)
+                                 name=f"{target.__module__}.{target.__name__}", daemon=True)
             t.start()
             self.app_threads.append(t)
 
