@@ -47,7 +47,8 @@ import errno
 import random
 import threading
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
 
 from netstack.runtime import Runtime
@@ -154,10 +155,25 @@ def _drain(sock) -> None:
             return
 
 
+def _weak_waker(obj: _Waitable) -> Callable[[], None]:
+    """A waker that does not keep `obj` alive: the set holds the sans-I/O socket, the
+    socket its waker, and a dropped application socket must still be collected (and
+    closed by `__del__`, as dropping a std::net socket closes it)."""
+    ref = weakref.ref(obj)
+
+    def wake() -> None:
+        target = ref()
+        if target is not None:
+            target._on_wake()
+
+    return wake
+
+
 class _Waitable:
     """What the blocking sockets share: the Condition on the runtime lock, timeouts,
     non-blocking mode, and the readiness fd. Subclasses define `_readiness()` ->
-    (readable, writable), called with the lock held."""
+    (readable, writable), called with the lock held, and `close()`; a socket dropped
+    without `close()` is closed when it is collected."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
@@ -171,6 +187,17 @@ class _Waitable:
 
     def _readiness(self) -> tuple[bool, bool]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True) or not hasattr(self, "_handle"):
+            return
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - a finalizer must not raise (interpreter exit)
+            pass
 
     def _on_wake(self) -> None:
         """The sans-I/O socket's waker: runtime thread, lock held."""
@@ -284,7 +311,7 @@ class UdpSocket(_Waitable):
         self._sock = sock
         self._handle = handle
         self._peer: tuple[IPv4Address, int] | None = None
-        sock.set_waker(self._on_wake)
+        sock.set_waker(_weak_waker(self))
 
     @classmethod
     def bind(cls, runtime: Runtime, addr: Address = ("0.0.0.0", 0), *, rx_packets: int = 256,
@@ -492,7 +519,7 @@ class TcpStream(_Waitable):
         self._error_taken = False
         self._shut_wr = False
         self._linger_abort = False
-        sock.set_waker(self._on_wake)
+        sock.set_waker(_weak_waker(self))
 
     # -- opening --------------------------------------------------------------------------
     @classmethod
@@ -812,7 +839,7 @@ class TcpListener(_Waitable):
         super().__init__(runtime)
         self._listener = listener
         self._handle = handle
-        listener.set_waker(self._on_wake)
+        listener.set_waker(_weak_waker(self))
 
     @classmethod
     def bind(cls, runtime: Runtime, addr: Address = ("0.0.0.0", 0), backlog: int = 128, *,

@@ -63,6 +63,7 @@ import socket as _std
 import struct
 import sys
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from ipaddress import IPv4Address
 
@@ -707,6 +708,15 @@ class socket:
             if ready is not None:
                 ready.set(True, True)  # anyone still selecting on it wakes up
                 ready.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_real_closed", True):
+            return
+        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
+        try:
+            self._real_close()
+        except Exception:  # noqa: BLE001 - a finalizer must not raise (interpreter exit)
+            pass
 
     def detach(self) -> int:
         raise OSError(errno.EOPNOTSUPP, "netstack sockets have no kernel socket to detach")

@@ -344,3 +344,15 @@ def test_readiness_fds_with_selectors(pair):
         assert x.fileno() == -1
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+def test_a_dropped_stream_is_closed(pair):
+    ra, rb = pair
+    c, s, listener = connected(ra, rb, time_wait=0.05)
+    with s, listener:
+        c.write_all(b"last words")
+        del c  # dropped without close(): closed when collected, as dropping a std stream
+        s.set_read_timeout(2.0)
+        assert s.read_exact(10) == b"last words"
+        assert s.read(1) == b""
+    wait_until(lambda: len(ra.sockets) == 0)

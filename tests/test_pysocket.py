@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import gc
 import hashlib
 import http.client
 import http.server
@@ -110,8 +111,8 @@ def test_udp_timeout_nonblocking_and_errors(pair):
         with pytest.raises(OSError) as e:
             s.listen()
         assert e.value.errno == errno.EOPNOTSUPP
-        with pytest.raises(OSError) as e:
-            udp(ra).bind(("0.0.0.0", s.getsockname()[1]))
+        with udp(ra) as other, pytest.raises(OSError) as e:
+            other.bind(("0.0.0.0", s.getsockname()[1]))
         assert e.value.errno == errno.EADDRINUSE
         with pytest.raises(OSError) as e:
             s.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
@@ -484,3 +485,18 @@ def test_asyncio_sock_methods(pair):
             sock.close()
 
     asyncio.run(main())
+
+
+def test_an_unclosed_socket_warns_and_closes(pair):
+    ra, rb = pair
+    with tcp(rb) as listener:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen()
+        c = pysocket.create_connection((B_IP, listener.getsockname()[1]), 2.0, runtime=ra)
+        s, _ = listener.accept()
+        with s:
+            with pytest.warns(ResourceWarning):
+                del c
+                gc.collect()
+            s.settimeout(2.0)
+            assert s.recv(1) == b""  # the peer's FIN
