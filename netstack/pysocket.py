@@ -751,6 +751,9 @@ def bound_socket_class(runtime: Runtime, hosts: Mapping[str, str] | None = None)
 
 
 _patch_lock = threading.RLock()
+_REAL = {"socket": _real_socket, "create_connection": _real_create_connection,
+         "getfqdn": _real_getfqdn}
+_installed = dict(_REAL)  # what `patch` put in place (the real objects outside any patch)
 
 
 @contextlib.contextmanager
@@ -772,19 +775,24 @@ def patch(runtime: Runtime | None = None, *,
     def patched_getfqdn(name=""):
         return getfqdn(name, hosts)
 
-    replacements = {id(_real_socket): cls, id(_real_create_connection): patched_create_connection,
-                    id(_real_getfqdn): patched_getfqdn}
+    new = {"socket": cls, "create_connection": patched_create_connection,
+           "getfqdn": patched_getfqdn}
     with _patch_lock:
+        # what to replace: the real objects and, when nested, the outer patch's
+        replacements = {}
+        for name, value in new.items():
+            replacements[id(_REAL[name])] = value
+            replacements[id(_installed[name])] = value
         saved: list[tuple[object, str, object]] = []
+        outer = dict(_installed)
 
         def swap(obj, name: str, value) -> None:
             saved.append((obj, name, obj.__dict__[name]))
             setattr(obj, name, value)
 
         try:
-            for name in ("socket", "create_connection", "getfqdn"):
-                current = _std.__dict__[name]
-                swap(_std, name, replacements.get(id(current), current))
+            for name, value in new.items():
+                swap(_std, name, value)
             for mod_name, mod in list(sys.modules.items()):
                 if mod is None or mod is _std or mod_name == __name__:
                     continue
@@ -792,13 +800,16 @@ def patch(runtime: Runtime | None = None, *,
                 if not isinstance(d, dict):
                     continue
                 for name, value in list(d.items()):
-                    new = replacements.get(id(value))  # ids of live objects: identity
-                    if new is not None:
-                        swap(mod, name, new)
+                    repl = replacements.get(id(value))  # ids of live objects: identity
+                    if repl is not None:
+                        swap(mod, name, repl)
+            _installed.update(new)
             yield cls
         finally:
             for obj, name, value in reversed(saved):
                 setattr(obj, name, value)
+            _installed.clear()
+            _installed.update(outer)
 
 
 def make_server_class(base: type, runtime: Runtime, *,

@@ -356,3 +356,16 @@ def test_a_dropped_stream_is_closed(pair):
         assert s.read_exact(10) == b"last words"
         assert s.read(1) == b""
     wait_until(lambda: len(ra.sockets) == 0)
+
+
+def test_runtime_helpers(pair):
+    ra, rb = pair
+    with rb.tcp_listen(("0.0.0.0", 0)) as listener:
+        port = listener.local_addr()[1]
+        with ra.tcp_connect((B_IP, port), 2.0, nodelay=True) as c:
+            assert c.nodelay()
+            s, _ = listener.accept()
+            with s:
+                c.write_all(b"helper")
+                s.set_read_timeout(2.0)
+                assert s.read_exact(6) == b"helper"

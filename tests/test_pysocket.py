@@ -500,3 +500,35 @@ def test_an_unclosed_socket_warns_and_closes(pair):
                 gc.collect()
             s.settimeout(2.0)
             assert s.recv(1) == b""  # the peer's FIN
+
+
+def test_sendall_timeout_is_for_the_whole_call(pair):
+    ra, rb = pair
+    with tcp(rb) as listener:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen()
+        c = tcp(ra)
+        c.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_SNDBUF, 16384)
+        c.settimeout(2.0)
+        c.connect((B_IP, listener.getsockname()[1]))
+        s, _ = listener.accept()
+        with c, s:
+            c.settimeout(0.3)
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):
+                c.sendall(b"x" * (4 << 20))  # the peer never reads
+            assert 0.3 <= time.monotonic() - t0 < 0.35
+
+
+def test_patch_restores_on_error_and_nests(pair):
+    ra, rb = pair
+    real = std_socket.socket
+    with pytest.raises(RuntimeError), pysocket.patch(ra) as outer:
+        assert std_socket.socket is outer
+        with pysocket.patch(rb) as inner:
+            assert std_socket.socket is inner and socketserver.socket.socket is inner
+            assert inner._bound_runtime is rb
+        assert std_socket.socket is outer
+        raise RuntimeError("boom")
+    assert std_socket.socket is real
+    assert std_socket.getfqdn is pysocket._real_getfqdn
