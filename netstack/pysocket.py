@@ -40,12 +40,13 @@ IP_TTL are accepted and ignored; anything else raises OSError(ENOPROTOOPT).
 Running stdlib servers and clients on the stack:
 
 - `patch(runtime)`: a context manager that, for its duration, replaces `socket.socket`,
-  `socket.create_connection` and `socket.getfqdn` in the `socket` module, in every module
-  that imported them by name (`http.client` looks `socket.create_connection` up per
-  connection), so `socketserver`, `http.server`, `http.client` and `urllib.request` use our stack. It is
-  process-wide: every thread sees it. AF_UNIX sockets and sockets made from an fd
-  (`socket.socketpair`, `socket.fromfd`, asyncio's self-pipe) stay real kernel sockets;
-  AF_INET6 raises EAFNOSUPPORT.
+  `socket.create_connection`, `socket.getfqdn` and `socket.getaddrinfo` (our names first,
+  then the host's resolver) in the `socket` module and in every module that imported them
+  by name (`http.client` looks `socket.create_connection` up per connection), so
+  `socketserver`, `http.server`, `http.client`, `urllib.request` and asyncio's own
+  `open_connection` use our stack. Patches nest. It is process-wide: every thread sees it.
+  AF_UNIX sockets and sockets made from an fd (`socket.socketpair`, `socket.fromfd`,
+  asyncio's self-pipe) stay real kernel sockets; AF_INET6 raises EAFNOSUPPORT.
 - `make_server_class(socketserver.TCPServer, runtime)`: a subclass whose listening socket
   is ours, with no global patching (for UDPServer, HTTPServer, ThreadingHTTPServer too).
 - asyncio: `await open_connection(runtime, host, port)` and `await start_server(cb,
@@ -120,6 +121,7 @@ _GLOBAL_DEFAULT_TIMEOUT = _std._GLOBAL_DEFAULT_TIMEOUT
 _real_socket = _std.socket
 _real_create_connection = _std.create_connection
 _real_getfqdn = _std.getfqdn
+_real_getaddrinfo = _std.getaddrinfo
 
 _IGNORED_OPTIONS = {
     (SOL_SOCKET, SO_REUSEPORT), (SOL_SOCKET, SO_BROADCAST), (SOL_SOCKET, SO_OOBINLINE),
@@ -190,6 +192,27 @@ def getfqdn(name: str = "", hosts: Mapping[str, str] = _hosts) -> str:
         if ip == name:
             return known
     return name
+
+
+def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0,
+                hosts: Mapping[str, str] = _hosts) -> list:
+    """`socket.getaddrinfo` for IPv4 literals and `add_host` names (AF_INET answers);
+    other names go to the host's resolver (their answers are of no use on our stack)."""
+    if family not in (0, AF_INET) or (host is not None and not isinstance(host, str)):
+        return _real_getaddrinfo(host, port, family, type, proto, flags)
+    try:
+        ip = _resolve(host, hosts)
+    except gaierror:
+        return _real_getaddrinfo(host, port, family, type, proto, flags)
+    if port is None:
+        port = 0
+    elif isinstance(port, (str, bytes)):
+        port = port.decode() if isinstance(port, bytes) else port
+        port = int(port) if port.isdigit() else _std.getservbyname(port)
+    kinds = [type] if type else [SOCK_STREAM, SOCK_DGRAM]
+    return [(_std.AddressFamily.AF_INET, _std.SocketKind(kind),
+             proto or (IPPROTO_TCP if kind == SOCK_STREAM else IPPROTO_UDP), "", (ip, port))
+            for kind in kinds]
 
 
 # -- the socket ---------------------------------------------------------------------------
@@ -265,9 +288,9 @@ class socket:
         return self._type == SOCK_STREAM
 
     def __repr__(self) -> str:
-        s = (f"<netstack.pysocket.socket{' [closed]' if self._real_closed else ''} "
-             f"fd={self.fileno() if self._ready is not None else None}, family={self._family.name}, "
-             f"type={self._type.name}, proto={self._proto}")
+        fd = self.fileno() if self._ready is not None else None
+        s = (f"<netstack.pysocket.socket{' [closed]' if self._real_closed else ''} fd={fd}, "
+             f"family={self._family.name}, type={self._type.name}, proto={self._proto}")
         if not self._real_closed:
             with contextlib.suppress(OSError):
                 s += f", laddr={self.getsockname()}"
@@ -752,7 +775,7 @@ def bound_socket_class(runtime: Runtime, hosts: Mapping[str, str] | None = None)
 
 _patch_lock = threading.RLock()
 _REAL = {"socket": _real_socket, "create_connection": _real_create_connection,
-         "getfqdn": _real_getfqdn}
+         "getfqdn": _real_getfqdn, "getaddrinfo": _real_getaddrinfo}
 _installed = dict(_REAL)  # what `patch` put in place (the real objects outside any patch)
 
 
@@ -775,8 +798,11 @@ def patch(runtime: Runtime | None = None, *,
     def patched_getfqdn(name=""):
         return getfqdn(name, hosts)
 
+    def patched_getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+        return getaddrinfo(host, port, family, type, proto, flags, hosts)
+
     new = {"socket": cls, "create_connection": patched_create_connection,
-           "getfqdn": patched_getfqdn}
+           "getfqdn": patched_getfqdn, "getaddrinfo": patched_getaddrinfo}
     with _patch_lock:
         # what to replace: the real objects and, when nested, the outer patch's
         replacements = {}
@@ -882,6 +908,6 @@ async def start_server(client_connected_cb, runtime: Runtime, host: str = "0.0.0
 __all__ = [
     "AF_INET", "SHUT_RD", "SHUT_RDWR", "SHUT_WR", "SOCK_DGRAM", "SOCK_STREAM", "add_host",
     "bound_socket_class", "create_connection", "error", "gaierror", "get_default_runtime",
-    "getdefaulttimeout", "getfqdn", "make_server_class", "open_connection", "patch",
-    "set_default_runtime", "setdefaulttimeout", "socket", "start_server", "timeout",
+    "getaddrinfo", "getdefaulttimeout", "getfqdn", "make_server_class", "open_connection",
+    "patch", "set_default_runtime", "setdefaulttimeout", "socket", "start_server", "timeout",
 ]

@@ -532,3 +532,31 @@ def test_patch_restores_on_error_and_nests(pair):
         raise RuntimeError("boom")
     assert std_socket.socket is real
     assert std_socket.getfqdn is pysocket._real_getfqdn
+
+
+def test_plain_asyncio_through_patch(pair):
+    """Under `patch`, asyncio's own open_connection (getaddrinfo, socket.socket,
+    sock_connect) runs on our stack, names from `hosts` included."""
+    ra, rb = pair
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write((await reader.readline()).upper())
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server = await pysocket.start_server(handle, rb, "0.0.0.0", 8765)
+        async with server:
+            reader, writer = await asyncio.open_connection("server.test", 8765)
+            assert isinstance(writer.get_extra_info("socket")._sock, socket)
+            writer.write(b"through patch\n")
+            assert await asyncio.wait_for(reader.readline(), 2) == b"THROUGH PATCH\n"
+            writer.close()
+            await writer.wait_closed()
+
+    with pysocket.patch(ra, hosts={"server.test": B_IP}):
+        assert std_socket.getaddrinfo("server.test", "80", type=std_socket.SOCK_STREAM) == \
+            [(std_socket.AF_INET, std_socket.SOCK_STREAM, std_socket.IPPROTO_TCP, "",
+              (B_IP, 80))]
+        asyncio.run(main())
+    assert std_socket.getaddrinfo is pysocket._real_getaddrinfo
