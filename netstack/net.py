@@ -101,7 +101,20 @@ def _check_local(runtime: Runtime, ip: IPv4Address) -> None:
 class Readiness:
     """A file descriptor readable/writable exactly as `set` says (see the module docstring).
 
-    Starts not readable and not writable. Not thread-safe: the runtime lock guards it."""
+    Starts not readable and not writable. Not thread-safe: the runtime lock guards it.
+
+    >>> import select
+    >>> r = Readiness()
+    >>> select.select([r], [r], [], 0)
+    ([], [], [])
+    >>> r.set(readable=True, writable=False)
+    >>> select.select([r], [r], [], 0) == ([r], [], [])
+    True
+    >>> r.set(readable=False, writable=True)
+    >>> select.select([r], [r], [], 0) == ([], [r], [])
+    True
+    >>> r.close()
+    """
 
     __slots__ = ("_app", "_ctl", "readable", "writable")
     _FILL = b"\0" * 4096

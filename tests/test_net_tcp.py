@@ -369,3 +369,11 @@ def test_runtime_helpers(pair):
                 c.write_all(b"helper")
                 s.set_read_timeout(2.0)
                 assert s.read_exact(6) == b"helper"
+
+
+def test_module_doctest():
+    import doctest
+
+    import netstack.net
+
+    assert doctest.testmod(netstack.net).failed == 0
