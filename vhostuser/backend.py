@@ -66,6 +66,14 @@ DEFAULT_FEATURES = bits(
     Feature.F_ANY_LAYOUT,
     Feature.PROTOCOL_FEATURES,
 )
+# Checksum and TCP segmentation offloads (IPv4): the stack takes and gives 64 KiB TCP
+# segments with the checksum left to whoever delivers them (see offload.py).
+OFFLOAD_FEATURES = bits(
+    Feature.NET_F_CSUM,
+    Feature.NET_F_GUEST_CSUM,
+    Feature.NET_F_HOST_TSO4,
+    Feature.NET_F_GUEST_TSO4,
+)
 DEFAULT_PROTOCOL_FEATURES = bits(
     ProtocolFeature.MQ,
     ProtocolFeature.REPLY_ACK,
@@ -140,7 +148,7 @@ class BackendConfig:
     queue_pairs: int = 1
     mtu: int = 1500
     mac: bytes = bytes.fromhex("525400123456")
-    features: int = DEFAULT_FEATURES
+    features: int = DEFAULT_FEATURES | OFFLOAD_FEATURES
     protocol_features: int = DEFAULT_PROTOCOL_FEATURES
 
 

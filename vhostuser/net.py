@@ -28,6 +28,7 @@ from vhostuser.features import (
     has,
 )
 from vhostuser.memory import GuestMemory
+from vhostuser.offload import NO_OFFLOAD, BadOffload, from_guest, header_for_guest
 from vhostuser.virtqueue import Chain, Virtqueue
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,29 @@ FrameHook = Callable[[str, memoryview], None]  # ("guest-tx" | "guest-rx", frame
 
 
 @dataclass(frozen=True, slots=True)
+class ChecksumOffload:
+    """Which checksums the stack may leave to the device (shaped like netstack's
+    ChecksumCapabilities). Only TCP: UDP/ICMP are few and may be IP-fragmented, which a
+    partial checksum cannot follow; the device completes the guest's partial UDP ones."""
+
+    ipv4: bool = False
+    udp: bool = False
+    tcp: bool = False
+    icmp: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class NetCapabilities:
     """What the device carries: shaped like netstack.phy.DeviceCapabilities."""
 
     mtu: int = 1500
     max_burst: int | None = None
-    checksum: object = None
+    checksum: ChecksumOffload | None = None
     tso_max: int | None = None
     lro: bool = False
+
+
+TSO_MAX = 65000  # TCP payload per segment handed to a GUEST_TSO4 guest (IP total ≤ 64 KiB)
 
 
 class _Done:
@@ -113,10 +129,14 @@ class VirtioNetDevice:
         self.features = 0
         self.hdr_len = NET_HDR_LEN_LEGACY
         self.mergeable = False
+        self.csum_offload = False  # CSUM or GUEST_CSUM: TCP checksums left to the device
+        self.guest_csum = False
+        self.guest_tso = False
+        self.host_tso = False
         self.on_frame: FrameHook | None = None
         self.stats: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
-        self._backlog: deque[bytes] = deque()
+        self._backlog: deque[tuple[bytes, bytearray]] = deque()
         self._backlog_bytes = 0
         self._dirty: set[Virtqueue] = set()
         self._pending_rx: _Done | None = None  # an RxToken not consumed yet
@@ -132,9 +152,26 @@ class VirtioNetDevice:
             self.hdr_len = NET_HDR_LEN
         else:
             self.hdr_len = NET_HDR_LEN_LEGACY
+        self.guest_csum = has(features, Feature.NET_F_GUEST_CSUM)
+        self.csum_offload = self.guest_csum or has(features, Feature.NET_F_CSUM)
+        self.guest_tso = self.guest_csum and has(features, Feature.NET_F_GUEST_TSO4)
+        self.host_tso = has(features, Feature.NET_F_HOST_TSO4)
 
     def capabilities(self) -> NetCapabilities:
-        return NetCapabilities(mtu=self.mtu)
+        return NetCapabilities(
+            mtu=self.mtu,
+            checksum=ChecksumOffload(tcp=True) if self.csum_offload else None,
+            tso_max=TSO_MAX if self.guest_tso else None,
+            lro=self.host_tso,
+        )
+
+    def _guest_header(self, frame) -> bytes:
+        """The first 10 header bytes for a frame to the guest (patches its TCP checksum
+        field when the stack left it to us)."""
+        if not self.csum_offload:
+            return NO_OFFLOAD
+        return header_for_guest(frame, self.mtu, guest_csum=self.guest_csum,
+                                guest_tso=self.guest_tso)
 
     def _rx_queues(self) -> list[Virtqueue]:
         return self.queues[0::2]
@@ -206,11 +243,27 @@ class VirtioNetDevice:
             log.warning("guest TX buffer outside guest memory: %s", e)
             return None
         frame = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if self.csum_offload:
+            try:
+                frame = from_guest(frame, self._tx_header(chain))
+            except (BadOffload, GuestMemoryError) as e:
+                self.drops["tx_bad_offload"] += 1
+                log.warning("guest TX frame dropped: %s", e)
+                return None
         self.stats["guest_tx_frames"] += 1
         self.stats["guest_tx_bytes"] += len(frame)
         if self.on_frame is not None:
             self.on_frame("guest-tx", memoryview(frame))
         return frame
+
+    def _tx_header(self, chain: Chain) -> bytes:
+        """The first 10 bytes of the guest's virtio_net_hdr (it may span descriptors)."""
+        out = b""
+        for addr, n in chain.readable:
+            out += bytes(self.memory.gpa(addr, min(n, 10 - len(out))))
+            if len(out) >= 10:
+                return out
+        return out.ljust(10, b"\0")
 
     def receive(self, now: float = 0.0):
         """netstack Device: a frame from the guest, as (RxToken, TxToken), or None."""
@@ -286,9 +339,11 @@ class VirtioNetDevice:
                         rxq.unpop()
                         view = None
                     if view is not None:
+                        body = view[hdr:]
+                        result = fn(body)
                         view[:hdr] = _HEADERS[hdr]
-                        result = fn(view[hdr:])
-                        self._after_write(view[hdr:])
+                        view[:10] = self._guest_header(body)
+                        self._after_write(body)
                         view.release()
                         rxq.push(chain.head, hdr + length)
                         self._dirty.add(rxq)
@@ -297,12 +352,13 @@ class VirtioNetDevice:
                     rxq.unpop()
         buf = bytearray(length)
         result = fn(memoryview(buf))
+        head = self._guest_header(buf)
         self._after_write(memoryview(buf))
-        self._backlog.append(bytes(buf))
+        self._backlog.append((head, buf))
         self._backlog_bytes += length
         self.flush_backlog()
         while len(self._backlog) > RX_BACKLOG_FRAMES or self._backlog_bytes > RX_BACKLOG_BYTES:
-            dropped = self._backlog.popleft()
+            _, dropped = self._backlog.popleft()
             self._backlog_bytes -= len(dropped)
             self.drops["rx_no_buffer"] += 1
         return result
@@ -321,13 +377,13 @@ class VirtioNetDevice:
         """Move waiting frames into RX buffers the guest has posted since."""
         rxq = self._rx_queues()[0]
         while self._backlog and rxq.ready and rxq.enabled:
-            frame = self._backlog[0]
-            if not self._write_rx(rxq, frame):
+            head, frame = self._backlog[0]
+            if not self._write_rx(rxq, head, frame):
                 break
             self._backlog.popleft()
             self._backlog_bytes -= len(frame)
 
-    def _write_rx(self, q: Virtqueue, frame: bytes) -> bool:
+    def _write_rx(self, q: Virtqueue, head: bytes, frame: bytes | bytearray) -> bool:
         """Scatter one frame into guest RX buffers (several with MRG_RXBUF). False when
         the guest has not posted enough (nothing consumed then)."""
         hdr = self.hdr_len
@@ -353,6 +409,7 @@ class VirtioNetDevice:
             self._dirty.add(q)
             return True
         data = memoryview(bytearray(_HEADERS[hdr]) + frame)
+        data[:10] = head
         if hdr == NET_HDR_LEN:
             NUM_BUFFERS.pack_into(data, 10, len(chains))
         off = 0

@@ -278,7 +278,8 @@ class Interface:
         # TCP registers itself here.
         self.protocol_handlers: dict[int, Callable] = {_UDP: self._rx_udp, _ICMP: self._rx_icmp,
                                                        _TCP: self._rx_tcp}
-        self._tcp_sig: tuple[int, int] = (0, 0)
+        self._tcp_sig: tuple = ()
+        self._tso_max: int | None = None
         self.set_ip_addrs(config.ip_addrs)
         self.set_default_gateway(config.default_gateway)
         for cidr, via in config.routes:
@@ -394,12 +395,15 @@ class Interface:
             self._rx_csum_icmp = not cs.icmp
             self._tx_csum = {_UDP: cs.udp, _ICMP: cs.icmp, _TCP: cs.tcp}
         self._rx_csum_tcp = cs is None or not cs.tcp
+        # TCP segments up to tso_max cross the device whole (the guest segments them)
+        self._tso_max = getattr(caps, "tso_max", None)
         tcp = sockets.of_kind("tcp")
-        sig = (self._mtu, len(tcp))
-        if sig != self._tcp_sig:  # a new TCP socket or a new MTU: tell them the MSS
+        sig = (self._mtu, len(tcp), self._tso_max)
+        if sig != self._tcp_sig:  # a new TCP socket, MTU or TSO: tell them the sizes
             self._tcp_sig = sig
             for sock in tcp:
                 sock.set_mtu(self._mtu)
+                sock.set_max_segment_size(self._tso_max)
 
     def poll_at(self, now: float, sockets: SocketSet) -> float | None:
         """When `poll` must run next (<= now: at once), or None for "when a frame comes"."""
@@ -739,7 +743,8 @@ class Interface:
         csum = not self._tx_csum.get(protocol, False)
         ident = self._ident = (self._ident + 1) & 0xFFFF
         flags = 0x4000 if dont_frag else 0
-        if mac is not None and total <= self._mtu:
+        if mac is not None and (total <= self._mtu or (
+                protocol == _TCP and self._tso_max and payload_len <= self._tso_max + 60)):
             tx = self._device.transmit(now)
             if tx is None:
                 stats["tx_device_busy"] += 1
@@ -782,7 +787,8 @@ class Interface:
         device = self._device
         hw = self.hardware_addr
         total = len(datagram)
-        if total <= self._mtu:
+        if total <= self._mtu or (datagram[9] == _TCP and self._tso_max
+                                  and total - IP_HEADER_LEN <= self._tso_max + 60):
             tx = device.transmit(now)
             if tx is None:
                 stats["tx_device_busy_dropped"] += 1
