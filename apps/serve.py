@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from apps.stack import Stack, StackConfig, build_stack
+from netstack.phy.fault import FaultInjector
 from netstack.phy.pcap import PcapSink
 from vhostuser.backend import BackendConfig
 from vhostuser.server import VhostUserServer
@@ -20,28 +22,82 @@ log = logging.getLogger("vhostnet")
 
 
 class StackApp:
-    """The App the vhost-user server drives: the stack's runtime, plus the capture hook."""
+    """The App the vhost-user server drives: the stack's runtime, plus the capture hooks
+    and, when asked for, a `FaultInjector` between the runtime and the device."""
 
     def __init__(self, stack: Stack, pcap: PcapSink | None = None) -> None:
         self.stack = stack
         self.pcap = pcap
         self.device = None
+        # the knobs of the fault injector (None: no faults), and the live injector
+        self.fault_knobs: dict | None = None
+        self.faults: FaultInjector | None = None
+        # callables (direction, frame) fed every frame at the virtqueue (control capture)
+        self.frame_hooks: list[Callable[[str, memoryview], None]] = []
 
     def attach(self, device) -> None:
         self.device = device
-        if self.pcap is not None:
-            sink = self.pcap
-
-            def capture(direction: str, frame) -> None:
-                # guest-tx is what the stack receives ("rx"), guest-rx what it sends
-                sink.write(frame, time.monotonic(), "rx" if direction == "guest-tx" else "tx")
-
-            device.on_frame = capture
-        self.stack.runtime.attach(device)
+        self._sync_frame_hook()
+        self.stack.runtime.attach(self._wrap(device))
 
     def detach(self) -> None:
         self.stack.runtime.detach()
         self.device = None
+        self.faults = None
+
+    def _wrap(self, device):
+        if self.fault_knobs is None:
+            self.faults = None
+            return device
+        self.faults = FaultInjector(device, **self.fault_knobs)
+        return self.faults
+
+    def set_faults(self, knobs: dict | None) -> None:
+        """Faults on with these `FaultInjector` knobs (None: off), on the live link too.
+        Changes the knobs of a running injector in place (its counters go on); off drops
+        the frames it held. ValueError/TypeError for bad knobs, and nothing changes."""
+        if knobs is None:
+            self.fault_knobs = None
+            if self.faults is not None and self.device is not None:
+                self.stack.runtime.attach(self._wrap(self.device))
+            self.faults = None
+            return
+        if self.faults is not None:
+            self.faults.configure(**knobs)
+            self.fault_knobs = {**(self.fault_knobs or {}), **knobs}
+            return
+        FaultInjector(None, **knobs)  # validates
+        self.fault_knobs = dict(knobs)
+        if self.device is not None:
+            self.stack.runtime.attach(self._wrap(self.device))
+
+    def add_frame_hook(self, fn: Callable[[str, memoryview], None]) -> None:
+        self.frame_hooks.append(fn)
+        self._sync_frame_hook()
+
+    def remove_frame_hook(self, fn: Callable[[str, memoryview], None]) -> None:
+        if fn in self.frame_hooks:
+            self.frame_hooks.remove(fn)
+        self._sync_frame_hook()
+
+    def _sync_frame_hook(self) -> None:
+        """The device's one `on_frame` hook feeds the pcap sink and the frame hooks; no
+        hook at all when nobody listens (the data path then pays nothing)."""
+        if self.device is None:
+            return
+        sink, hooks = self.pcap, self.frame_hooks
+        if sink is None and not hooks:
+            self.device.on_frame = None
+            return
+
+        def on_frame(direction: str, frame) -> None:
+            if sink is not None:
+                # guest-tx is what the stack receives ("rx"), guest-rx what it sends
+                sink.write(frame, time.monotonic(), "rx" if direction == "guest-tx" else "tx")
+            for fn in tuple(hooks):
+                fn(direction, frame)
+
+        self.device.on_frame = on_frame
 
     def poll(self, now: float):
         return self.stack.runtime.poll(now)
