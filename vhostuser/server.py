@@ -353,6 +353,15 @@ class VhostUserServer:
 
         self.sel.register(fd, selectors.EVENT_READ, ready)
 
+    def want_writable(self, fd: int, on: bool = True) -> None:
+        """For an fd watched with `add_reader`: also call its callback when the fd is
+        writable (`on`), or again only when readable. Level-triggered: turn it off once
+        the pending output is written. KeyError if `fd` is not watched."""
+        key = self.sel.get_key(fd)
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
+        if key.events != events:
+            self.sel.modify(fd, events, key.data)
+
     def remove_reader(self, fd: int) -> bool:
         """Stop watching `fd`; False if it was not watched."""
         try:
