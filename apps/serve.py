@@ -34,6 +34,7 @@ class StackApp:
         self.faults: FaultInjector | None = None
         # callables (direction, frame) fed every frame at the virtqueue (control capture)
         self.frame_hooks: list[Callable[[str, memoryview], None]] = []
+        self.control = None  # the ControlServer, when make_server was given `control`
 
     def attach(self, device) -> None:
         self.device = device
@@ -106,13 +107,24 @@ class StackApp:
 def make_server(*, stack_config: StackConfig | None = None, backend: BackendConfig | None = None,
                 socket_path: str | None = None, connect_path: str | None = None,
                 fd: int | None = None, pcap: str | None = None,
-                start_apps: bool = True) -> tuple[VhostUserServer, Stack, StackApp]:
+                start_apps: bool = True,
+                control: str | None = None) -> tuple[VhostUserServer, Stack, StackApp]:
+    """The server, its stack and the App between them; with `control`, a control socket
+    at that path (`app.control`, see apps/control.py: close it before the server)."""
     stack = build_stack(stack_config)
     sink = PcapSink(pcap) if pcap else None
     app = StackApp(stack, sink)
     server = VhostUserServer(socket_path=socket_path, connect_path=connect_path, fd=fd,
                              config=backend or BackendConfig(mtu=stack.config.mtu), app=app)
     stack.runtime.set_waker(server.wake)
+    if control is not None:
+        from apps.control import ControlServer
+
+        try:
+            app.control = ControlServer(server, app, control)
+        except OSError:
+            server.close()
+            raise
     if start_apps and stack.config.apps:
         stack.start_apps()
     return server, stack, app

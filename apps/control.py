@@ -1,0 +1,791 @@
+"""The debugging surface of a running `vhostnet serve`: its control socket, the
+`vhostnet status | faults | capture` commands that talk to it, and JSON log lines.
+
+The control socket is a unix stream socket (default `<socket-path>.ctl`) served on the
+vhost-user server's one loop: every read and write is non-blocking, so a slow or stuck
+client never holds up the data path. The protocol is JSON lines: one request object per
+line, one reply object per line, each reply with `"ok"` (and `"error"` when false).
+
+Requests:
+
+- `{"cmd": "status"}` -> `{"ok": true, "status": {...}}`: the negotiated features and
+  protocol features, the queues (index, size, started, enabled, last_avail_idx, used_idx,
+  kicks, notifications, errors), device stats and drops, backend and server counters, the
+  interface's stats, the sockets (kind, local and remote endpoint, TCP state), DHCP leases
+  and the faults.
+- `{"cmd": "faults"}` -> `{"ok": true, "faults": {"enabled", "knobs", "stats"}}`; with
+  `"set": {knob: value, ...}` faults go on (or change) on the live link first, with
+  `"off": true` they go off. Knobs are `FaultInjector`'s (`drop`, `delay`, `reorder`,
+  `duplicate`, `corrupt`, `corrupt_skip`, `rate_limit`, `interval`, `max_size`, `seed`);
+  `loss` and `rate` are accepted for `drop` and `rate_limit`.
+- `{"cmd": "capture"}` (optional `"snaplen": N`) -> `{"ok": true, "capturing": true}`, then
+  one line per frame crossing the virtqueues until the client hangs up:
+  `{"ts": unix time, "dir": "guest-tx" | "guest-rx", "len": N, "frame": hex, "lost": N}`.
+  `guest-tx` is a frame the guest sent, `guest-rx` one it was given. Frames that find more
+  than `CAPTURE_BUFFER` bytes waiting for a slow client are not sent (`lost` counts them).
+  The server sends raw frames; the client filters and decodes them.
+
+Sessions go like this (a stack `StackApp`, a `VhostUserServer` built by `make_server`):
+
+>>> import json, os, socket, tempfile
+>>> from apps.serve import make_server
+>>> d = tempfile.mkdtemp()
+>>> server, stack, app = make_server(socket_path=os.path.join(d, "v.sock"),
+...                                  start_apps=False, control=os.path.join(d, "v.ctl"))
+>>> c = socket.socket(socket.AF_UNIX); c.connect(os.path.join(d, "v.ctl"))
+>>> c.sendall(b'{"cmd": "faults", "set": {"loss": 0.5}}\\n')
+>>> for _ in range(3): server.run_once(0.01)
+>>> json.loads(c.recv(65536))["faults"]["knobs"]
+{'drop': 0.5}
+>>> c.close(); app.control.close(); server.close()
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import logging
+import os
+import socket
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+
+log = logging.getLogger("vhostnet.control")
+
+MAX_REQUEST = 64 * 1024  # a request line longer than this closes the connection
+CAPTURE_BUFFER = 4 << 20  # bytes of capture lines kept for one slow client
+KNOB_ALIASES = {"loss": "drop", "rate": "rate_limit"}
+
+
+def default_control_path(socket_path: str | None) -> str:
+    """Where `serve --socket-path PATH` puts its control socket: PATH.ctl."""
+    return (socket_path or "vhostnet.sock") + ".ctl"
+
+
+class ControlError(Exception):
+    """A request the control server cannot answer (its message goes back as `error`)."""
+
+
+# -- the server side (runs on the vhost-user server's loop) -------------------------------
+class _Client:
+    __slots__ = ("sock", "fd", "inbuf", "out", "hook", "lost", "snaplen", "closed")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.inbuf = bytearray()
+        self.out = bytearray()
+        self.hook: Callable[[str, memoryview], None] | None = None
+        self.lost = 0
+        self.snaplen: int | None = None
+        self.closed = False
+
+
+class ControlServer:
+    """The control socket of one `VhostUserServer` with a `StackApp` (or any App: the
+    stack's parts are reported when the app has them). Build it before `serve_forever`
+    or on the loop's thread; `close()` removes the socket file."""
+
+    def __init__(self, server, app, path: str) -> None:
+        self.server = server
+        self.app = app
+        self.path = path
+        self.started = time.time()
+        self.clients: dict[int, _Client] = {}
+        self.listener = _listen(path)
+        self.listener.setblocking(False)
+        server.add_reader(self.listener.fileno(), self._on_accept)
+
+    # -- connections --------------------------------------------------------------------
+    def _on_accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("control socket accept: %s", e)
+                return
+            sock.setblocking(False)
+            client = _Client(sock)
+            self.clients[client.fd] = client
+            self.server.add_reader(client.fd, lambda c=client: self._on_client(c))
+
+    def _on_client(self, c: _Client) -> None:
+        self._flush(c)
+        while not c.closed:
+            try:
+                data = c.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._drop(c)
+                return
+            if not data:
+                self._drop(c)
+                return
+            c.inbuf += data
+            while not c.closed and b"\n" in c.inbuf:
+                line, _, rest = c.inbuf.partition(b"\n")
+                c.inbuf = bytearray(rest)
+                if line.strip():
+                    self._reply(c, self._handle_line(c, bytes(line)))
+            if len(c.inbuf) > MAX_REQUEST:
+                self._reply(c, {"ok": False, "error": "request line too long"})
+                self._flush(c)
+                self._drop(c)
+                return
+
+    def _reply(self, c: _Client, obj: dict) -> None:
+        c.out += json.dumps(obj, default=str).encode() + b"\n"
+        self._flush(c)
+
+    def _flush(self, c: _Client) -> None:
+        if c.closed:
+            return
+        while c.out:
+            try:
+                n = c.sock.send(c.out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._drop(c)
+                return
+            del c.out[:n]
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.server.want_writable(c.fd, bool(c.out))
+
+    def _drop(self, c: _Client) -> None:
+        if c.closed:
+            return
+        c.closed = True
+        if c.hook is not None:
+            self._remove_hook(c.hook)
+            c.hook = None
+        self.server.remove_reader(c.fd)
+        self.clients.pop(c.fd, None)
+        c.sock.close()
+
+    def close(self) -> None:
+        """Stop serving: close every client and the listener, remove the socket file."""
+        for c in list(self.clients.values()):
+            self._drop(c)
+        if self.listener is not None:
+            self.server.remove_reader(self.listener.fileno())
+            self.listener.close()
+            self.listener = None
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+    # -- requests -----------------------------------------------------------------------
+    def _handle_line(self, c: _Client, line: bytes) -> dict:
+        try:
+            req = json.loads(line)
+        except ValueError as e:
+            return {"ok": False, "error": f"not JSON: {e}"}
+        if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+            return {"ok": False, "error": 'a request is an object with "cmd"'}
+        handler = getattr(self, f"_cmd_{req['cmd']}", None)
+        if handler is None:
+            return {"ok": False, "error": f"unknown cmd {req['cmd']!r} "
+                                          "(status, faults, capture)"}
+        try:
+            return {"ok": True, **handler(c, req)}
+        except ControlError as e:
+            return {"ok": False, "error": str(e)}
+
+    def _cmd_status(self, c: _Client, req: dict) -> dict:
+        return {"status": self.status()}
+
+    def _cmd_faults(self, c: _Client, req: dict) -> dict:
+        set_faults = getattr(self.app, "set_faults", None)
+        if set_faults is None:
+            raise ControlError("this backend has no stack to inject faults into (--raw)")
+        if req.get("off"):
+            set_faults(None)
+        knobs = req.get("set")
+        if knobs is not None:
+            if not isinstance(knobs, dict):
+                raise ControlError('"set" is an object of fault knobs')
+            knobs = {KNOB_ALIASES.get(k, k): v for k, v in knobs.items()}
+            try:
+                set_faults(knobs)
+            except (TypeError, ValueError) as e:
+                raise ControlError(str(e)) from None
+            log.info("faults on: %s", self.app.fault_knobs)
+        elif req.get("off"):
+            log.info("faults off")
+        return {"faults": self.faults()}
+
+    def _cmd_capture(self, c: _Client, req: dict) -> dict:
+        if not hasattr(self.app, "add_frame_hook"):
+            raise ControlError("this backend cannot capture (no frame hooks)")
+        if c.hook is not None:
+            raise ControlError("this connection captures already")
+        snaplen = req.get("snaplen")
+        if snaplen is not None and (not isinstance(snaplen, int) or snaplen <= 0):
+            raise ControlError("snaplen is a positive number of bytes")
+        c.snaplen = snaplen
+
+        def hook(direction: str, frame: memoryview) -> None:
+            if c.closed:
+                return
+            if len(c.out) > CAPTURE_BUFFER:
+                c.lost += 1
+                return
+            data = frame[:c.snaplen] if c.snaplen else frame
+            c.out += (f'{{"ts": {time.time():.6f}, "dir": "{direction}", "len": {len(frame)}, '
+                      f'"frame": "{bytes(data).hex()}", "lost": {c.lost}}}\n').encode()
+            self._flush(c)
+
+        c.hook = hook
+        self.app.add_frame_hook(hook)
+        return {"capturing": True}
+
+    def _remove_hook(self, hook) -> None:
+        remove = getattr(self.app, "remove_frame_hook", None)
+        if remove is not None:
+            remove(hook)
+
+    # -- what is reported ---------------------------------------------------------------
+    def faults(self) -> dict:
+        inj = getattr(self.app, "faults", None)
+        knobs = getattr(self.app, "fault_knobs", None)
+        return {"enabled": knobs is not None, "knobs": knobs or {},
+                "stats": asdict(inj.stats) if inj is not None else None}
+
+    def status(self) -> dict:
+        """Everything `vhostnet status` shows, as plain JSON-able data."""
+        from vhostuser.features import Feature
+        from vhostuser.protocol import ProtocolFeature, feature_names
+
+        srv = self.server
+        out: dict = {
+            "pid": os.getpid(),
+            "socket_path": srv.socket_path or srv.connect_path,
+            "control_path": self.path,
+            "uptime": round(time.time() - self.started, 3),
+            "connections_served": srv.connections_served,
+            "server_counters": dict(srv.counters),
+            "connected": srv.conn is not None,
+            "device": None,
+        }
+        conn = srv.conn
+        if conn is not None:
+            be, net = conn.backend, conn.backend.net
+            out["device"] = {
+                "features": feature_names(be.acked_features, Feature),
+                "protocol_features": feature_names(be.acked_protocol, ProtocolFeature),
+                "features_set": be.features_set,
+                "status": be.status,
+                "mtu": be.mtu,
+                "queues": [{
+                    "index": q.index, "kind": "tx" if q.index % 2 else "rx", "size": q.size,
+                    "started": q.started, "enabled": q.enabled, "broken": q.broken,
+                    "polling": q.polling, "last_avail_idx": q.last_avail_idx,
+                    "used_idx": q.used_idx, "kicks": q.stats.kicks,
+                    "notifications": q.stats.notified, "errors": q.stats.errors,
+                    "popped": q.stats.popped, "used": q.stats.used,
+                } for q in be.queues],
+                "stats": dict(net.stats),
+                "drops": dict(net.drops),
+                "backend_counters": dict(be.counters),
+            }
+        stack = getattr(self.app, "stack", None)
+        if stack is not None:
+            with stack.runtime.lock:
+                out.update(_stack_status(stack))
+            out["faults"] = self.faults()
+            out["captures"] = sum(1 for c in self.clients.values() if c.hook is not None)
+        return out
+
+
+def _endpoint(ep) -> str | None:
+    if not ep:
+        return None
+    addr, port = ep
+    return f"{addr}:{port}"
+
+
+def _stack_status(stack) -> dict:
+    iface = stack.iface
+    sockets = []
+    for handle, sock in stack.sockets.items():
+        entry = {"handle": handle, "kind": sock.KIND or "?", "type": type(sock).__name__}
+        if sock.KIND == "tcp":
+            entry["local"] = _endpoint(sock.local_endpoint)
+            remote = sock.remote_endpoint
+            entry["remote"] = _endpoint(remote) if remote and remote[1] else None
+            entry["state"] = sock.state.name
+        elif hasattr(sock, "endpoint") and not callable(sock.endpoint):
+            entry["local"] = _endpoint(sock.endpoint)
+        sockets.append(entry)
+    now = time.monotonic()
+    leases = []
+    if stack.dhcp is not None:
+        for le in stack.dhcp.leases():
+            leases.append({"mac": str(le.mac), "address": str(le.address),
+                           "state": le.state.value, "hostname": le.hostname,
+                           "expires_in": round(le.expires - now, 1)})
+    return {
+        "interface": {"mac": str(iface.hardware_addr),
+                      "addresses": [str(a) for a in iface.ip_addrs],
+                      "stats": dict(iface.stats)},
+        "runtime": dict(getattr(stack.runtime, "stats", {})),
+        "sockets": sockets,
+        "dhcp_leases": leases,
+    }
+
+
+def _listen(path: str) -> socket.socket:
+    """Bind `path`, replacing a stale socket file (nobody answers on it) but never a live
+    one or a file that is not a socket."""
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise OSError(errno.EEXIST, f"{path} exists and is not a socket; not removed")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)
+        else:
+            raise OSError(errno.EADDRINUSE, f"another backend's control socket is {path}")
+        finally:
+            probe.close()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.listen(8)
+    return s
+
+
+# -- the client side ----------------------------------------------------------------------
+class ControlClient:
+    """A blocking client of the control socket."""
+
+    def __init__(self, path: str, timeout: float | None = 5.0) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except FileNotFoundError:
+            self.sock.close()
+            raise ControlError(f"no backend control socket at {path} (is `vhostnet serve` "
+                               "running? give its --socket-path or --control)") from None
+        except ConnectionRefusedError:
+            self.sock.close()
+            raise ControlError(f"nobody answers on {path}: the backend that made it is "
+                               "gone") from None
+        except OSError as e:
+            self.sock.close()
+            raise ControlError(f"cannot connect to {path}: {e.strerror or e}") from None
+        self._file = self.sock.makefile("rb")
+
+    def request(self, req: dict) -> dict:
+        """Send one request; return its reply (ControlError for an error reply)."""
+        self.sock.sendall(json.dumps(req).encode() + b"\n")
+        reply = self.read()
+        if not reply.get("ok"):
+            raise ControlError(reply.get("error", "request failed"))
+        return reply
+
+    def read(self) -> dict:
+        line = self._file.readline()
+        if not line:
+            raise ControlError("the backend closed the control connection")
+        return json.loads(line)
+
+    def frames(self, snaplen: int | None = None) -> Iterator[dict]:
+        """Start a capture; yield the frame records as they come (forever)."""
+        req: dict = {"cmd": "capture"}
+        if snaplen:
+            req["snaplen"] = snaplen
+        self.request(req)
+        self.sock.settimeout(None)
+        while True:
+            yield self.read()
+
+    def close(self) -> None:
+        self._file.close()
+        self.sock.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- capture filters ----------------------------------------------------------------------
+PROTOCOLS = ("tcp", "udp", "icmp", "arp", "dhcp", "dns", "ip")
+
+
+def parse_filter(text: str | None) -> Callable[[object], bool]:
+    """A small tcpdump-like filter over scapy packets: terms joined by `and` (or just
+    juxtaposed), each a protocol (tcp udp icmp arp dhcp dns ip), `port N`, `host ADDR`
+    (IPv4 or ARP address, either end), `src|dst host ADDR`, `src|dst port N`, optionally
+    preceded by `not`. ValueError for anything else.
+
+    >>> from scapy.layers.l2 import Ether
+    >>> from scapy.layers.inet import IP, TCP
+    >>> f = parse_filter("tcp port 80 and host 10.0.2.2")
+    >>> f(Ether()/IP(src="10.0.2.15", dst="10.0.2.2")/TCP(dport=80)), f(Ether()/IP()/TCP())
+    (True, False)
+    """
+    words = (text or "").split()
+    tests: list[Callable[[object], bool]] = []
+    i = 0
+    while i < len(words):
+        w = words[i].lower()
+        if w in ("and", "&&"):
+            i += 1
+            continue
+        negate = False
+        if w in ("not", "!"):
+            negate = True
+            i += 1
+            if i >= len(words):
+                raise ValueError("`not` needs a term after it")
+            w = words[i].lower()
+        direction = None
+        if w in ("src", "dst"):
+            direction = w
+            i += 1
+            if i >= len(words) or words[i].lower() not in ("host", "port"):
+                raise ValueError(f"`{w}` is followed by `host ADDR` or `port N`")
+            w = words[i].lower()
+        if w in PROTOCOLS:
+            test = _proto_test(w)
+            i += 1
+        elif w in ("port", "host"):
+            if i + 1 >= len(words):
+                raise ValueError(f"`{w}` needs a value")
+            value = words[i + 1]
+            if w == "port":
+                try:
+                    port = int(value)
+                except ValueError:
+                    raise ValueError(f"not a port number: {value!r}") from None
+                test = _port_test(port, direction)
+            else:
+                test = _host_test(value, direction)
+            i += 2
+        else:
+            raise ValueError(f"unknown filter term {words[i]!r} (protocols: "
+                             f"{' '.join(PROTOCOLS)}; port N; host ADDR; src/dst; not; and)")
+        tests.append((lambda p, t=test: not t(p)) if negate else test)
+    return lambda pkt: all(t(pkt) for t in tests)
+
+
+def _proto_test(name: str) -> Callable[[object], bool]:
+    from scapy.layers.dhcp import DHCP
+    from scapy.layers.dns import DNS
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.l2 import ARP
+
+    layer = {"tcp": TCP, "udp": UDP, "icmp": ICMP, "arp": ARP, "dhcp": DHCP, "dns": DNS,
+             "ip": IP}[name]
+    if name == "dhcp":
+        return lambda p: p.haslayer(DHCP) or (p.haslayer(UDP) and p[UDP].dport in (67, 68))
+    return lambda p: p.haslayer(layer)
+
+
+def _port_test(port: int, direction: str | None) -> Callable[[object], bool]:
+    from scapy.layers.inet import TCP, UDP
+
+    def test(p) -> bool:
+        for layer in (TCP, UDP):
+            if p.haslayer(layer):
+                l4 = p[layer]
+                ports = {"src": (l4.sport,), "dst": (l4.dport,)}.get(direction,
+                                                                   (l4.sport, l4.dport))
+                return port in ports
+        return False
+
+    return test
+
+
+def _host_test(addr: str, direction: str | None) -> Callable[[object], bool]:
+    from scapy.layers.inet import IP
+    from scapy.layers.l2 import ARP
+
+    def test(p) -> bool:
+        if p.haslayer(IP):
+            ip = p[IP]
+            ends = {"src": (ip.src,), "dst": (ip.dst,)}.get(direction, (ip.src, ip.dst))
+            return addr in ends
+        if p.haslayer(ARP):
+            arp = p[ARP]
+            ends = {"src": (arp.psrc,), "dst": (arp.pdst,)}.get(direction,
+                                                               (arp.psrc, arp.pdst))
+            return addr in ends
+        return False
+
+    return test
+
+
+def format_frame(rec: dict, pkt=None) -> str:
+    """One capture line: time, direction arrow, length, scapy's summary."""
+    if pkt is None:
+        from scapy.layers.l2 import Ether
+
+        pkt = Ether(bytes.fromhex(rec["frame"]))
+    ts = time.strftime("%H:%M:%S", time.localtime(rec["ts"])) + f"{rec['ts'] % 1:.6f}"[1:]
+    arrow = "guest>" if rec["dir"] == "guest-tx" else ">guest"
+    return f"{ts} {arrow} {rec['len']:5d} {pkt.summary()}"
+
+
+# -- structured logs ----------------------------------------------------------------------
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts (unix seconds), level, logger, msg (and exc when
+    the record carries an exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj = {"ts": round(record.created, 6), "level": record.levelname,
+               "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            obj["exc"] = self.formatException(record.exc_info)
+        return json.dumps(obj, default=str)
+
+
+def setup_logging(level: str, fmt: str = "plain") -> None:
+    """Configure the root logger for `serve`: plain text lines, or JSON lines."""
+    if fmt == "json":
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    else:
+        logging.basicConfig(level=getattr(logging, level.upper()),
+                            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
+
+
+# -- the commands -------------------------------------------------------------------------
+def _path(args: argparse.Namespace) -> str:
+    return args.control or default_control_path(args.socket_path)
+
+
+def _fail(msg: str) -> int:
+    print(f"vhostnet: {msg}", file=sys.stderr)
+    return 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        with ControlClient(_path(args)) as c:
+            st = c.request({"cmd": "status"})["status"]
+    except ControlError as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps(st, indent=2))
+    else:
+        print(format_status(st))
+    return 0
+
+
+def _counters(d: dict | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted((d or {}).items())) or "-"
+
+
+def format_status(st: dict) -> str:
+    """The readable summary `vhostnet status` prints."""
+    lines = [f"backend pid {st['pid']} on {st['socket_path']} (control {st['control_path']}), "
+             f"up {st['uptime']:.0f}s, {st['connections_served']} connection(s) served"]
+    if st.get("server_counters"):
+        lines.append(f"  closed connections: {_counters(st['server_counters'])}")
+    dev = st.get("device")
+    if dev is None:
+        lines.append("front-end: not connected (waiting for QEMU)")
+    else:
+        lines.append(f"front-end: connected, status {dev['status']:#x}, mtu {dev['mtu']}")
+        lines.append(f"  features: {' '.join(dev['features']) or '-'}")
+        lines.append(f"  protocol features: {' '.join(dev['protocol_features']) or '-'}")
+        lines.append("  queue kind size started enabled avail  used  kicks notif errors")
+        for q in dev["queues"]:
+            lines.append(f"  {q['index']:5d} {q['kind']:>4} {q['size']:4d} "
+                         f"{'yes' if q['started'] else 'no':>7} "
+                         f"{'yes' if q['enabled'] else 'no':>7} {q['last_avail_idx']:5d} "
+                         f"{q['used_idx']:5d} {q['kicks']:6d} {q['notifications']:5d} "
+                         f"{q['errors']:6d}")
+        lines.append(f"  device: {_counters(dev['stats'])}")
+        lines.append(f"  drops: {_counters(dev['drops'])}")
+        lines.append(f"  backend: {_counters(dev['backend_counters'])}")
+    if "interface" in st:
+        i = st["interface"]
+        lines.append(f"interface {i['mac']} {' '.join(i['addresses'])}")
+        lines.append(f"  stats: {_counters(i['stats'])}")
+        lines.append(f"sockets ({len(st['sockets'])}):")
+        for s in st["sockets"]:
+            lines.append(f"  {s['handle']:4d} {s['kind']:4} {s.get('local') or '*':21} "
+                         f"{s.get('remote') or '':21} {s.get('state', '')} "
+                         f"({s['type']})".rstrip())
+        leases = st["dhcp_leases"]
+        lines.append(f"DHCP leases ({len(leases)}):" if leases else "DHCP leases: none")
+        for le in leases:
+            lines.append(f"  {le['address']:15} {le['mac']} {le['state']:7} "
+                         f"{le['hostname'] or ''} expires in {le['expires_in']:.0f}s")
+        f = st["faults"]
+        if f["enabled"]:
+            lines.append(f"faults: ON {_counters(f['knobs'])}")
+            if f["stats"]:
+                for d in ("rx", "tx"):
+                    nonzero = {k: v for k, v in f["stats"][d].items() if v}
+                    lines.append(f"  {d}: {_counters(nonzero)}")
+        else:
+            lines.append("faults: off")
+    return "\n".join(lines)
+
+
+def cmd_faults(args: argparse.Namespace) -> int:
+    knobs: dict = {}
+    for name, knob in (("loss", "drop"), ("delay", "delay"), ("reorder", "reorder"),
+                       ("duplicate", "duplicate"), ("corrupt", "corrupt"),
+                       ("max_size", "max_size"), ("seed", "seed")):
+        value = getattr(args, name)
+        if value is not None:
+            knobs[knob] = value
+    if args.corrupt is not None:
+        knobs["corrupt_skip"] = 14  # keep the Ethernet header: damage what the stack parses
+    if args.rate is not None:
+        knobs["rate_limit"], knobs["interval"] = args.rate, 1.0
+    if args.off and knobs:
+        return _fail("--off turns faults off; give it alone")
+    req: dict = {"cmd": "faults"}
+    if args.off:
+        req["off"] = True
+    elif knobs:
+        req["set"] = knobs
+    try:
+        with ControlClient(_path(args)) as c:
+            faults = c.request(req)["faults"]
+    except ControlError as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps(faults, indent=2))
+    elif faults["enabled"]:
+        print(f"faults ON: {_counters(faults['knobs'])}")
+        for d, label in (("rx", "guest -> stack"), ("tx", "stack -> guest")):
+            if faults["stats"]:
+                print(f"  {label}: {_counters(faults['stats'][d])}")
+    else:
+        print("faults off")
+    return 0
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    try:
+        match = parse_filter(args.filter)
+    except ValueError as e:
+        return _fail(f"bad --filter: {e}")
+    from scapy.layers.l2 import Ether
+
+    seen = 0
+    lost = 0
+    try:
+        with ControlClient(_path(args)) as c:
+            for rec in c.frames(args.snaplen):
+                lost = rec.get("lost", 0)
+                pkt = Ether(bytes.fromhex(rec["frame"]))
+                if not match(pkt):
+                    continue
+                if args.json:
+                    print(json.dumps(rec), flush=True)
+                else:
+                    print(format_frame(rec, pkt), flush=True)
+                seen += 1
+                if args.count and seen >= args.count:
+                    break
+    except ControlError as e:
+        if seen:
+            print(f"vhostnet: {e}", file=sys.stderr)
+            return 0
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            sys.stdout.close()
+        return 0
+    print(f"{seen} frame(s) shown" + (f"; {lost} lost by a slow reader" if lost else ""),
+          file=sys.stderr)
+    return 0
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--control", metavar="PATH",
+                   help="the backend's control socket (as given to `serve --control`)")
+    g.add_argument("--socket-path", metavar="PATH",
+                   help="the backend's vhost-user socket; its control socket is PATH.ctl "
+                        "(default: ./vhostnet.sock, so ./vhostnet.sock.ctl)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def add_parser(sub) -> None:
+    """Register `status`, `faults` and `capture` on the `vhostnet` subparsers."""
+    raw = argparse.RawDescriptionHelpFormatter
+    st = sub.add_parser(
+        "status", help="show what a running backend negotiated and counted",
+        formatter_class=raw,
+        description="Ask a running `vhostnet serve` (over its control socket) for its "
+                    "state: the features and protocol features QEMU negotiated, every "
+                    "virtqueue (size, started/enabled, ring indices, kicks, "
+                    "notifications, errors), device and backend counters and drops, the "
+                    "stack's interface stats, its sockets with their TCP states, DHCP "
+                    "leases and the faults in force.",
+        epilog="examples:\n  vhostnet status                          # ./vhostnet.sock\n"
+               "  vhostnet status --socket-path /tmp/vm.sock\n"
+               "  vhostnet status --json | jq .device.queues")
+    _add_target(st)
+    st.set_defaults(func=cmd_status)
+
+    f = sub.add_parser(
+        "faults", help="damage the live link on purpose: loss, delay, reorder, ...",
+        formatter_class=raw,
+        description="Turn the fault injector between the stack and the guest's NIC on, "
+                    "change it, or turn it off, while the guest runs. Every fault applies "
+                    "to both directions, per frame. Without options: show the faults and "
+                    "what they did (passed, dropped, delayed, ... per direction).",
+        epilog="examples:\n  vhostnet faults --loss 0.05 --delay 0.02 --reorder 0.01\n"
+               "  vhostnet faults --rate 100        # at most 100 frames/s each way\n"
+               "  vhostnet faults                   # what is on, and its counters\n"
+               "  vhostnet faults --off")
+    _add_target(f)
+    f.add_argument("--loss", type=float, metavar="P", help="drop each frame with probability P")
+    f.add_argument("--delay", type=float, metavar="SECONDS", help="hold every frame this long")
+    f.add_argument("--reorder", type=float, metavar="P",
+                   help="hold a frame back behind the next one with probability P")
+    f.add_argument("--duplicate", type=float, metavar="P",
+                   help="deliver a frame twice with probability P")
+    f.add_argument("--corrupt", type=float, metavar="P",
+                   help="flip one byte past the Ethernet header with probability P")
+    f.add_argument("--rate", type=int, metavar="FRAMES",
+                   help="at most FRAMES frames per second each way; the rest are dropped")
+    f.add_argument("--max-size", type=int, metavar="BYTES", help="drop longer frames")
+    f.add_argument("--seed", type=int, help="seed of the injector's randomness")
+    f.add_argument("--off", action="store_true", help="no faults any more")
+    f.set_defaults(func=cmd_faults)
+
+    c = sub.add_parser(
+        "capture", help="print the frames crossing the guest's NIC, live",
+        formatter_class=raw,
+        description="Print one line per frame crossing the virtqueues of a running "
+                    "backend: time, direction (guest> the guest sent it, >guest it was "
+                    "given), length and a scapy summary. Ctrl-C ends it. The backend "
+                    "streams raw frames; filtering and decoding happen here.\n\n"
+                    "filter terms (all must match): tcp udp icmp arp dhcp dns ip, "
+                    "port N, host ADDR, src/dst before port or host, not before a term.",
+        epilog="examples:\n  vhostnet capture\n  vhostnet capture --filter 'tcp port 80'\n"
+               "  vhostnet capture --filter 'udp and not port 53' --count 10\n"
+               "  vhostnet capture --json > frames.jsonl")
+    _add_target(c)
+    c.add_argument("--filter", metavar="EXPR", help="show only matching frames (see above)")
+    c.add_argument("--count", type=int, metavar="N", help="stop after N matching frames")
+    c.add_argument("--snaplen", type=int, metavar="BYTES",
+                   help="ask the backend for at most BYTES of each frame")
+    c.set_defaults(func=cmd_capture)
