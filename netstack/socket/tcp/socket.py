@@ -135,7 +135,7 @@ class TcpSocket(Socket):
         "irs", "rcv_nxt", "rcv_adv", "_rcv_shift", "_rx", "_asm", "_rx_fin_seq",
         "_read_closed", "_last_ack_sent",
         # options
-        "_ts_ok", "_ts_recent", "_ts_offset", "_sack_ok", "_ws_ok",
+        "_ts_ok", "_ts_recent", "_ts_offset", "_rto_ts", "_sack_ok", "_ws_ok",
         # loss recovery and congestion
         "_sacked", "_rtt", "_cc", "_rtt_seq", "_rtt_sent_at", "_dupacks", "_in_recovery",
         "_recover", "_rtx_pending", "_rtx_count", "_rtx_hi", "_sws_override",
@@ -205,6 +205,7 @@ class TcpSocket(Socket):
         self._ts_ok = self._sack_ok = self._ws_ok = False
         self._ts_recent = 0
         self._ts_offset = 0
+        self._rto_ts = None  # our TSval when the retransmission timer last fired
         self._sacked: list[list[int]] = []
         self._rtt = RttEstimator()
         self._cc = None
@@ -767,8 +768,12 @@ class TcpSocket(Socket):
         ts = seg.timestamp
         if self._ts_ok and ts is not None and ts[1]:
             d = (self._ts_now(now) - ts[1]) & _MASK
-            if d < 0x7FFFFFFF:
+            # An echo from before our last timeout retransmission acknowledges the
+            # original (its ACK was lost): timer wait, not round trip (Karn).
+            stale = self._rto_ts is not None and seq_lt(ts[1], self._rto_ts)
+            if d < 0x7FFFFFFF and not stale:
                 rtt = max(d / 1000.0, 0.0)
+                self._rto_ts = None
         elif self._rtt_seq is not None and seq_ge(ack, self._rtt_seq):
             rtt = now - self._rtt_sent_at
         if self._rtt_seq is not None and seq_ge(ack, self._rtt_seq):
@@ -1329,6 +1334,7 @@ class TcpSocket(Socket):
         self._rto_at = None
         self._rtx_count += 1
         self._count("rto")
+        self._rto_ts = self._ts_now(now)
         state = self.state
         if state in (State.SYN_SENT, State.SYN_RECEIVED):
             if self._rtx_count > self.syn_retries:
