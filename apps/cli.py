@@ -45,6 +45,9 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
                    help="print the backend capabilities as JSON and exit")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="default: info")
+    p.add_argument("--log-format", default="plain", choices=["plain", "json"],
+                   help="plain text lines (default), or one JSON object per line "
+                        "(ts, level, logger, msg) for log collectors")
 
 
 def _capabilities() -> dict:
@@ -55,7 +58,12 @@ def _capabilities() -> dict:
     }
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, fmt: str = "plain") -> None:
+    if fmt == "json":
+        from apps.control import setup_logging  # JSON lines: ts, level, logger, msg
+
+        setup_logging(level, fmt)
+        return
     logging.basicConfig(level=getattr(logging, level.upper()),
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -65,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.print_capabilities:
         print(json.dumps(_capabilities(), indent=2))
         return 0
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format)
     from vhostuser.server import RawFrameApp, VhostUserServer, install_signal_handlers
 
     if not 1 <= args.queues <= 127:
@@ -75,6 +83,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.fd is None and args.connect is None and path is None:
         path = "vhostnet.sock"
     stack = None
+    control = None
+    from apps.control import ControlServer, default_control_path
+
+    ctl = None if args.no_control else (
+        args.control or default_control_path(path or args.connect or f"vhostnet-fd{args.fd}"))
     try:
         if args.raw:
             def show(frame: bytes, device) -> None:
@@ -84,13 +97,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server = VhostUserServer(socket_path=path, connect_path=args.connect, fd=args.fd,
                                      config=BackendConfig(queue_pairs=args.queues, mtu=args.mtu),
                                      app=RawFrameApp(show))
+            if ctl is not None:
+                try:
+                    control = ControlServer(server, server.app, ctl)
+                except OSError:
+                    server.close()
+                    raise
         else:
             from apps.serve import make_server
 
-            server, stack, _ = make_server(
+            server, stack, app = make_server(
                 stack_config=_stack_config(args), socket_path=path, connect_path=args.connect,
-                fd=args.fd, pcap=args.pcap,
+                fd=args.fd, pcap=args.pcap, control=ctl,
                 backend=BackendConfig(queue_pairs=args.queues, mtu=args.mtu))
+            control = app.control
     except (OSError, ValueError) as e:
         print(f"vhostnet: cannot serve: {e}", file=sys.stderr)
         return 1
@@ -112,9 +132,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
               + "UDP echo on 7, udpserver on 5555; TCP echo on 7, discard on 9, chargen on 19, "
               "echoserver on 5555, HTTP on 80.", flush=True)
     log.info("serving vhost-user net on %s", path or args.connect or f"fd {args.fd}")
+    if control is not None:
+        log.info("control socket %s (vhostnet status/faults/capture --control %s)",
+                 control.path, control.path)
     try:
         server.serve_forever()
     finally:
+        if control is not None:
+            control.close()
         if stack is not None:
             stack.stop()
         server.close()
@@ -170,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --raw: log a line for every frame the guest sends")
     serve.add_argument("--raw", action="store_true",
                        help="no stack: only count (and log) raw frames; for debugging")
+    serve.add_argument("--control", metavar="PATH",
+                       help="the control socket `vhostnet status|faults|capture` talk to "
+                            "(default: the socket path + .ctl, e.g. vhostnet.sock.ctl)")
+    serve.add_argument("--no-control", action="store_true", help="no control socket")
     st = serve.add_argument_group("the stack (what the guest sees)")
     st.add_argument("--address", default="10.0.2.2/24",
                     help="our address and prefix on the guest's link (default 10.0.2.2/24)")
@@ -212,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     from apps.get import add_parser as add_get_parser  # its code lives in apps/get.py
 
     add_get_parser(sub)
+    from apps.control import add_parser as add_control_parsers  # status, faults, capture
+
+    add_control_parsers(sub)
     return parser
 
 

@@ -198,6 +198,9 @@ class ControlServer:
             return {"ok": True, **handler(c, req)}
         except ControlError as e:
             return {"ok": False, "error": str(e)}
+        except Exception as e:  # a bug here must not take the backend (and the VM) down
+            log.exception("control request %r failed", req.get("cmd"))
+            return {"ok": False, "error": f"internal error: {e!r}"}
 
     def _cmd_status(self, c: _Client, req: dict) -> dict:
         return {"status": self.status()}
@@ -305,6 +308,27 @@ class ControlServer:
         return out
 
 
+def _socket_entry(handle: int, sock) -> dict:
+    """One socket, by shape: TCP sockets and listeners have local_endpoint (and
+    remote_endpoint, state); UDP sockets have endpoint."""
+    entry = {"handle": handle, "kind": sock.KIND or "?", "type": type(sock).__name__,
+             "local": None, "remote": None, "state": None}
+    local = getattr(sock, "local_endpoint", None)
+    if local is None and not callable(getattr(sock, "endpoint", None)):
+        local = getattr(sock, "endpoint", None)
+    entry["local"] = _endpoint(local)
+    remote = getattr(sock, "remote_endpoint", None)
+    entry["remote"] = _endpoint(remote) if remote and remote[1] else None
+    state = getattr(sock, "state", None)
+    if state is not None and hasattr(state, "name"):
+        entry["state"] = state.name
+    elif hasattr(sock, "is_listening"):
+        entry["state"] = "LISTEN" if sock.is_listening else "CLOSED"
+        entry["pending"] = sock.pending
+        entry["half_open"] = sock.half_open
+    return entry
+
+
 def _endpoint(ep) -> str | None:
     if not ep:
         return None
@@ -316,15 +340,7 @@ def _stack_status(stack) -> dict:
     iface = stack.iface
     sockets = []
     for handle, sock in stack.sockets.items():
-        entry = {"handle": handle, "kind": sock.KIND or "?", "type": type(sock).__name__}
-        if sock.KIND == "tcp":
-            entry["local"] = _endpoint(sock.local_endpoint)
-            remote = sock.remote_endpoint
-            entry["remote"] = _endpoint(remote) if remote and remote[1] else None
-            entry["state"] = sock.state.name
-        elif hasattr(sock, "endpoint") and not callable(sock.endpoint):
-            entry["local"] = _endpoint(sock.endpoint)
-        sockets.append(entry)
+        sockets.append(_socket_entry(handle, sock))
     now = time.monotonic()
     leases = []
     if stack.dhcp is not None:
@@ -622,7 +638,7 @@ def format_status(st: dict) -> str:
         lines.append(f"sockets ({len(st['sockets'])}):")
         for s in st["sockets"]:
             lines.append(f"  {s['handle']:4d} {s['kind']:4} {s.get('local') or '*':21} "
-                         f"{s.get('remote') or '':21} {s.get('state', '')} "
+                         f"{s.get('remote') or '':21} {s.get('state') or ''} "
                          f"({s['type']})".rstrip())
         leases = st["dhcp_leases"]
         lines.append(f"DHCP leases ({len(leases)}):" if leases else "DHCP leases: none")
