@@ -62,6 +62,7 @@ SYN_RETRIES = 6
 DATA_RETRIES = 15
 KEEPALIVE_PROBES = 9
 CHALLENGE_ACK_LIMIT = 10  # per second (RFC 5961 §7)
+MAX_DUP_ACKS_OWED = 64  # duplicate ACKs sent for one poll's out-of-order segments
 PERSIST_MAX = 60.0
 FIN_WAIT_2_TIMEOUT = 60.0  # after close() and shutdown_read(), like Linux's tcp_fin_timeout
 EPHEMERAL_FIRST = 49152
@@ -140,7 +141,7 @@ class TcpSocket(Socket):
         "_sacked", "_rtt", "_cc", "_rtt_seq", "_rtt_sent_at", "_dupacks", "_in_recovery",
         "_recover", "_rtx_pending", "_rtx_count", "_rtx_hi", "_sws_override",
         # timers and owed segments
-        "_rto_at", "_ack_now", "_ack_at", "_unacked_bytes", "_persist_at", "_persist_backoff",
+        "_rto_at", "_ack_now", "_dup_owed", "_ack_at", "_unacked_bytes", "_persist_at", "_persist_backoff",
         "_ka_at", "_ka_probes", "_probe_now", "_tw_at", "_waiting_since", "_last_rx",
         "_fw2_at", "_chal_second", "_chal_count", "_ctl_out", "_rst_now",
         # counters
@@ -220,6 +221,7 @@ class TcpSocket(Socket):
         self._rtx_count = 0
         self._rto_at = None
         self._ack_now = False
+        self._dup_owed = 0
         self._ack_at = None
         self._unacked_bytes = 0
         self._persist_at = None
@@ -927,8 +929,13 @@ class TcpSocket(Socket):
         self._ack_now = True  # out of order, or filling a gap: ACK at once (RFC 5681 §4.2)
         if off <= 0 or had_gap:
             self._pull_assembler()
+            if self.rcv_nxt != rcv_nxt:
+                self._dup_owed = 0  # a new cumulative ACK replaces the duplicates owed
         if off > 0:
             self._count("ooo_segment")
+            # one duplicate ACK per out-of-order segment, even when several arrive in one
+            # poll: a sender without SACK counts them to fast-retransmit (RFC 5681 §3.2)
+            self._dup_owed = min(self._dup_owed + 1, MAX_DUP_ACKS_OWED)
 
     def _pull_assembler(self) -> None:
         free = self.rx_capacity - len(self._rx)
@@ -1065,6 +1072,7 @@ class TcpSocket(Socket):
         self.rcv_adv = edge if seq_gt(edge, self.rcv_adv) else self.rcv_adv
         self._last_ack_sent = self.rcv_nxt
         self._ack_now = False
+        self._dup_owed = 0
         self._ack_at = None
         self._unacked_bytes = 0
 
@@ -1219,10 +1227,11 @@ class TcpSocket(Socket):
         # pure ACK
         if not sent_any and (self._ack_now or (self._ack_at is not None
                                                and now >= self._ack_at)):
-            repr_, edge = self._repr(now, self.snd_nxt, 0, sacks=self._sack_list())
-            if not self._send(emit, repr_):
-                return
-            self._sent_ack(edge)
+            for _ in range(max(self._dup_owed, 1)):
+                repr_, edge = self._repr(now, self.snd_nxt, 0, sacks=self._sack_list())
+                if not self._send(emit, repr_):
+                    return
+                self._sent_ack(edge)
         elif sent_any:
             self._ack_now = False
             self._ack_at = None
