@@ -166,21 +166,35 @@ def print_ring(results: list[RingResult]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vhostnet bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="ring", choices=["ring", "backend"])
+    p.add_argument("what", nargs="?", default="ring", choices=["ring", "vm", "backend"])
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=2.0, help="per measurement (default 2)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--sizes", default="64,1500,65536", help="frame sizes (default 64,1500,65536)")
+    p.add_argument("--size-mib", type=int, default=100,
+                   help="vm: MiB each way (default 100; 2 with --smoke)")
+    p.add_argument("--backends", default="ours,slirp", help="vm: default ours,slirp")
+    p.add_argument("--smoke", action="store_true", help="vm: 2 MiB, fewer pings and datagrams")
     args = p.parse_args(argv)
     if args.what == "backend":
         mode, path, size = args.rest
         run_backend(mode, path, int(size))
         return 0
-    results = bench_ring(args.seconds, [int(s) for s in args.sizes.split(",")])
-    print_ring(results)
+    if args.what == "vm":
+        from apps.benchvm import bench_vm, print_vm
+
+        size = 2 if args.smoke and "--size-mib" not in (argv or sys.argv) else args.size_mib
+        vm = bench_vm(size, args.backends.split(","), ping_count=5 if args.smoke else 20,
+                      udp_count=200 if args.smoke else 2000)
+        print_vm(vm)
+        out = {"vm": asdict(vm)}
+    else:
+        results = bench_ring(args.seconds, [int(s) for s in args.sizes.split(",")])
+        print_ring(results)
+        out = {"ring": [asdict(r) for r in results]}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"ring": [asdict(r) for r in results], "machine": os.uname().nodename,
+            json.dump({**out, "machine": os.uname().nodename,
                        "time": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=2)
     return 0
 

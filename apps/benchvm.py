@@ -1,0 +1,301 @@
+"""`vhostnet bench vm`: one TCG Linux guest, one workload, several network backends.
+
+The backends, each behind the same virtio-net-pci NIC of the same guest (apps/vm.py):
+
+ours  — `vhostnet serve` in its own process, a vhost-user NIC; the guest talks to our stack
+        at 10.0.2.2 (HTTP on 80, UDP echo on 7).
+slirp — QEMU's `-netdev user` (libslirp); the guest reaches the host's loopback through
+        10.0.2.2, where this process runs the same HTTP routes (`/bytes/N`, `POST /sink`,
+        from apps/http.py) on a ThreadingHTTPServer and a UDP echo, both on 127.0.0.1.
+
+The workload, timed inside the guest (the kernel's monotonic clock, read from
+/proc/timer_list: busybox `date` has no %N; the cost of two reads is measured and taken off):
+TCP download (`wget -O /dev/null .../bytes/N`), TCP upload (`wget --post-file` of a file in
+tmpfs to `/sink`), ping RTT (`ping -c 20 -i 0.2`, the average) and UDP 64-byte
+request/response rate (`vhn-udp -q -n N -s 64`, one datagram in flight). Throughput is
+measured with busybox wget, never `dd | nc` (that measures nc). Results are a table of
+backend × metric with ratios to slirp, and JSON.
+
+Call order: `bench_vm(...)` returns a `VmBench`; `print_vm(result)` prints it;
+`dataclasses.asdict(result)` is its JSON.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from apps.http import CHUNK, pattern_chunks, sink
+from apps.vm import GuestError, QemuVM, vhost_user_nic_args
+
+BACKENDS = ("ours", "slirp")
+GUEST_MEMORY_MB = 512  # the upload file lives in the guest's tmpfs
+# the metrics, in table order: (key, column title, format, higher is better)
+METRICS = (
+    ("download_mbit_s", "down Mbit/s", "{:.1f}", True),
+    ("upload_mbit_s", "up Mbit/s", "{:.1f}", True),
+    ("ping_avg_ms", "ping ms", "{:.3f}", False),
+    ("udp_rr_per_s", "UDP rr/s", "{:.0f}", True),
+)
+
+
+@dataclass
+class BackendResult:
+    backend: str
+    download_mbit_s: float
+    upload_mbit_s: float
+    ping_avg_ms: float
+    udp_rr_per_s: float
+    download_s: float
+    upload_s: float
+    udp_replies: int
+    udp_sent: int
+    boot_s: float
+
+
+@dataclass
+class VmBench:
+    size_mib: int
+    ping_count: int
+    udp_count: int
+    results: list[BackendResult] = field(default_factory=list)
+    # metric -> backend -> value / slirp's value (for ping, lower is better all the same)
+    ratios_to_slirp: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+# -- host-side peers for slirp -----------------------------------------------------------
+
+class _Handler(BaseHTTPRequestHandler):
+    """apps/http.py's `/bytes/N` and `POST /sink` on a plain kernel socket."""
+
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, format, *args) -> None:  # noqa: A002 (the base class's name)
+        pass
+
+    def _reply(self, status: int, body_len: int, chunks) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(body_len))
+        self.end_headers()
+        for chunk in chunks:
+            self.wfile.write(chunk)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        count = self.path[len("/bytes/"):] if self.path.startswith("/bytes/") else ""
+        if not count.isdigit():
+            self._reply(404, 0, ())
+            return
+        self._reply(200, int(count), pattern_chunks(int(count)))
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path != "/sink":
+            self._reply(404, 0, ())
+            return
+        left = int(self.headers.get("Content-Length", "0"))
+
+        def body():
+            nonlocal left
+            while left > 0:
+                data = self.rfile.read(min(left, CHUNK))
+                if not data:
+                    return
+                left -= len(data)
+                yield data
+
+        resp = sink(body())
+        data = b"".join(resp.body)
+        self._reply(resp.status, len(data), (data,))
+
+
+class HostPeers:
+    """The HTTP server and the UDP echo on 127.0.0.1 (ephemeral ports), each in a thread."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.http = ThreadingHTTPServer((host, 0), _Handler)
+        self.http.daemon_threads = True
+        self.http_port = self.http.server_address[1]
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind((host, 0))
+        self.udp_port = self.udp.getsockname()[1]
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self.http.serve_forever, daemon=True),
+                         threading.Thread(target=self._echo, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _echo(self) -> None:
+        self.udp.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                data, addr = self.udp.recvfrom(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.udp.sendto(data, addr)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.http.shutdown()
+        self.http.server_close()
+        for t in self._threads:
+            t.join(2)
+        self.udp.close()
+
+
+# -- our backend (a separate process) ----------------------------------------------------
+
+def start_ours(socket_path: str, timeout: float = 20) -> subprocess.Popen:
+    """`vhostnet serve --socket-path P --no-control`, returned once the socket listens."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apps.cli", "serve", "--socket-path", socket_path,
+         "--no-control", "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(socket_path):
+        if proc.poll() is not None:
+            raise RuntimeError(f"vhostnet serve exited {proc.returncode}: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("vhostnet serve did not listen in time")
+        time.sleep(0.05)
+    return proc
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+# -- the guest side ----------------------------------------------------------------------
+
+# the guest's monotonic clock in ns (busybox date has no %N)
+_NOW = "now() { grep -m1 'now at' /proc/timer_list | cut -d' ' -f3; }"
+_NS_RE = re.compile(r"^ns=(\d+)$", re.M)
+_PING_RE = re.compile(r"min/avg/max = [\d.]+/([\d.]+)/")
+_UDP_RE = re.compile(r"(\d+)/(\d+) replies")
+
+
+def _timed(vm: QemuVM, cmd: str, timeout: float) -> tuple[float, str]:
+    """Run `cmd` in the guest; (seconds by the guest's clock, its output)."""
+    out = vm.run_ok(f"{_NOW}; t0=$(now); {cmd}; rc=$?; t1=$(now); echo; echo ns=$((t1 - t0)); "
+                    f"[ $rc = 0 ]",
+                    timeout)
+    m = _NS_RE.search(out)
+    if m is None:
+        raise GuestError(f"no timing in the output of {cmd!r}: {out!r}")
+    return int(m.group(1)) / 1e9, out[: m.start()]
+
+
+def run_workload(vm: QemuVM, backend: str, host: str, http_port: int, udp_port: int,
+                 size_mib: int, ping_count: int, udp_count: int, boot_s: float) -> BackendResult:
+    """The workload against `host` from a guest whose eth0 is up; one BackendResult."""
+    nbytes = size_mib << 20
+    url = f"http://{host}:{http_port}"
+    slow = max(60.0, size_mib * 4.0)  # the generous per-command timeout
+    # no NUL bytes: busybox wget reads the post file into memory and sends strlen() of it
+    vm.run_ok(f"dd if=/dev/zero bs=1M count={size_mib} 2>/dev/null | tr '\\0' x >/tmp/f",
+              slow)
+    overhead, _ = _timed(vm, ":", 30)  # two clock reads
+    # one untimed warm-up each way: ARP, the server's first connection, wget's page cache
+    vm.run_ok(f"wget -q -O /dev/null {url}/bytes/65536", 30)
+    down_s, _ = _timed(vm, f"wget -q -O /dev/null {url}/bytes/{nbytes}", slow)
+    up_s, out = _timed(vm, f"wget -q --post-file=/tmp/f -O - {url}/sink", slow)
+    if not out.strip().startswith(str(nbytes)):
+        raise GuestError(f"{backend}: /sink answered {out!r}, expected {nbytes} bytes")
+    vm.run_ok("rm -f /tmp/f")
+    down_s, up_s = max(down_s - overhead, 1e-6), max(up_s - overhead, 1e-6)
+    ping = vm.run_ok(f"ping -c {ping_count} -i 0.2 {host}", ping_count * 0.2 + 30)
+    m = _PING_RE.search(ping)
+    if m is None:
+        raise GuestError(f"{backend}: no ping summary in {ping!r}")
+    udp_s, out = _timed(vm, f"vhn-udp -q -n {udp_count} -s 64 {host} {udp_port}", slow)
+    m2 = _UDP_RE.search(out)
+    if m2 is None:
+        raise GuestError(f"{backend}: no vhn-udp summary in {out!r}")
+    replies = int(m2.group(1))
+    udp_s = max(udp_s - overhead, 1e-6)
+    return BackendResult(
+        backend=backend, download_mbit_s=nbytes * 8 / down_s / 1e6,
+        upload_mbit_s=nbytes * 8 / up_s / 1e6, ping_avg_ms=float(m.group(1)),
+        udp_rr_per_s=replies / udp_s, download_s=round(down_s, 4), upload_s=round(up_s, 4),
+        udp_replies=replies, udp_sent=int(m2.group(2)), boot_s=round(boot_s, 2))
+
+
+def _boot(vm: QemuVM) -> float:
+    t0 = time.monotonic()
+    vm.wait_ready(timeout=120)
+    vm.run_ok("ip link set eth0 up && udhcpc -i eth0 -n -q -t 5 -T 2 >/dev/null 2>&1", 60)
+    return time.monotonic() - t0
+
+
+def bench_ours(size_mib: int, ping_count: int, udp_count: int) -> BackendResult:
+    with tempfile.TemporaryDirectory(prefix="vhostnet-benchvm-") as d:
+        path = os.path.join(d, "vhost.sock")
+        proc = start_ours(path)
+        try:
+            with QemuVM(nic_args=vhost_user_nic_args(path), memory_mb=GUEST_MEMORY_MB) as vm:
+                boot_s = _boot(vm)
+                return run_workload(vm, "ours", "10.0.2.2", 80, 7, size_mib, ping_count,
+                                    udp_count, boot_s)
+        finally:
+            stop_process(proc)
+
+
+def bench_slirp(size_mib: int, ping_count: int, udp_count: int) -> BackendResult:
+    peers = HostPeers()
+    try:
+        nic = ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
+        with QemuVM(nic_args=nic, memory_mb=GUEST_MEMORY_MB) as vm:
+            boot_s = _boot(vm)
+            return run_workload(vm, "slirp", "10.0.2.2", peers.http_port, peers.udp_port,
+                                size_mib, ping_count, udp_count, boot_s)
+    finally:
+        peers.close()
+
+
+RUNNERS = {"ours": bench_ours, "slirp": bench_slirp}
+
+
+def bench_vm(size_mib: int = 100, backends=BACKENDS, ping_count: int = 20,
+             udp_count: int = 2000) -> VmBench:
+    out = VmBench(size_mib, ping_count, udp_count)
+    for name in backends:
+        out.results.append(RUNNERS[name](size_mib, ping_count, udp_count))
+    base = next((r for r in out.results if r.backend == "slirp"), None)
+    if base is not None:
+        for key, _, _, _ in METRICS:
+            ref = getattr(base, key)
+            out.ratios_to_slirp[key] = {
+                r.backend: round(getattr(r, key) / ref, 3) if ref else 0.0 for r in out.results}
+    return out
+
+
+def print_vm(res: VmBench) -> None:
+    print(f"vm: TCG guest, {res.size_mib} MiB each way, ping x{res.ping_count}, "
+          f"UDP 64 B x{res.udp_count}; (x.xx) = ratio to slirp")
+    cols = [title for _, title, _, _ in METRICS]
+    print(f"{'backend':<8} " + " ".join(f"{c:>18}" for c in cols))
+    for r in res.results:
+        cells = []
+        for key, _, fmt, _ in METRICS:
+            cell = fmt.format(getattr(r, key))
+            ratio = res.ratios_to_slirp.get(key, {}).get(r.backend)
+            if ratio is not None:
+                cell += f" ({ratio:.2f})"
+            cells.append(f"{cell:>18}")
+        print(f"{r.backend:<8} " + " ".join(cells))
