@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="64,1500,65536", help="frame sizes (default 64,1500,65536)")
     p.add_argument("--size-mib", type=int, default=100,
                    help="vm: MiB each way (default 100; 2 with --smoke)")
-    p.add_argument("--backends", default="ours,slirp", help="vm: default ours,slirp")
+    p.add_argument("--backends", default="ours,slirp,tap",
+                   help="vm: of ours,slirp,tap (tap: root, a netns); default all")
     p.add_argument("--smoke", action="store_true", help="vm: 2 MiB, fewer pings and datagrams")
     args = p.parse_args(argv)
     if args.what == "backend":

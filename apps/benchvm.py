@@ -7,6 +7,9 @@ ours  — `vhostnet serve` in its own process, a vhost-user NIC; the guest talks
 slirp — QEMU's `-netdev user` (libslirp); the guest reaches the host's loopback through
         10.0.2.2, where this process runs the same HTTP routes (`/bytes/N`, `POST /sink`,
         from apps/http.py) on a ThreadingHTTPServer and a UDP echo, both on 127.0.0.1.
+tap   — `-netdev tap,script=no,downscript=no` into a network namespace this benchmark
+        creates and removes: the Linux kernel at 10.0.2.2, the same peers run inside it
+        (root and `ip` needed; the guest gets 10.0.2.15/24 by hand).
 
 The workload, timed inside the guest (the kernel's monotonic clock, read from
 /proc/timer_list: busybox `date` has no %N; the cost of two reads is measured and taken off):
@@ -36,7 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from apps.http import CHUNK, pattern_chunks, sink
 from apps.vm import GuestError, QemuVM, vhost_user_nic_args
 
-BACKENDS = ("ours", "slirp")
+BACKENDS = ("ours", "slirp", "tap")
 GUEST_MEMORY_MB = 512  # the upload file lives in the guest's tmpfs
 # the metrics, in table order: (key, column title, format, higher is better)
 METRICS = (
@@ -268,7 +271,44 @@ def bench_slirp(size_mib: int, ping_count: int, udp_count: int) -> BackendResult
         peers.close()
 
 
-RUNNERS = {"ours": bench_ours, "slirp": bench_slirp}
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def bench_tap(size_mib: int, ping_count: int, udp_count: int) -> BackendResult:
+    """`-netdev tap` into a network namespace of our own, where the Linux kernel answers at
+    10.0.2.2 and `python -m apps.benchvm peers` runs the host-side HTTP server and UDP echo.
+    QEMU creates the TAP in our namespace; once it holds it, the TAP moves to the new one."""
+    tag = f"vhnb{os.getpid() % 100000}"
+    ns, tap = f"{tag}ns", f"{tag}t"
+    _ip("netns", "add", ns)
+    peers = None
+    try:
+        _ip("-n", ns, "link", "set", "lo", "up")
+        peers = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m",
+                                  "apps.benchvm", "peers"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        http_port, udp_port = map(int, peers.stdout.readline().split()[1:3])
+        nic = ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+               "-device", "virtio-net-pci,netdev=n0"]
+        with QemuVM(nic_args=nic, memory_mb=GUEST_MEMORY_MB) as vm:
+            t0 = time.monotonic()
+            vm.wait_ready(timeout=120)
+            _ip("link", "set", tap, "netns", ns)
+            _ip("-n", ns, "addr", "add", "10.0.2.2/24", "dev", tap)
+            _ip("-n", ns, "link", "set", tap, "up")
+            vm.run_ok("ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0")
+            boot_s = time.monotonic() - t0
+            return run_workload(vm, "tap", "10.0.2.2", http_port, udp_port, size_mib,
+                                ping_count, udp_count, boot_s)
+    finally:
+        if peers is not None:
+            peers.stdin.close()
+            stop_process(peers)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+RUNNERS = {"ours": bench_ours, "slirp": bench_slirp, "tap": bench_tap}
 
 
 def bench_vm(size_mib: int = 100, backends=BACKENDS, ping_count: int = 20,
@@ -299,3 +339,20 @@ def print_vm(res: VmBench) -> None:
                 cell += f" ({ratio:.2f})"
             cells.append(f"{cell:>18}")
         print(f"{r.backend:<8} " + " ".join(cells))
+
+
+def main() -> int:
+    """`python -m apps.benchvm peers`: HostPeers on all addresses (bench_tap runs it in its
+    namespace); prints `ports HTTP UDP`, serves until stdin closes."""
+    if sys.argv[1:] != ["peers"]:
+        print("usage: python -m apps.benchvm peers", file=sys.stderr)
+        return 2
+    peers = HostPeers("0.0.0.0")
+    print(f"ports {peers.http_port} {peers.udp_port}", flush=True)
+    sys.stdin.read()
+    peers.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
