@@ -35,6 +35,7 @@ class StackApp:
         # callables (direction, frame) fed every frame at the virtqueue (control capture)
         self.frame_hooks: list[Callable[[str, memoryview], None]] = []
         self.control = None  # the ControlServer, when make_server was given `control`
+        self.hostfwd = None  # the HostForwarder, when make_server was given `hostfwd`
 
     def attach(self, device) -> None:
         self.device = device
@@ -108,9 +109,12 @@ def make_server(*, stack_config: StackConfig | None = None, backend: BackendConf
                 socket_path: str | None = None, connect_path: str | None = None,
                 fd: int | None = None, pcap: str | None = None,
                 start_apps: bool = True,
-                control: str | None = None) -> tuple[VhostUserServer, Stack, StackApp]:
+                control: str | None = None,
+                hostfwd: list | None = None) -> tuple[VhostUserServer, Stack, StackApp]:
     """The server, its stack and the App between them; with `control`, a control socket
-    at that path (`app.control`, see apps/control.py: close it before the server)."""
+    at that path (`app.control`, see apps/control.py: close it before the server); with
+    `hostfwd` (QEMU-style rule strings or `apps.hostfwd.HostFwd`), host ports forwarded
+    to the guest (`app.hostfwd`, see apps/hostfwd.py: close it before the server)."""
     stack = build_stack(stack_config)
     sink = PcapSink(pcap) if pcap else None
     app = StackApp(stack, sink)
@@ -123,6 +127,16 @@ def make_server(*, stack_config: StackConfig | None = None, backend: BackendConf
         try:
             app.control = ControlServer(server, app, control)
         except OSError:
+            server.close()
+            raise
+    if hostfwd:
+        from apps.hostfwd import HostForwarder
+
+        try:
+            app.hostfwd = HostForwarder(stack.runtime, hostfwd, stack.config.dhcp_start)
+        except (OSError, ValueError):
+            if app.control is not None:
+                app.control.close()
             server.close()
             raise
     if start_apps and stack.config.apps:
