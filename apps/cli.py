@@ -84,6 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         path = "vhostnet.sock"
     stack = None
     control = None
+    hostfwd = None
     from apps.control import ControlServer, default_control_path
 
     ctl = None if args.no_control else (
@@ -108,9 +109,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             server, stack, app = make_server(
                 stack_config=_stack_config(args), socket_path=path, connect_path=args.connect,
-                fd=args.fd, pcap=args.pcap, control=ctl,
+                fd=args.fd, pcap=args.pcap, control=ctl, hostfwd=args.hostfwd,
                 backend=BackendConfig(queue_pairs=args.queues, mtu=args.mtu))
             control = app.control
+            hostfwd = app.hostfwd
     except (OSError, ValueError) as e:
         print(f"vhostnet: cannot serve: {e}", file=sys.stderr)
         return 1
@@ -140,10 +142,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         if control is not None:
             control.close()
+        if hostfwd is not None:
+            hostfwd.close()
         if stack is not None:
             stack.stop()
         server.close()
     return 0
+
+
+def _hostfwd_rule(spec: str):
+    from apps.hostfwd import HostFwdError, parse_hostfwd
+
+    try:
+        return parse_hostfwd(spec)
+    except HostFwdError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _stack_config(args: argparse.Namespace):
@@ -163,7 +176,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     from apps.demo import main as demo_main
 
-    return demo_main(accel=args.accel, keep=args.keep)
+    return demo_main(accel=args.accel, keep=args.keep, pcap=args.pcap)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -214,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--pcap", metavar="FILE",
                     help="capture every frame at the virtqueue (classic pcap; .pcapng for "
                          "pcapng with directions; a FIFO streams live to wireshark -k -i)")
+    st.add_argument("--hostfwd", action="append", default=[], type=_hostfwd_rule,
+                    metavar="tcp|udp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT",
+                    help="forward a host port to the guest, as QEMU's -netdev user,hostfwd= "
+                         "(repeatable); HOSTADDR defaults to 127.0.0.1, GUESTADDR to the "
+                         "first DHCP lease (10.0.2.15); e.g. tcp::8080-:80")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser(
@@ -224,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--accel", default="tcg", choices=["tcg", "kvm"],
                       help="QEMU accelerator (default tcg; kvm where the host supports it)")
+    demo.add_argument("--pcap", metavar="FILE",
+                      help="capture the whole session at the virtqueue (pcap; .pcapng for "
+                           "directions), e.g. then: tshark -r FILE")
     demo.add_argument("--keep", action="store_true",
                       help="leave the VM running after the steps (Ctrl-C ends it)")
     demo.add_argument("--log-level", default="warning",
