@@ -10,6 +10,7 @@ same on a terminal and in a CI log.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import sys
@@ -30,9 +31,11 @@ GUEST_MAC = "52:54:00:12:34:56"
 class Demo:
     accel: str = "tcg"
     keep: bool = False
+    pcap: str | None = None
     out: Callable[[str], None] = print
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="vhostnet-demo-")))
     server: VhostUserServer | None = None
+    app: object = None
     vm: QemuVM | None = None
     stack: object = None
 
@@ -44,10 +47,12 @@ class Demo:
     def step_backend(self) -> str:
         from apps.serve import make_server
 
-        self.server, self.stack, _ = make_server(socket_path=self.socket_path)
+        self.server, self.stack, self.app = make_server(socket_path=self.socket_path,
+                                                        pcap=self.pcap)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         c = self.stack.config
-        return f"listening on {self.socket_path}; stack {c.address}, DNS {c.dns_address}"
+        extra = f"; capturing to {self.pcap}" if self.pcap else ""
+        return f"listening on {self.socket_path}; stack {c.address}, DNS {c.dns_address}{extra}"
 
     def step_guest(self) -> str:
         image = GuestImage.default()
@@ -103,6 +108,30 @@ class Demo:
             raise RuntimeError(f"echo: {out}")
         return f"udpserver:5555 said 'response_hello'; 500 echoes on port 7 in {dt:.2f} s"
 
+    def step_download(self) -> str:
+        n = 20 << 20
+        want = hashlib.sha256(bytes(range(256)) * (n // 256)).hexdigest()
+        t0 = time.monotonic()
+        out = self.vm.run_ok(f"wget -q -O - http://10.0.2.2/bytes/{n} | sha256sum", timeout=300)
+        dt = time.monotonic() - t0
+        if out.split()[0] != want:
+            raise RuntimeError(f"hash {out.split()[0]} != {want}")
+        return f"wget of 20 MiB from our HTTP server: SHA-256 ok, {n * 8 / dt / 1e6:.0f} Mbit/s " \
+               f"(incl. sha256sum in the guest)"
+
+    def step_upload(self) -> str:
+        # busybox wget --post-file sends strlen() of the file: base64 text, no NUL bytes
+        self.vm.run_ok("head -c 7500000 /dev/urandom | base64 > /tmp/up", timeout=120)
+        size, digest = self.vm.run_ok("wc -c < /tmp/up; sha256sum /tmp/up").split()[:2]
+        t0 = time.monotonic()
+        out = self.vm.run_ok("wget -q --post-file=/tmp/up -O - http://10.0.2.2/sink",
+                             timeout=300)
+        dt = time.monotonic() - t0
+        if out.split()[:2] != [size, digest]:
+            raise RuntimeError(f"we got {out.strip()!r}, the guest sent {size} {digest}")
+        return f"POST of {int(size) / 1e6:.1f} MB to /sink: length and SHA-256 ok, " \
+               f"{int(size) * 8 / dt / 1e6:.0f} Mbit/s"
+
     STEPS = [
         ("start the backend and the stack", step_backend),
         ("boot the guest in QEMU", step_guest),
@@ -111,6 +140,8 @@ class Demo:
         ("guest pings us", step_ping),
         ("guest resolves a name through us", step_dns),
         ("guest talks UDP to our apps", step_udp),
+        ("guest downloads over HTTP (hash checked)", step_download),
+        ("guest uploads over HTTP (hash checked)", step_upload),
     ]
 
     # -- runner ------------------------------------------------------------------------
@@ -151,6 +182,8 @@ class Demo:
             self.server.stop()
             time.sleep(0.05)
             self.server.close()
+        if self.app is not None and self.app.pcap is not None:
+            self.app.pcap.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -158,8 +191,8 @@ def _indent(text: str) -> str:
     return "\n".join("        " + line for line in text.splitlines())
 
 
-def main(accel: str = "tcg", keep: bool = False) -> int:
-    return Demo(accel=accel, keep=keep, out=lambda s: print(s, flush=True)).run()
+def main(accel: str = "tcg", keep: bool = False, pcap: str | None = None) -> int:
+    return Demo(accel=accel, keep=keep, pcap=pcap, out=lambda s: print(s, flush=True)).run()
 
 
 if __name__ == "__main__":
