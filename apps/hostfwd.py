@@ -144,6 +144,7 @@ class _TcpConnection:
         self._lock = threading.Lock()
         self._done = 0
         self._aborted = False
+        self._sending = False  # the down pump is in conn.sendall
 
     def run(self) -> None:
         """The connection's thread: connect to the guest, then pump guest -> host."""
@@ -173,7 +174,9 @@ class _TcpConnection:
                     stream.shutdown("write")
             else:  # guest -> host
                 while data := stream.read(_BUF):
+                    self._sending = True
                     conn.sendall(data)
+                    self._sending = False
                 if not self._aborted:
                     conn.shutdown(socket.SHUT_WR)
         except OSError as e:
@@ -195,9 +198,10 @@ class _TcpConnection:
             if self._aborted:
                 return
             self._aborted = True
-        try:  # a RST on close, and wake a pump blocked in recv/send on it
+        try:  # a RST when closed; SHUT_RD wakes a pump in recv without sending a FIN,
+            # SHUT_WR one stuck in sendall (a FIN then, before the RST)
             self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.conn.shutdown(socket.SHUT_RDWR)
+            self.conn.shutdown(socket.SHUT_RDWR if self._sending else socket.SHUT_RD)
         except OSError:
             pass
         if self.stream is not None:
