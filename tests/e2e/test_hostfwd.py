@@ -337,7 +337,7 @@ def test_host_fetches_from_the_guest_httpd(leased_vm, served):
     with urllib.request.urlopen(f"http://{host}:{port}/blob", timeout=60) as resp:
         body = resp.read()
     took = time.monotonic() - t0
-    print(f"\n1 MiB from the guest's httpd via hostfwd: {took:.1f} s")
+    print(f"\n1 MiB from the guest's httpd via hostfwd: {took:.2f} s")
     assert (resp.status, len(body), hashlib.sha256(body).hexdigest()) == (200, MiB, digest)
 
 
