@@ -416,15 +416,16 @@ class ControlClient:
             raise ControlError("the backend closed the control connection")
         return json.loads(line)
 
-    def frames(self, snaplen: int | None = None) -> Iterator[dict]:
-        """Start a capture; yield the frame records as they come (forever)."""
+    def frames(self, snaplen: int | None = None, timeout: float | None = None
+               ) -> Iterator[dict]:
+        """Start a capture now; return an iterator of the frame records as they come
+        (forever; with `timeout`, socket.timeout when none came for that long)."""
         req: dict = {"cmd": "capture"}
         if snaplen:
             req["snaplen"] = snaplen
         self.request(req)
-        self.sock.settimeout(None)
-        while True:
-            yield self.read()
+        self.sock.settimeout(timeout)
+        return iter(self.read, None)
 
     def close(self) -> None:
         self._file.close()

@@ -1,0 +1,312 @@
+"""The control socket of `vhostnet serve` (apps/control.py): `make_server` with a control
+socket in a thread, the Python front-end attached as the guest, and the status, faults and
+capture requests, in-process and through the `vhostnet` commands as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from scapy.layers.l2 import ARP, Ether
+
+from apps.control import ControlClient, ControlError, format_frame, parse_filter
+from apps.serve import make_server
+from apps.stack import StackConfig
+from tests.vhostuser.conftest import make_frontend
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GUEST_MAC = "52:54:00:12:34:56"
+STACK_MAC = "52:55:0a:00:02:02"
+
+
+def arp_request(target: str = "10.0.2.2") -> bytes:
+    return bytes(Ether(src=GUEST_MAC, dst="ff:ff:ff:ff:ff:ff")
+                 / ARP(op=1, hwsrc=GUEST_MAC, psrc="10.0.2.15", pdst=target))
+
+
+def is_arp_reply(frame: bytes) -> bool:
+    pkt = Ether(frame)
+    return pkt.haslayer(ARP) and pkt[ARP].op == 2 and pkt[ARP].psrc == "10.0.2.2"
+
+
+class Served:
+    def __init__(self, tmp_path) -> None:
+        self.path = str(tmp_path / "v.sock")
+        self.ctl = self.path + ".ctl"
+        self.server, self.stack, self.app = make_server(
+            stack_config=StackConfig(), socket_path=self.path, start_apps=False,
+            control=self.ctl)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.thread.join(5)
+        self.app.control.close()
+        self.server.close()
+
+
+@pytest.fixture
+def served(tmp_path):
+    s = Served(tmp_path)
+    yield s
+    s.stop()
+    assert not os.path.exists(s.ctl), "the control socket outlived its server"
+
+
+@pytest.fixture
+def guest(served):
+    fe = make_frontend(served.path)
+    fe.post_rx_buffers(32)
+    deadline = time.monotonic() + 5
+    while served.server.device is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    yield fe
+    fe.close()
+
+
+def ask(served, req: dict) -> dict:
+    with ControlClient(served.ctl) as c:
+        return c.request(req)
+
+
+def arp_replies(fe, timeout: float = 1.0) -> int:
+    """ARP replies from the stack seen within `timeout`."""
+    n = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        n += sum(is_arp_reply(f) for f in fe.recv_frames(timeout=0.1))
+        if n:
+            return n
+    return n
+
+
+def vhostnet(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "apps.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=30, **kw)
+
+
+# -- status ---------------------------------------------------------------------------------
+def test_status_without_a_front_end(served):
+    st = ask(served, {"cmd": "status"})["status"]
+    assert st["connected"] is False and st["device"] is None
+    assert st["control_path"] == served.ctl
+    assert {"local": "0.0.0.0:67", "kind": "udp"}.items() <= st["sockets"][0].items()
+    assert st["faults"] == {"enabled": False, "knobs": {}, "stats": None}
+
+
+def test_status_features_queues_and_counters_move(served, guest):
+    before = ask(served, {"cmd": "status"})["status"]
+    dev = before["device"]
+    assert before["connected"] and before["connections_served"] == 1
+    assert "F_VERSION_1" in dev["features"]
+    assert dev["protocol_features"], "protocol features negotiated"
+    rx, tx = dev["queues"][0], dev["queues"][1]
+    assert (rx["kind"], tx["kind"]) == ("rx", "tx")
+    assert tx["started"] and tx["enabled"] and tx["size"] > 0
+    guest.send_frame(arp_request())
+    assert arp_replies(guest) == 1
+    after = ask(served, {"cmd": "status"})["status"]["device"]
+    assert after["stats"]["guest_tx_frames"] == dev["stats"].get("guest_tx_frames", 0) + 1
+    assert after["stats"]["guest_rx_frames"] == dev["stats"].get("guest_rx_frames", 0) + 1
+    tx2, rx2 = after["queues"][1], after["queues"][0]
+    assert tx2["last_avail_idx"] == (tx["last_avail_idx"] + 1) & 0xFFFF
+    assert rx2["used_idx"] == (rx["used_idx"] + 1) & 0xFFFF
+    assert tx2["kicks"] + tx2["notifications"] > tx["kicks"] + tx["notifications"]
+    iface = ask(served, {"cmd": "status"})["status"]["interface"]
+    assert iface["mac"] == STACK_MAC and iface["stats"]["rx_frames"] >= 1
+
+
+def test_bad_requests_get_errors_and_the_connection_goes_on(served):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(served.ctl)
+        f = s.makefile("rb")
+        s.sendall(b"not json\n" + b'{"cmd": "nope"}\n' + b"[1]\n"
+                  + b'{"cmd": "faults", "set": {"loss": 2}}\n' + b'{"cmd": "status"}\n')
+        replies = [json.loads(f.readline()) for _ in range(5)]
+    assert [r["ok"] for r in replies] == [False, False, False, False, True]
+    assert "unknown cmd" in replies[1]["error"]
+    assert "probability" in replies[3]["error"]
+
+
+def test_no_backend_is_a_clear_error(tmp_path):
+    with pytest.raises(ControlError, match="no backend control socket"):
+        ControlClient(str(tmp_path / "none.ctl"))
+    stale = tmp_path / "stale.ctl"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()
+    with pytest.raises(ControlError, match="nobody answers"):
+        ControlClient(str(stale))
+
+
+# -- faults ---------------------------------------------------------------------------------
+def test_faults_loss_drops_everything_and_off_restores(served, guest):
+    guest.send_frame(arp_request())
+    assert arp_replies(guest) == 1
+    faults = ask(served, {"cmd": "faults", "set": {"loss": 1.0}})["faults"]
+    assert faults["enabled"] and faults["knobs"] == {"drop": 1.0}
+    guest.send_frame(arp_request())
+    assert arp_replies(guest, timeout=0.5) == 0
+    stats = ask(served, {"cmd": "faults"})["faults"]["stats"]
+    assert stats["rx"]["dropped"] == 1 and stats["tx"]["passed"] == 0
+    assert ask(served, {"cmd": "faults", "off": True})["faults"]["enabled"] is False
+    guest.send_frame(arp_request())
+    assert arp_replies(guest) == 1
+
+
+def test_faults_set_before_the_front_end_apply_when_it_comes(served):
+    ask(served, {"cmd": "faults", "set": {"drop": 1.0}})
+    fe = make_frontend(served.path)
+    fe.post_rx_buffers(32)
+    try:
+        fe.send_frame(arp_request())
+        assert arp_replies(fe, timeout=0.5) == 0
+        assert ask(served, {"cmd": "faults"})["faults"]["stats"]["rx"]["dropped"] == 1
+    finally:
+        fe.close()
+
+
+def test_faults_delay_holds_the_reply(served, guest):
+    ask(served, {"cmd": "faults", "set": {"delay": 0.3}})
+    t = time.monotonic()
+    guest.send_frame(arp_request())
+    assert arp_replies(guest, timeout=2.0) == 1
+    assert time.monotonic() - t >= 0.25
+    assert ask(served, {"cmd": "faults"})["faults"]["stats"]["rx"]["delayed"] == 1
+
+
+# -- capture --------------------------------------------------------------------------------
+def test_capture_streams_both_directions(served, guest):
+    with ControlClient(served.ctl) as c:
+        frames = c.frames(timeout=5)
+        request = arp_request()
+        guest.send_frame(request)
+        first, second = next(frames), next(frames)
+    assert first["dir"] == "guest-tx" and bytes.fromhex(first["frame"]) == request
+    assert second["dir"] == "guest-rx" and is_arp_reply(bytes.fromhex(second["frame"]))
+    assert first["len"] == len(request) and first["lost"] == 0
+    assert "ARP" in format_frame(second)
+    # the hook goes with the client
+    deadline = time.monotonic() + 2
+    while ask(served, {"cmd": "status"})["status"]["captures"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert served.server.device.on_frame is None
+
+
+def test_capture_snaplen(served, guest):
+    with ControlClient(served.ctl) as c:
+        frames = c.frames(snaplen=14, timeout=5)
+        guest.send_frame(arp_request())
+        rec = next(frames)
+    assert len(bytes.fromhex(rec["frame"])) == 14 and rec["len"] == 42
+
+
+@pytest.mark.parametrize("expr, matches", [
+    ("arp", True), ("tcp", False), ("udp port 53", False), ("host 10.0.2.2", True),
+    ("dst host 10.0.2.2", True), ("src host 10.0.2.2", False), ("not arp", False),
+    ("arp and host 10.0.2.15", True), ("", True),
+])
+def test_capture_filter(expr, matches):
+    assert parse_filter(expr)(Ether(arp_request())) is matches
+
+
+def test_capture_filter_rejects_nonsense():
+    for bad in ("port", "port eighty", "frobnicate", "src tcp", "not"):
+        with pytest.raises(ValueError):
+            parse_filter(bad)
+
+
+# -- the commands ---------------------------------------------------------------------------
+def test_cli_status(served, guest):
+    r = vhostnet("status", "--control", served.ctl)
+    assert r.returncode == 0, r.stderr
+    assert "front-end: connected" in r.stdout and "F_VERSION_1" in r.stdout
+    assert "0.0.0.0:80" not in r.stdout and "0.0.0.0:67" in r.stdout
+    r = vhostnet("status", "--socket-path", served.path, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["device"]["queues"][1]["started"] is True
+
+
+def test_cli_faults(served, guest):
+    r = vhostnet("faults", "--control", served.ctl, "--loss", "1", "--delay", "0.01")
+    assert r.returncode == 0, r.stderr
+    assert "faults ON" in r.stdout and "drop=1.0" in r.stdout
+    guest.send_frame(arp_request())
+    assert arp_replies(guest, timeout=0.5) == 0
+    r = vhostnet("faults", "--control", served.ctl)
+    assert "dropped=1" in r.stdout
+    r = vhostnet("faults", "--control", served.ctl, "--off")
+    assert r.returncode == 0 and "faults off" in r.stdout
+    guest.send_frame(arp_request())
+    assert arp_replies(guest) == 1
+    r = vhostnet("faults", "--control", served.ctl, "--loss", "3")
+    assert r.returncode == 1 and "probability" in r.stderr
+
+
+def test_cli_capture_with_filter_and_count(served, guest):
+    p = subprocess.Popen([sys.executable, "-m", "apps.cli", "capture", "--control", served.ctl,
+                          "--filter", "arp and src host 10.0.2.2", "--count", "1"],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not ask(served, {"cmd": "status"})["status"]["captures"]:
+            assert time.monotonic() < deadline and p.poll() is None, p.stderr.read()
+            time.sleep(0.05)
+        guest.send_frame(arp_request())
+        out, err = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 1 and ">guest" in lines[0] and "ARP is at" in lines[0], out
+    assert "1 frame(s) shown" in err
+
+
+def test_cli_without_a_backend(tmp_path):
+    for cmd in ("status", "faults", "capture"):
+        r = vhostnet(cmd, "--socket-path", str(tmp_path / "gone.sock"))
+        assert r.returncode == 1
+        assert "no backend control socket at" in r.stderr and "gone.sock.ctl" in r.stderr
+
+
+def test_cli_help_teaches():
+    for cmd, words in (("status", "negotiated"), ("faults", "--loss"),
+                       ("capture", "tcp port 80")):
+        r = vhostnet(cmd, "--help")
+        assert r.returncode == 0 and words in r.stdout and "example" in r.stdout
+    r = vhostnet("serve", "--help")
+    assert "--control" in r.stdout and "--log-format" in r.stdout
+
+
+def test_serve_json_logs_and_control_socket_lifetime(tmp_path):
+    path = str(tmp_path / "v.sock")
+    p = subprocess.Popen([sys.executable, "-m", "apps.cli", "serve", "--socket-path", path,
+                          "--log-format", "json", "--no-dhcp"],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while not os.path.exists(path + ".ctl"):
+            assert time.monotonic() < deadline and p.poll() is None
+            time.sleep(0.05)
+        r = vhostnet("faults", "--socket-path", path, "--loss", "0.5")
+        assert r.returncode == 0, r.stderr
+        p.terminate()
+        _, err = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0
+    records = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert records and all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
+    msgs = [r["msg"] for r in records]
+    assert any(m.startswith("control socket") for m in msgs)
+    assert any(m.startswith("faults on") for m in msgs)
+    assert not os.path.exists(path + ".ctl") and not os.path.exists(path)
