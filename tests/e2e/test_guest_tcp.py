@@ -179,3 +179,39 @@ def test_stdlib_http_server_on_our_stack(leased_vm, served, tmp_path):
     print(f"\n3 MiB from http.server on our stack: {took:.1f} s, {3 / took:.2f} MiB/s")
     assert out.split()[0] == hashlib.sha256(blob).hexdigest(), out
     assert 'href="blob"' in listing, listing
+
+
+def test_vhostnet_get_command(tmp_path, guest_image):
+    """`vhostnet get` serves the NIC itself: the guest attaches, leases, starts httpd, and
+    the command (waiting meanwhile) saves the file and reports it."""
+    import subprocess
+    import sys
+
+    from apps.vm import QemuVM, vhost_user_nic_args
+    from tests.e2e.conftest import GUEST_MAC
+
+    sock, out = tmp_path / "get.sock", tmp_path / "blob"
+    cmd = [sys.executable, "-m", "apps.cli", "get", "--socket-path", str(sock), "--wait", "300",
+           "--log-level", "warning", "http://10.0.2.15:8080/blob", "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        with QemuVM(guest_image, nic_args=vhost_user_nic_args(str(sock), mac=GUEST_MAC)) as vm:
+            vm.wait_ready(timeout=120)
+            vm.run_ok("ip link set eth0 up && udhcpc -i eth0 -n -q -t 5 -T 2", timeout=60)
+            digest = vm.run_ok("mkdir -p /tmp/www && head -c 5242880 /dev/urandom > "
+                               "/tmp/www/blob && sha256sum /tmp/www/blob && "
+                               "httpd -p 8080 -h /tmp/www", timeout=60).split()[0]
+            stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    print("\n" + stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0, (stdout, stderr)
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
+    assert f"200 OK  {5 * MiB} bytes in" in stdout and f"sha256 {digest}" in stdout, stdout
+    assert "qemu-system-x86_64" in stdout  # it told how to attach the VM
