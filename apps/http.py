@@ -196,7 +196,7 @@ class Reader:
     def in_body(self) -> bool:
         return self._body is not _Body.NONE
 
-    def next_event(self):
+    def next_event(self) -> Event | _Sentinel:
         body = self._body
         if body is _Body.NONE:
             return self._next_head()
