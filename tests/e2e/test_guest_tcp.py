@@ -112,6 +112,10 @@ def test_echoserver_and_chargen_and_discard(leased_vm):
     from apps.tcpapps import chargen_lines
 
     assert out.split()[0] == hashlib.sha256((chargen_lines() * 2)[:7400]).hexdigest(), out
+    deadline = time.monotonic() + 30  # nc died with unread data: a RST ends our writer
+    while any(t.name.startswith("chargen ") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "chargen still writing to a closed peer"
+        time.sleep(0.1)
     vm.run_ok("head -c 100000 /tmp/up | nc 10.0.2.2 9")  # returns once we close
 
 
