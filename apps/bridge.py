@@ -231,7 +231,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     if not 68 <= args.mtu <= 65535:
         return _fail("--mtu must be 68..65535")
     _setup_logging(args.log_level)
-    from vhostuser.backend import BackendConfig
+    from vhostuser.backend import DEFAULT_FEATURES, BackendConfig
     from vhostuser.server import VhostUserServer, install_signal_handlers
 
     path = args.socket_path
@@ -244,7 +244,10 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     bridge = TapBridge(tap, mtu=args.mtu)
     try:
         server = VhostUserServer(socket_path=path, connect_path=args.connect, fd=args.fd,
-                                 config=BackendConfig(queue_pairs=args.queues, mtu=args.mtu),
+                                 # no checksum/TSO offloads: the TAP has no vnet header,
+                                 # so the kernel behind it needs whole frames and checksums
+                                 config=BackendConfig(queue_pairs=args.queues, mtu=args.mtu,
+                                                      features=DEFAULT_FEATURES),
                                  app=bridge)
     except (OSError, ValueError) as e:
         tap.close()

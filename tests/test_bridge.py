@@ -315,7 +315,7 @@ def test_guest_joins_the_namespace_through_the_tap(netns, tmp_path):
             sender = ns_python(netns, NS_SENDER, NS_IP, "5001")
             try:
                 got = vm.run_ok(f"nc {NS_IP} 5001 | sha256sum", timeout=240)
-                assert got.split()[0] == want
+                assert got.split()[0] == want, got
                 assert sender.wait(30) == 0
             finally:
                 sender.kill()
