@@ -79,6 +79,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 1 <= args.queues <= 127:
         print("vhostnet: --queues must be 1..127", file=sys.stderr)
         return 2
+    if args.pcap_rotate is not None and args.raw:
+        print("vhostnet: --pcap-rotate needs the stack (not --raw)", file=sys.stderr)
+        return 2
+    if args.pcap_rotate is not None and args.pcap in (None, "-"):
+        print("vhostnet: --pcap-rotate needs --pcap FILE", file=sys.stderr)
+        return 2
     path = args.socket_path
     if args.fd is None and args.connect is None and path is None:
         path = "vhostnet.sock"
@@ -109,7 +115,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             server, stack, app = make_server(
                 stack_config=_stack_config(args), socket_path=path, connect_path=args.connect,
-                fd=args.fd, pcap=args.pcap, control=ctl, hostfwd=args.hostfwd,
+                fd=args.fd, pcap=args.pcap, pcap_rotate=args.pcap_rotate,
+                control=ctl, hostfwd=args.hostfwd,
                 backend=BackendConfig(queue_pairs=args.queues, mtu=args.mtu))
             control = app.control
             hostfwd = app.hostfwd
@@ -117,22 +124,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"vhostnet: cannot serve: {e}", file=sys.stderr)
         return 1
     install_signal_handlers(server)
+    # with --pcap -, stdout carries the capture only: the hints go to stderr
+    out = sys.stderr if getattr(args, "pcap", None) == "-" else sys.stdout
     queues = f",queues={args.queues}" if args.queues > 1 else ""
     mq = ",mq=on" if args.queues > 1 else ""
     if path:
         print(QEMU_HINT.format(path=os.path.abspath(path), chardev_mode=",reconnect=1",
-                               queues=queues, mq=mq), flush=True)
+                               queues=queues, mq=mq), flush=True, file=out)
     elif args.connect:
         print(QEMU_HINT.format(path=os.path.abspath(args.connect),
                                chardev_mode=",server=on,wait=off", queues=queues, mq=mq),
-              flush=True)
+              flush=True, file=out)
     if stack is not None:
         c = stack.config
         print(f"\nThe stack: {c.address} (mac {c.mac}, mtu {c.mtu}); DNS {c.dns_address} "
               f"(gateway.vhostnet, dns.vhostnet{''.join(', ' + r for r in c.dns_records)}); "
               + (f"DHCP leases from {c.dhcp_start}; " if c.dhcp else "no DHCP; ")
               + "UDP echo on 7, udpserver on 5555; TCP echo on 7, discard on 9, chargen on 19, "
-              "echoserver on 5555, HTTP on 80.", flush=True)
+              "echoserver on 5555, HTTP on 80.", flush=True, file=out)
     log.info("serving vhost-user net on %s", path or args.connect or f"fd {args.fd}")
     if control is not None:
         log.info("control socket %s (vhostnet status/faults/capture --control %s)",
@@ -148,6 +157,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             stack.stop()
         server.close()
     return 0
+
+
+def _size(text: str) -> int:
+    from netstack.phy.pcap import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _hostfwd_rule(spec: str):
@@ -227,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--pcap", metavar="FILE",
                     help="capture every frame at the virtqueue (classic pcap; .pcapng for "
                          "pcapng with directions; a FIFO streams live to wireshark -k -i)")
+    st.add_argument("--pcap-rotate", metavar="SIZE", type=_size, default=None,
+                    help="with --pcap FILE: go on in FILE.1, FILE.2, ... when FILE would "
+                         "exceed SIZE (e.g. 10k, 100M; powers of 1024), each a whole capture")
     st.add_argument("--hostfwd", action="append", default=[], type=_hostfwd_rule,
                     metavar="tcp|udp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT",
                     help="forward a host port to the guest, as QEMU's -netdev user,hostfwd= "

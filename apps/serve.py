@@ -108,6 +108,7 @@ class StackApp:
 def make_server(*, stack_config: StackConfig | None = None, backend: BackendConfig | None = None,
                 socket_path: str | None = None, connect_path: str | None = None,
                 fd: int | None = None, pcap: str | None = None,
+                pcap_rotate: int | None = None,
                 start_apps: bool = True,
                 control: str | None = None,
                 hostfwd: list | None = None) -> tuple[VhostUserServer, Stack, StackApp]:
@@ -116,7 +117,7 @@ def make_server(*, stack_config: StackConfig | None = None, backend: BackendConf
     `hostfwd` (QEMU-style rule strings or `apps.hostfwd.HostFwd`), host ports forwarded
     to the guest (`app.hostfwd`, see apps/hostfwd.py: close it before the server)."""
     stack = build_stack(stack_config)
-    sink = PcapSink(pcap) if pcap else None
+    sink = PcapSink(pcap, rotate=pcap_rotate) if pcap else None  # pcap "-": stdout
     app = StackApp(stack, sink)
     server = VhostUserServer(socket_path=socket_path, connect_path=connect_path, fd=fd,
                              config=backend or BackendConfig(mtu=stack.config.mtu), app=app)

@@ -16,13 +16,22 @@ Timestamps: the stack's `now` is monotonic, a capture wants dates. The first fra
 frame `start + (now - first_now)`. Passing `start` makes the output deterministic.
 
 Opening a FIFO for writing blocks until a reader opens it (POSIX); start the reader first or
-open the sink from a thread. The sink closes only files it opened itself.
+open the sink from a thread. The sink closes only files it opened itself. The path "-" means
+standard output (`sys.stdout.buffer`, left open): `vhostnet serve --pcap - | tshark -r -`.
+
+Rotation (`rotate=SIZE` bytes, a path only; `parse_size("100M")` reads CLI sizes): when the
+next record would push the current file past SIZE, it is closed and the capture goes on in
+FILE.1, then FILE.2, ...; every piece starts with its own header, so each is a valid capture
+on its own and the pieces in order hold every frame in order. A piece always takes at least
+one frame (a frame bigger than SIZE gets a piece of its own). `files` lists the pieces.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import struct
+import sys
 import time
 from typing import BinaryIO
 
@@ -52,6 +61,21 @@ def _pad4(n: int) -> int:
     return (-n) & 3
 
 
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in `text`: a number with an optional k/M/G suffix (powers of 1024), e.g. 10k,
+    100M, 1G, 4096; an optional trailing "B"/"iB" is accepted. Raises ValueError."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:i?[bB])?\s*", text)
+    if m is None:
+        raise ValueError(f"not a size: {text!r} (e.g. 10k, 100M, 1G)")
+    n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    if n <= 0:
+        raise ValueError(f"size must be positive: {text!r}")
+    return n
+
+
 def _pcapng_block(block_type: int, body: bytes) -> bytes:
     total = 12 + len(body)
     return struct.pack("<II", block_type, total) + body + struct.pack("<I", total)
@@ -68,17 +92,26 @@ class PcapSink:
         start: float | None = None,
         format: str | None = None,
         flush: bool = True,
+        rotate: int | None = None,
     ) -> None:
         if not 0 < snaplen <= 0x3FFFFFFF:
             raise ValueError(f"snaplen must be in 1..0x3fffffff, got {snaplen}")
-        if isinstance(file_or_path, (str, os.PathLike)):
+        if rotate is not None and rotate <= 0:
+            raise ValueError(f"rotate must be a positive size in bytes, got {rotate}")
+        self.path: str | None = None
+        self.files: list[str] = []
+        if isinstance(file_or_path, (str, os.PathLike)) and os.fspath(file_or_path) != "-":
             path = os.fspath(file_or_path)
             if format is None:
                 format = "pcapng" if path.endswith(".pcapng") else "pcap"
             self._file: BinaryIO = open(path, "wb")  # closed in close()
             self._owned = True
+            self.path = path
+            self.files.append(path)
         else:
-            self._file = file_or_path
+            if rotate is not None:
+                raise ValueError("rotate needs a file path (not standard output or a stream)")
+            self._file = sys.stdout.buffer if file_or_path == "-" else file_or_path
             self._owned = False
         format = format or "pcap"
         if format not in ("pcap", "pcapng"):
@@ -90,8 +123,26 @@ class PcapSink:
         self._start = time.time() if start is None else start
         self._first_now: float | None = None
         self._closed = False
-        self._file.write(self._header())
+        self.rotate = rotate
+        self._piece_bytes = 0  # bytes in the current piece
+        self._piece_frames = 0
+        self._write_header()
+
+    def _write_header(self) -> None:
+        header = self._header()
+        self._file.write(header)
         self._file.flush()
+        self._piece_bytes = len(header)
+        self._piece_frames = 0
+
+    def _next_piece(self) -> None:
+        """Close the current piece and go on in FILE.N (N = 1, 2, ...)."""
+        assert self.path is not None
+        self._file.close()
+        path = f"{self.path}.{len(self.files)}"
+        self._file = open(path, "wb")  # closed in close() or the next rotation
+        self.files.append(path)
+        self._write_header()
 
     def _header(self) -> bytes:
         if self.format == "pcap":
@@ -124,10 +175,18 @@ class PcapSink:
         ts = self._timestamp_us(now)
         if self.format == "pcap":
             sec, usec = divmod(ts, 1_000_000)
-            self._file.write(_PCAP_RECORD.pack(sec & 0xFFFFFFFF, usec, len(data), orig_len))
-            self._file.write(data)
+            record = _PCAP_RECORD.pack(sec & 0xFFFFFFFF, usec, len(data), orig_len) + data
         else:
-            self._file.write(self._epb(data, orig_len, ts, direction))
+            record = self._epb(data, orig_len, ts, direction)
+        if (
+            self.rotate is not None
+            and self._piece_frames
+            and self._piece_bytes + len(record) > self.rotate
+        ):
+            self._next_piece()
+        self._file.write(record)
+        self._piece_bytes += len(record)
+        self._piece_frames += 1
         self.frames += 1
         if self._flush_each:
             self._file.flush()
@@ -188,8 +247,10 @@ class PcapWriter(Tracer):
         start: float | None = None,
         format: str | None = None,
         flush: bool = True,
+        rotate: int | None = None,
     ) -> None:
-        self.sink = PcapSink(file_or_path, snaplen=snaplen, start=start, format=format, flush=flush)
+        self.sink = PcapSink(file_or_path, snaplen=snaplen, start=start, format=format,
+                             flush=flush, rotate=rotate)
         sink = self.sink
         super().__init__(inner, lambda direction, frame, now: sink.write(frame, now, direction))
 
