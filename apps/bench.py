@@ -6,6 +6,9 @@ time per frame (its process CPU time / frames, read from /proc, so a slow front-
 not hide a slow backend). The backend runs `python -m apps.bench backend MODE` with a
 RawFrameApp: `sink` drops what the guest sends, `source` fills every RX buffer the guest
 posts with frames of the asked size.
+
+stack, memory — our TCP/IP stack's throughput (loopback, and over a TAP against Linux) and
+the backend's resident memory; see apps/benchstack.py.
 """
 
 from __future__ import annotations
@@ -166,7 +169,8 @@ def print_ring(results: list[RingResult]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vhostnet bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="ring", choices=["ring", "vm", "backend"])
+    p.add_argument("what", nargs="?", default="ring", choices=["ring", "vm", "stack", "memory",
+                                                              "backend"])
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=2.0, help="per measurement (default 2)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -176,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", default="ours,slirp,tap",
                    help="vm: of ours,slirp,tap (tap: root, a netns); default all")
     p.add_argument("--smoke", action="store_true", help="vm: 2 MiB, fewer pings and datagrams")
+    p.add_argument("--connections", type=int, default=1000,
+                   help="memory: TCP connections to hold open (default 1000)")
+    p.add_argument("--no-tap", action="store_true", help="stack: skip the TAP/namespace part")
     args = p.parse_args(argv)
     if args.what == "backend":
         mode, path, size = args.rest
@@ -189,6 +196,16 @@ def main(argv: list[str] | None = None) -> int:
                       udp_count=200 if args.smoke else 2000)
         print_vm(vm)
         out = {"vm": asdict(vm)}
+    elif args.what == "stack":
+        from apps.benchstack import bench_stack, print_stack
+
+        out = {"stack": bench_stack(args.seconds, tap=not args.no_tap)}
+        print_stack(out["stack"])
+    elif args.what == "memory":
+        from apps.benchstack import bench_memory, print_memory
+
+        out = {"memory": bench_memory(args.seconds, args.connections)}
+        print_memory(out["memory"])
     else:
         results = bench_ring(args.seconds, [int(s) for s in args.sizes.split(",")])
         print_ring(results)
