@@ -51,60 +51,17 @@ def rss_kib(pid: int | str = "self") -> int:
 
 
 # -- two stacks over an in-memory link ---------------------------------------------------
-class _WakeTx:
-    __slots__ = ("inner", "fd")
-
-    def __init__(self, inner, fd: int) -> None:
-        self.inner, self.fd = inner, fd
-
-    def consume(self, length, fn):
-        result = self.inner.consume(length, fn)
-        os.eventfd_write(self.fd, 1)
-        return result
-
-
-class _WakingEnd:
-    """A loopback_pair end with a readiness fd the peer's transmit makes readable."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.peer: _WakingEnd | None = None
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def capabilities(self):
-        return self.inner.capabilities()
-
-    def receive(self, now):
-        try:
-            os.eventfd_read(self.fd)
-        except BlockingIOError:
-            pass
-        return self.inner.receive(now)
-
-    def transmit(self, now):
-        tx = self.inner.transmit(now)
-        return None if tx is None else _WakeTx(tx, self.peer.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 class LoopbackStacks:
     """Two of our stacks (A_IP, B_IP) over loopback_pair, each run by its Runtime thread."""
 
     def __init__(self) -> None:
         from netstack.iface import Interface, InterfaceConfig
-        from netstack.phy.loopback import loopback_pair
+        from netstack.phy.loopback import waking_pair
         from netstack.runtime import Runtime
         from netstack.wire.ethernet import EthernetAddress
         from netstack.wire.ipv4 import Ipv4Cidr
 
-        a, b = loopback_pair()
-        self.ends = (_WakingEnd(a), _WakingEnd(b))
-        self.ends[0].peer, self.ends[1].peer = self.ends[1], self.ends[0]
+        self.ends = waking_pair()
         rts = []
         for i, (ip, dev) in enumerate(((A_IP, self.ends[0]), (B_IP, self.ends[1]))):
             mac = EthernetAddress(bytes([2, 0, 0, 0, 0, i + 1]))

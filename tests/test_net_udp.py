@@ -4,7 +4,6 @@ in-memory link whose ends wake the peer's selector through an eventfd."""
 from __future__ import annotations
 
 import errno
-import os
 import threading
 import time
 from ipaddress import IPv4Address
@@ -13,7 +12,7 @@ import pytest
 
 from netstack.iface import Interface, InterfaceConfig
 from netstack.net import UdpSocket
-from netstack.phy.loopback import loopback_pair
+from netstack.phy.loopback import WakingEnd, waking_pair
 from netstack.runtime import Runtime
 from netstack.wire.ethernet import EthernetAddress
 from netstack.wire.ipv4 import Ipv4Cidr
@@ -21,52 +20,8 @@ from netstack.wire.ipv4 import Ipv4Cidr
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 
 
-class _WakeTx:
-    __slots__ = ("inner", "fd")
-
-    def __init__(self, inner, fd: int) -> None:
-        self.inner, self.fd = inner, fd
-
-    def consume(self, length, fn):
-        result = self.inner.consume(length, fn)
-        os.eventfd_write(self.fd, 1)
-        return result
-
-
-class WakingEnd:
-    """A loopback_pair end with a readiness fd: readable when the peer has sent frames."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.peer: WakingEnd | None = None
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def capabilities(self):
-        return self.inner.capabilities()
-
-    def receive(self, now):
-        try:
-            os.eventfd_read(self.fd)  # drain first, then look: no lost wake-up
-        except BlockingIOError:
-            pass
-        return self.inner.receive(now)
-
-    def transmit(self, now):
-        tx = self.inner.transmit(now)
-        return None if tx is None else _WakeTx(tx, self.peer.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 def link() -> tuple[WakingEnd, WakingEnd]:
-    a, b = loopback_pair()
-    wa, wb = WakingEnd(a), WakingEnd(b)
-    wa.peer, wb.peer = wb, wa
-    return wa, wb
+    return waking_pair()
 
 
 def stack(mac_last: int, ip: str, device) -> Runtime:

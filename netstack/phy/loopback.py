@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,3 +121,53 @@ def loopback_pair(mtu: int = 1500, max_queue: int = 1024) -> tuple[Loopback, Loo
     b = Loopback(mtu=mtu, max_queue=max_queue)
     a.peer, b.peer = b, a
     return a, b
+
+
+class _WakingTx:
+    __slots__ = ("inner", "fd")
+
+    def __init__(self, inner, fd: int) -> None:
+        self.inner, self.fd = inner, fd
+
+    def consume(self, length, fn):
+        result = self.inner.consume(length, fn)
+        os.eventfd_write(self.fd, 1)
+        return result
+
+
+class WakingEnd:
+    """A `loopback_pair` end with a readiness fd (readable once the peer has sent), so a
+    `Runtime` thread on each end sleeps on its selector instead of polling."""
+
+    def __init__(self, inner: Loopback) -> None:
+        self.inner = inner
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.peer: WakingEnd | None = None
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def capabilities(self):
+        return self.inner.capabilities()
+
+    def receive(self, now: float):
+        try:
+            os.eventfd_read(self.fd)  # drain first, then look: no lost wake-up
+        except BlockingIOError:
+            pass
+        return self.inner.receive(now)
+
+    def transmit(self, now: float):
+        tx = self.inner.transmit(now)
+        return None if tx is None else _WakingTx(tx, self.peer.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def waking_pair(mtu: int = 1500, max_queue: int = 1024) -> tuple[WakingEnd, WakingEnd]:
+    """`loopback_pair` for two stacks each run by its own `Runtime` thread."""
+    a, b = loopback_pair(mtu, max_queue)
+    wa, wb = WakingEnd(a), WakingEnd(b)
+    wa.peer, wb.peer = wb, wa
+    return wa, wb

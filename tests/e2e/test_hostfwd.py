@@ -22,7 +22,7 @@ from apps.hostfwd import (
     parse_hostfwd,
 )
 from netstack.iface import Interface, InterfaceConfig
-from netstack.phy.loopback import loopback_pair
+from netstack.phy.loopback import waking_pair
 from netstack.runtime import Runtime
 from netstack.wire.ethernet import EthernetAddress
 from netstack.wire.ipv4 import Ipv4Cidr
@@ -93,44 +93,6 @@ def test_cli_parses_repeated_rules():
 
 
 # -- two stacks: ours (with the forwards) and a stand-in guest ----------------------------
-class _WakeTx:
-    __slots__ = ("inner", "fd")
-
-    def __init__(self, inner, fd: int) -> None:
-        self.inner, self.fd = inner, fd
-
-    def consume(self, length, fn):
-        result = self.inner.consume(length, fn)
-        os.eventfd_write(self.fd, 1)
-        return result
-
-
-class WakingEnd:
-    """A loopback_pair end with a readiness fd: readable when the peer has sent frames."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.peer: WakingEnd | None = None
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def capabilities(self):
-        return self.inner.capabilities()
-
-    def receive(self, now):
-        try:
-            os.eventfd_read(self.fd)
-        except BlockingIOError:
-            pass
-        return self.inner.receive(now)
-
-    def transmit(self, now):
-        tx = self.inner.transmit(now)
-        return None if tx is None else _WakeTx(tx, self.peer.fd)
-
-
 def _runtime(mac_last: int, ip: str, device) -> Runtime:
     mac = EthernetAddress(bytes([2, 0, 0, 0, 0, mac_last]))
     return Runtime(Interface(InterfaceConfig(mac, [Ipv4Cidr.parse(ip + "/24")])), device)
@@ -138,9 +100,7 @@ def _runtime(mac_last: int, ip: str, device) -> Runtime:
 
 @pytest.fixture
 def stacks():
-    a, b = loopback_pair()
-    wa, wb = WakingEnd(a), WakingEnd(b)
-    wa.peer, wb.peer = wb, wa
+    wa, wb = waking_pair()
     us, guest = _runtime(1, US, wa), _runtime(2, GUEST, wb)
     us.start()
     guest.start()
