@@ -268,8 +268,13 @@ class QemuVM:
         extra_args: Sequence[str] = (),
         append_extra: str = "",
         qemu: str = "qemu-system-x86_64",
+        reboot: bool = False,
     ) -> None:
         self.image = image
+        # reboot=True: no -no-reboot, so a guest `reboot -f` restarts the machine; each
+        # wait_ready() then waits for the next boot marker after the last one it saw
+        self.reboot = reboot
+        self._ready_end = 0
         self.nic_args = list(nic_args)
         self.memory_mb = memory_mb
         self.accel = accel
@@ -300,7 +305,8 @@ class QemuVM:
         nic = self.nic_args or ["-nic", "none"]
         mem = self.memory_mb
         return [
-            self.qemu, "-nodefaults", "-display", "none", "-no-reboot",
+            self.qemu, "-nodefaults", "-display", "none",
+            *([] if self.reboot else ["-no-reboot"]),
             "-accel", self.accel, "-smp", str(self.cpus), "-m", f"{mem}M",
             "-object", f"memory-backend-memfd,id=mem,size={mem}M,share=on",
             "-machine", "memory-backend=mem",
@@ -481,8 +487,10 @@ class QemuVM:
 
     def wait_ready(self, timeout: float = 60) -> int:
         """Wait for the boot marker; returns the guest's uptime at that point in ms. In shell
-        mode, also round-trips one command so the console shell is known to be listening."""
-        m = self.expect(READY_RE, timeout)
+        mode, also round-trips one command so the console shell is known to be listening.
+        With ``reboot=True``, each call waits for the marker after the one the last call saw."""
+        m = self.expect(READY_RE, timeout, self._ready_end if self.reboot else 0)
+        self._ready_end = m.end()
         self.boot_ms = int(m.group(2))
         self.ready_seconds = time.monotonic() - self._t_start
         if "vhostnet.run=" not in self.append_extra:
@@ -523,7 +531,21 @@ class QemuVM:
             raise GuestError(f"command {cmd!r}: {exc}") from None
         with self._cond:
             output = self._buf[begin.end() : done.start()].decode(errors="replace")
+        if done.group(2) is not None:
+            self._await_respawn(t0 + max(timeout, 15.0))
         return CommandResult(int(done.group(1) or done.group(2)), output.replace("\r\n", "\n"))
+
+    def _await_respawn(self, deadline: float) -> None:
+        """The command ended the console shell; init starts a new one, which may drop what
+        was typed before it set the tty up. Probe until it answers, so the next `run` is
+        not lost."""
+        while True:
+            try:
+                self.run(":", timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+                return
+            except GuestError:
+                if time.monotonic() > deadline:
+                    raise
 
     def run_ok(self, cmd: str, timeout: float = 30) -> str:
         """Run ``cmd``; its output, or GuestError if it exits nonzero."""
