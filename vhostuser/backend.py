@@ -351,6 +351,7 @@ class VhostUserBackend:
         self._no_fds(msg)
         for q in self.queues:
             q.enabled = False
+            q.disabled = True
 
     def _h_get_queue_num(self, msg: Message) -> Message:
         self._no_fds(msg)
@@ -513,6 +514,7 @@ class VhostUserBackend:
         if num not in (0, 1):
             raise InvalidRequest(f"queue {index}: enable value {num}")
         q.enabled = bool(num)
+        q.disabled = not num
         if q.enabled and q.started and self.on_started is not None:
             self.on_started(q)
 

@@ -192,7 +192,7 @@ class VirtioNetDevice:
         nq = len(txq)
         for k in range(nq):
             q = txq[(self._next_tx + k) % nq]
-            while q.ready:
+            while q.serviceable:
                 try:
                     chain = q.pop()
                 except RingError as e:

@@ -402,6 +402,8 @@ class VhostUserServer:
                 if not q.ready:
                     continue
                 if q.index % 2:  # TX: frames left unread, or new ones since we looked
+                    if not q.serviceable:
+                        continue  # not enabled yet: left alone until SET_VRING_ENABLE
                     more = q.has_avail() or q.enable_notification() or more
                 elif net.has_backlog:  # RX: frames waiting for buffers the guest adds
                     more = q.enable_notification() or more

@@ -98,6 +98,11 @@ class Virtqueue:
         self.polling = False  # SET_VRING_KICK with the no-fd bit: we poll, no kicks
         self.started = False
         self.enabled = False
+        # Disabled by SET_VRING_ENABLE 0 / RESET_OWNER (not merely not enabled yet): only
+        # then is TX drained and discarded. Before the first enable a ring is left alone,
+        # or frames the guest queued while we were away would be lost between QEMU's
+        # SET_VRING_KICK and SET_VRING_ENABLE.
+        self.disabled = False
         self.broken = False
         self.event_idx = False
         self.indirect = False
@@ -115,6 +120,11 @@ class Virtqueue:
     @property
     def configured(self) -> bool:
         return self.size > 0 and self.addr is not None
+
+    @property
+    def serviceable(self) -> bool:
+        """Ready, and either enabled or explicitly disabled (TX then drains)."""
+        return self.ready and (self.enabled or self.disabled)
 
     @property
     def mapped(self) -> bool:
@@ -165,6 +175,7 @@ class Virtqueue:
         self.addr = None
         self.last_avail_idx = self.used_idx = 0
         self.started = self.enabled = self.broken = self.polling = False
+        self.disabled = False
         self._signalled_used = None
         self._pending = 0
         self._shadow_avail = 0

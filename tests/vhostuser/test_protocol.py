@@ -735,12 +735,20 @@ def test_with_protocol_features_rings_wait_for_enable(h):
     h.connect()
     h.start(enable=False)
     assert all(q.started and not q.enabled for q in h.be.queues)
-    # a started-but-disabled TX ring is drained and its frames discarded
+    # before its first enable a TX ring is left alone: what the guest queued while we were
+    # away must survive QEMU's SET_VRING_KICK ... SET_VRING_ENABLE window
+    h.tx(frame_of(100, 9))
+    assert h.drain() == []
+    assert h.net.drops["tx_queue_disabled"] == 0
+    h.ok(R.SET_VRING_ENABLE, state_payload(1, 1))
+    assert h.drain() == [frame_of(100, 9)]
+    # a ring disabled by SET_VRING_ENABLE 0 is drained and its frames discarded
+    h.ok(R.SET_VRING_ENABLE, state_payload(1, 0))
     for i in range(4):
         h.tx(frame_of(100, i))
     assert h.drain() == []
     assert h.net.drops["tx_queue_disabled"] == 4
-    assert len(h.vqs[1].reap()) == 4  # buffers given back to the guest
+    assert len(h.vqs[1].reap()) == 5  # buffers given back to the guest
     # a disabled RX ring gets nothing
     h.post_rx(4)
     h.net.send(frame_of(100, 7))
