@@ -133,7 +133,7 @@ def test_bridge_restart_keeps_the_guests_tcp_to_the_namespace(guest_image, netns
 
         assert sender.stdout.readline().strip() == "sent", sender.stderr.read()
         assert sender.wait(30) == 0
-        wait_for(lambda: vm.run_ok("cat /tmp/h 2>/dev/null").strip() != "", 30,
+        wait_for(lambda: vm.run_ok("cat /tmp/h 2>/dev/null", timeout=90).strip() != "", 90,
                  "the guest to hash the whole stream")
         got = vm.run_ok("cat /tmp/h").split()[0]
         assert got == want
