@@ -30,19 +30,6 @@ def stack(mac_last: int, ip: str, device) -> Runtime:
     return Runtime(iface, device)
 
 
-@pytest.fixture
-def pair():
-    da, db = link()
-    ra, rb = stack(1, A_IP, da), stack(2, B_IP, db)
-    ra.start()
-    rb.start()
-    yield ra, rb
-    for rt in (ra, rb):
-        t0 = time.monotonic()
-        rt.stop()
-        assert time.monotonic() - t0 < 1.0 and not rt.running
-    da.close()
-    db.close()
 
 
 def echo_server(rt: Runtime, port: int) -> tuple[UdpSocket, threading.Thread]:

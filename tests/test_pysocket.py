@@ -25,20 +25,7 @@ import pytest
 
 from netstack import pysocket
 from netstack.pysocket import socket
-from tests.test_net_udp import A_IP, B_IP, link, stack
-
-
-@pytest.fixture
-def pair():
-    da, db = link()
-    ra, rb = stack(1, A_IP, da), stack(2, B_IP, db)
-    ra.start()
-    rb.start()
-    yield ra, rb
-    for rt in (ra, rb):
-        rt.stop()
-    da.close()
-    db.close()
+from tests.test_net_udp import A_IP, B_IP
 
 
 def tcp(rt, **kw) -> socket:
