@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+import time
 from dataclasses import dataclass, field
 
 from netstack.iface import Interface, InterfaceConfig
@@ -64,8 +65,10 @@ class Stack:
     def stop(self) -> None:
         self.stop_event.set()
         self.runtime.wake()
+        # one deadline for all (they are daemon threads): SIGTERM must end us within 2 s
+        deadline = time.monotonic() + 1.0
         for t in self.app_threads:
-            t.join(1.0)
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 def build_stack(config: StackConfig | None = None) -> Stack:
