@@ -87,6 +87,70 @@ def test_added_records_v4_and_v6() -> None:
         dns.add_record("a..b", "10.0.0.1")
 
 
+
+# -- IPv6: AAAA and ip6.arpa -------------------------------------------------------------------
+
+GW6 = IPv6Address("fd00::2")
+
+
+def dual_stack() -> DnsResponder:
+    return DnsResponder({"gateway.vhostnet": ["10.0.2.2", str(GW6)],
+                         "dns.vhostnet": ["10.0.2.3"]})
+
+
+def test_aaaa_answered_with_the_v6_address() -> None:
+    r = ask(dual_stack(), "gateway.vhostnet", "AAAA")
+    assert (r.rcode, r.aa, r.ancount) == (NOERROR, 1, 1)
+    assert (r.an[0].type, r.an[0].rrname, r.an[0].rdata) == (28, b"gateway.vhostnet.", "fd00::2")
+    # The A query on the same name still sees only the IPv4 address.
+    assert answers(ask(dual_stack(), "gateway.vhostnet")) == ["10.0.2.2"]
+
+
+def test_aaaa_for_a_name_with_only_a_is_nodata() -> None:
+    dns = dual_stack()
+    r = ask(dns, "dns.vhostnet", "AAAA")
+    assert (r.rcode, r.aa, r.ancount) == (NOERROR, 1, 0)
+    assert dns.stats.nodata == 1 and dns.stats.nxdomain == 0
+    # And the other way round: A for a name that has only AAAA.
+    dns.add_record("v6only", "fd00::66")
+    r = ask(dns, "v6only.vhostnet", "A")
+    assert (r.rcode, r.ancount) == (NOERROR, 0)
+    assert ask(dns, "nothing.vhostnet", "AAAA").rcode == NXDOMAIN
+
+
+def test_ptr_for_our_ip6_arpa_name() -> None:
+    name = GW6.reverse_pointer
+    assert name.endswith(".ip6.arpa") and name.count(".") == 33
+    r = ask(dual_stack(), name, "PTR")
+    assert (r.rcode, r.aa) == (NOERROR, 1)
+    assert answers(r) == [b"gateway.vhostnet."]
+    assert r.an[0].rrname == (name + ".").encode()
+    # Nibbles compare case-insensitively; the question's case is echoed.
+    upper = ask(dual_stack(), name.upper(), "PTR")
+    assert answers(upper) == [b"gateway.vhostnet."]
+    # The reverse name of an address we do not hold is not ours.
+    other = ask(dual_stack(), IPv6Address("fd00::9").reverse_pointer, "PTR")
+    assert (other.rcode, other.aa) == (NXDOMAIN, 0)
+    # Another type on our reverse name: it exists, so NODATA.
+    assert ask(dual_stack(), name, "AAAA").rcode == NOERROR
+    assert ask(dual_stack(), name, "AAAA").ancount == 0
+
+
+def test_link_local_with_a_zone_is_recorded_without_it() -> None:
+    dns = DnsResponder({})
+    dns.add_record("gateway", "fe80::2%eth0")
+    assert answers(ask(dns, "gateway.vhostnet", "AAAA")) == ["fe80::2"]
+    ptr = ask(dns, IPv6Address("fe80::2").reverse_pointer, "PTR")
+    assert answers(ptr) == [b"gateway.vhostnet."]
+    assert dns.records() == {"gateway.vhostnet": [IPv6Address("fe80::2")]}
+    assert dns.is_local(IPv6Address("fe80::2").reverse_pointer)
+
+
+def test_aaaa_via_repr_api() -> None:
+    r = dual_stack().handle(DnsRepr(id=2, questions=(Question("gateway.vhostnet", Type.AAAA),)))
+    assert [(a.rtype, a.data) for a in r.answers] == [(Type.AAAA, GW6)]
+
+
 def test_empty_non_terminal_is_noerror() -> None:
     dns = DnsResponder({"a.b.vhostnet": ["10.0.2.9"]})
     assert ask(dns, "b.vhostnet").rcode == NOERROR

@@ -102,10 +102,16 @@ class DnsResponder:
 
     def add_record(self, name: str, addr: IpAddress | str) -> None:
         """Record `addr` (IPv4 or IPv6) for `name`. Raises `ValueError` for a bad name or
-        address. Adding the same pair twice is harmless."""
+        address. Adding the same pair twice is harmless. An IPv6 zone ("%eth0") is
+        dropped. A name may hold both families: A queries see the IPv4 addresses, AAAA
+        queries the IPv6 ones, and each address's reverse name answers PTR."""
         addr = ip_address(addr) if isinstance(addr, str) else addr
         if not isinstance(addr, IPv4Address | IPv6Address):
             raise ValueError(f"not an IP address: {addr!r}")
+        if isinstance(addr, IPv6Address) and addr.scope_id is not None:
+            # "fe80::2%eth0": the zone means nothing to the guest and would keep the
+            # address from matching its ip6.arpa name.
+            addr = IPv6Address(addr.packed)
         name = name.rstrip(".")
         if "." not in name:
             name = f"{name}.{self.domain}"
