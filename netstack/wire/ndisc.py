@@ -153,7 +153,9 @@ class RouterAdvert:
     """Router advertisement (RFC 4861 §4.2). `router_lifetime` is in seconds (0: not a
     default router); `reachable_time` and `retrans_time` in milliseconds (0: unspecified);
     `lladdr` is the source link-layer address option, `mtu` the MTU option, `rdnss` with
-    `rdnss_lifetime` (seconds) one RDNSS option (RFC 8106)."""
+    `rdnss_lifetime` (seconds) one RDNSS option (RFC 8106, at most 127 addresses). The other
+    flag bits (home agent, router preference of RFC 4191, proxy) read as nothing on parse
+    and are emitted 0 (medium preference)."""
 
     hop_limit: int = 64
     managed: bool = False
