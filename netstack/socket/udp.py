@@ -1,10 +1,15 @@
 """UDP sockets (sans-I/O): bind to a port, queue datagrams both ways in bounded buffers.
 
-Endpoints are `(IPv4Address, port)` tuples (`Endpoint`); `bind`/`send_to` also take the
-address as a string. A socket bound to the unspecified address (0.0.0.0) receives on every
-address the interface accepts, broadcasts included (so a DHCP server on port 67 and a DHCP
-client on port 68 are ordinary UDP sockets). Sending to 255.255.255.255 or a subnet's
-broadcast address is allowed.
+Endpoints are `(IPv4Address | IPv6Address, port)` tuples (`Endpoint`); `bind`/`send_to`
+also take the address as a string. A socket bound to the unspecified address (0.0.0.0)
+receives on every IPv4 address the interface accepts, broadcasts included (so a DHCP server
+on port 67 and a DHCP client on port 68 are ordinary UDP sockets). Sending to
+255.255.255.255 or a subnet's broadcast address is allowed.
+
+Dual stack (`netstack.socket.addr`, as Linux): bound to `::` a socket receives IPv6 and,
+unless `v6only`, IPv4 datagrams too, and may send to both; a destination given as an
+IPv4-mapped address (::ffff:a.b.c.d) is sent as IPv4. Senders are reported with their real
+address (an IPv4Address for IPv4): mapping them for an AF_INET6 API is the caller's choice.
 
 >>> s = UdpSocket()
 >>> s.bind(("0.0.0.0", 5353))
@@ -17,44 +22,36 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
+from netstack.socket.addr import IpAddress, local_matches, overlaps, parse_addr, source_for, unmap
 from netstack.socket.errors import AddrInUse, BufferFull, TooLarge, Unaddressable
 from netstack.socket.set import PacketBuffer, Socket, SocketSet
 from netstack.wire.ethernet import EthernetAddress
 from netstack.wire.ipv4 import IpProtocol
 from netstack.wire.udp import HEADER_LEN, UdpPacket, UdpRepr
 
-Endpoint = tuple[IPv4Address, int]
+Endpoint = tuple[IPv4Address | IPv6Address, int]
 UNSPECIFIED = IPv4Address(0)
 EPHEMERAL_FIRST = 49152
 EPHEMERAL_LAST = 65535
 MAX_PAYLOAD = 65535 - 20 - HEADER_LEN  # one IPv4 datagram without options
+MAX_PAYLOAD_V6 = 65535 - HEADER_LEN  # the IPv6 payload length excludes the fixed header
 
 _UDP = int(IpProtocol.UDP)
 _rng = random.Random()
 
 
-def _addr(value) -> IPv4Address:
-    if isinstance(value, IPv4Address):
-        return value
-    if value is None or value == "":
-        return UNSPECIFIED
-    try:
-        return IPv4Address(value)
-    except ValueError as e:
-        raise Unaddressable(str(e)) from None
-
-
 def endpoint(value) -> Endpoint:
-    """Normalise `(addr, port)` (addr as IPv4Address, str or None) to an Endpoint."""
+    """Normalise `(addr, port)` (addr as IPv4Address/IPv6Address, str or None, which is
+    0.0.0.0) to an Endpoint."""
     try:
         host, port = value
     except (TypeError, ValueError):
         raise Unaddressable(f"not an (address, port) pair: {value!r}") from None
     if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         raise Unaddressable(f"bad port {port!r}")
-    return (_addr(host), port)
+    return (parse_addr(host), port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +60,14 @@ class UdpMetadata:
     (ours, a broadcast, or a group) and the sender's MAC (None if not Ethernet)."""
 
     src: Endpoint
-    dst_addr: IPv4Address
+    dst_addr: IPv4Address | IPv6Address
     src_hw: EthernetAddress | None = None
 
 
 class UdpSocket(Socket):
     """A UDP socket. Not thread-safe by itself: the runtime's lock guards it."""
 
-    __slots__ = ("rx", "tx", "_addr", "_port", "ttl", "rx_dropped")
+    __slots__ = ("rx", "tx", "_addr", "_port", "ttl", "rx_dropped", "v6only")
     KIND = "udp"
 
     def __init__(self, rx_buffer: PacketBuffer | None = None,
@@ -78,30 +75,38 @@ class UdpSocket(Socket):
         super().__init__()
         self.rx = rx_buffer if rx_buffer is not None else PacketBuffer(64, 256 * 1024)
         self.tx = tx_buffer if tx_buffer is not None else PacketBuffer(64, 256 * 1024)
-        self._addr: IPv4Address = UNSPECIFIED
+        self._addr: IpAddress = UNSPECIFIED
         self._port = 0
-        self.ttl = 64
+        self.ttl = 64  # the hop limit over IPv6
+        self.v6only = False  # bound to ::, take IPv6 only (IPV6_V6ONLY); set before bind
         self.rx_dropped = 0  # datagrams that arrived while the receive buffer was full
 
     # -- binding ------------------------------------------------------------------------
-    def bind(self, local) -> None:
-        """Bind to `port` or `(addr, port)`; port 0 picks a free ephemeral port
-        (49152-65535; free among the sockets of the set this socket is in).
+    def bind(self, local, *, v6only: bool | None = None) -> None:
+        """Bind to `port` or `(addr, port)` (`::` for both families, see the module
+        docstring); port 0 picks a free ephemeral port (49152-65535; free among the sockets
+        of the set this socket is in). `v6only` sets the attribute of that name.
         Raises Unaddressable if bound already, AddrInUse on a clash within the set."""
         if self._port:
             raise Unaddressable("socket is bound already")
         addr, port = endpoint((None, local)) if isinstance(local, int) else endpoint(local)
+        if v6only is not None:
+            self.v6only = v6only
+        if addr.version == 6 and addr.ipv4_mapped is not None:
+            if self.v6only:
+                raise Unaddressable(f"a v6-only socket cannot bind to {addr}")
+            addr = addr.ipv4_mapped
         if port == 0:
             port = self._ephemeral(addr)
         elif self._set is not None and self._clashes(self._set, addr, port):
             raise AddrInUse(f"UDP port {port} is in use")
         self._addr, self._port = addr, port
 
-    def _clashes(self, sockets: SocketSet, addr: IPv4Address, port: int) -> bool:
+    def _clashes(self, sockets: SocketSet, addr: IpAddress, port: int) -> bool:
         for other in sockets.of_kind(self.KIND):
             if other is self or other._port != port:
                 continue
-            if other._addr == addr or UNSPECIFIED in (other._addr, addr):
+            if overlaps(other._addr, other.v6only, addr, self.v6only):
                 return True
         return False
 
@@ -109,7 +114,7 @@ class UdpSocket(Socket):
         if self._port and self._clashes(sockets, self._addr, self._port):
             raise AddrInUse(f"UDP port {self._port} is in use")
 
-    def _ephemeral(self, addr: IPv4Address) -> int:
+    def _ephemeral(self, addr: IpAddress) -> int:
         span = EPHEMERAL_LAST - EPHEMERAL_FIRST + 1
         start = _rng.randrange(span)
         for i in range(span):
@@ -145,11 +150,13 @@ class UdpSocket(Socket):
         if not self._port:
             raise Unaddressable("socket is not bound")
         addr, port = endpoint(dst)
-        if port == 0 or addr == UNSPECIFIED:
+        addr = unmap(addr)
+        if port == 0 or addr.is_unspecified:
             raise Unaddressable(f"cannot send to {addr}:{port}")
-        if len(data) > MAX_PAYLOAD:
+        src = source_for(self._addr, self.v6only, addr)
+        if len(data) > (MAX_PAYLOAD if addr.version == 4 else MAX_PAYLOAD_V6):
             raise TooLarge(f"{len(data)} bytes do not fit in one UDP datagram")
-        self.tx.push((addr, port, dst_hw), bytes(data))
+        self.tx.push((addr, port, dst_hw, src), bytes(data))
 
     send_slice = send_to
 
@@ -159,9 +166,8 @@ class UdpSocket(Socket):
             return
         sent = False
         sport = self._port
-        src = self._addr if self._addr != UNSPECIFIED else None
         while tx:
-            (addr, port, dst_hw), data = tx.peek()
+            (addr, port, dst_hw, src), data = tx.peek()
             n = len(data)
 
             def fill(buf, src_addr, csum, port=port, addr=addr, data=data, n=n):
@@ -182,7 +188,7 @@ class UdpSocket(Socket):
         return (
             udp_repr.dst_port == self._port
             and self._port != 0
-            and (self._addr == UNSPECIFIED or self._addr == ip_repr.dst_addr)
+            and local_matches(self._addr, self.v6only, ip_repr.dst_addr)
         )
 
     def process(self, now: float, ip_repr, udp_repr: UdpRepr, payload: memoryview,

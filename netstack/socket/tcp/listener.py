@@ -25,7 +25,9 @@ SYN flood policy (ADVERSARIAL.md case 22):
   a cookie ISN (RFC 4987 §3.6): 5 bits of a 64 s clock, 3 bits of MSS class, 24 bits of
   keyed BLAKE2s over the 4-tuple, the peer's ISN and the clock; such connections run without
   window scaling, SACK and timestamps. Without cookies the oldest half-open entry is evicted.
-Cookie SYN-ACKs wait in a queue of at most `COOKIE_QUEUE` entries (more are dropped: the
+Listening on `::` takes SYNs of both families (only IPv6 with `v6only`); a child's MSS
+and its cookie's MSS follow the family of the SYN it answers (IPv6: MTU - 60, 1220 when the
+peer sends no MSS option). Cookie SYN-ACKs wait in a queue of at most `COOKIE_QUEUE` entries (more are dropped: the
 peer retransmits its SYN). Memory is therefore bounded by max_half_open + backlog sockets.
 """
 
@@ -35,14 +37,19 @@ import os
 from collections import deque
 from hashlib import blake2s
 
+from netstack.socket.addr import local_matches
 from netstack.socket.errors import Unaddressable
 from netstack.socket.set import Socket
 from netstack.socket.tcp.seq import seq_add
 from netstack.socket.tcp.socket import (
+    DEFAULT_MSS,
+    DEFAULT_MSS_V6,
     IPV4_TCP_HEADERS,
+    IPV6_TCP_HEADERS,
     InvalidState,
     TcpSocket,
     _endpoint,
+    _local_bind,
     rst_reply,
 )
 from netstack.socket.tcp.state import SYNCHRONIZED, State
@@ -65,7 +72,7 @@ class TcpListener(Socket):
     KIND = "tcp"
     __slots__ = ("backlog", "max_half_open", "syn_cookies", "_options", "_local", "_open",
                  "_half", "_ready", "_handed", "_ctl", "_key", "_cookies_until", "_now",
-                 "_mtu", "_tso", "_sweep_at", "stats")
+                 "_mtu", "_tso", "_sweep_at", "stats", "v6only")
 
     def __init__(self, backlog: int = 128, *, max_half_open: int | None = None,
                  syn_cookies: bool = True, **socket_options) -> None:
@@ -90,16 +97,22 @@ class TcpListener(Socket):
         self._tso: int | None = None
         self._sweep_at = 0.0
         self.stats: dict[str, int] = {}
+        self.v6only = False
 
     def _count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1
 
     # -- application side ---------------------------------------------------------------
-    def listen(self, endpoint, backlog: int | None = None) -> None:
-        """Listen on `port` or `(addr, port)` (addr 0.0.0.0: any of our addresses)."""
+    def listen(self, endpoint, backlog: int | None = None, *,
+               v6only: bool | None = None) -> None:
+        """Listen on `port` or `(addr, port)` (addr 0.0.0.0: any of our IPv4 addresses;
+        `::`: any of our addresses, IPv4 included unless `v6only`)."""
         if self._open:
             raise InvalidState("listening already")
+        if v6only is not None:
+            self.v6only = v6only
         ep = _endpoint((None, endpoint)) if isinstance(endpoint, int) else _endpoint(endpoint)
+        ep = _local_bind(ep, self.v6only)
         if ep[1] == 0:
             raise Unaddressable("listen needs a port")
         if backlog is not None:
@@ -186,7 +199,8 @@ class TcpListener(Socket):
         return int.from_bytes(blake2s(msg, key=self._key, digest_size=3).digest(), "big")
 
     def _make_cookie(self, now: float, key: tuple, irs: int, peer_mss: int | None) -> int:
-        mss = min(peer_mss or 536, self._local_mss())
+        v6 = key[0].version == 6
+        mss = min(peer_mss or (DEFAULT_MSS_V6 if v6 else DEFAULT_MSS), self._local_mss(v6))
         idx = 0
         for i, value in enumerate(COOKIE_MSS):
             if value <= mss:
@@ -205,9 +219,9 @@ class TcpListener(Socket):
                 return COOKIE_MSS[idx]
         return None
 
-    def _local_mss(self) -> int:
+    def _local_mss(self, v6: bool = False) -> int:
         mss = self._options.get("mss")
-        limit = (self._mtu or 1500) - IPV4_TCP_HEADERS
+        limit = (self._mtu or 1500) - (IPV6_TCP_HEADERS if v6 else IPV4_TCP_HEADERS)
         return min(mss, limit) if mss else limit
 
     def _rx_window(self) -> int:
@@ -218,7 +232,7 @@ class TcpListener(Socket):
         local = self._local
         if not self._open or seg.dst_port != local[1]:
             return False
-        if not local[0].is_unspecified and local[0] != ip_repr.dst_addr:
+        if not local_matches(local[0], self.v6only, ip_repr.dst_addr):
             return False
         key = (ip_repr.src_addr, seg.src_port, ip_repr.dst_addr)
         if key in self._half or key in self._ready:
@@ -310,7 +324,8 @@ class TcpListener(Socket):
             return
         cookie = self._make_cookie(now, key, seg.seq_number, seg.max_seg_size)
         reply = TcpRepr(seg.dst_port, seg.src_port, cookie, seq_add(seg.seq_number, 1),
-                        SYN | ACK, self._rx_window(), max_seg_size=self._local_mss())
+                        SYN | ACK, self._rx_window(),
+                        max_seg_size=self._local_mss(ip_repr.src_addr.version == 6))
         self._ctl.append((ip_repr.src_addr, ip_repr.dst_addr, reply))
         self._cookies_until = now + 2 * COOKIE_PERIOD
         self._count("cookie_sent")

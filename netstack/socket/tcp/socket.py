@@ -30,6 +30,15 @@ interface's (see `netstack.iface.interface.Interface.emit`); when `set_max_segme
 allowed segments larger than the MSS (device TSO), such segments also pass
 `gso_size=<mss>`.
 
+IPv6 and dual stack. Endpoints are of either family; the per-connection sizes follow the
+connection's family once its endpoints are known: our MSS is the interface MTU less 40
+(IPv4 + TCP headers) or 60 (IPv6 + TCP), a peer that sends no MSS option gets 536 (IPv4) or
+1220 (IPv6, RFC 8200 §8.3), and a TSO segment carries at most 65535 - 80 (IPv4) or
+65535 - 60 (IPv6, whose payload length excludes the fixed header). A socket listening on
+`::` takes SYNs of both families unless `v6only` (see `netstack.socket.addr`); an
+IPv4-mapped remote address is connected to over IPv4. `set_path_mtu` is the interface's
+report of an ICMP Packet Too Big / Fragmentation Needed quoting this connection (RFC 8201).
+
 The `TIME_WAIT` default is 60 s (2 × MSL with Linux's MSL of 30 s, as Linux's TIME-WAIT):
 smoltcp's 10 s is shorter than any real MSL and lets a delayed duplicate reach a new
 incarnation of the 4-tuple; the cost, one small socket per closed connection for a minute,
@@ -39,8 +48,8 @@ is bounded by the `SocketSet` and the `TcpListener` reclaims its children when t
 from __future__ import annotations
 
 import random
-from ipaddress import IPv4Address, IPv6Address, ip_address
 
+from netstack.socket.addr import ANY4, ANY6, local_matches, overlaps, parse_addr, source_for, unmap
 from netstack.socket.errors import AddrInUse, SocketError, Unaddressable
 from netstack.socket.set import Socket
 from netstack.socket.tcp.assembler import Assembler
@@ -54,10 +63,13 @@ from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpPacket, TcpRepr
 _TCP = 6
 _MASK = 0xFFFFFFFF
 DEFAULT_MSS = 536  # RFC 9293 §3.7.1: when the peer sends no MSS option (IPv4)
+DEFAULT_MSS_V6 = 1220  # RFC 8200 §8.3: the IPv6 minimum MTU 1280 less 60
 DEFAULT_MTU = 1500
 IPV4_TCP_HEADERS = 40
+IPV6_TCP_HEADERS = 60
 TS_OPTION_LEN = 12  # NOP NOP kind len tsval tsecr
 MAX_GSO_PAYLOAD = 65535 - 20 - 60  # one IPv4 datagram with a full TCP header
+MAX_GSO_PAYLOAD_V6 = 65535 - 60  # one IPv6 datagram (payload length excludes the header)
 SYN_RETRIES = 6
 DATA_RETRIES = 15
 KEEPALIVE_PROBES = 9
@@ -75,17 +87,6 @@ class InvalidState(SocketError):
     """The operation is not possible in the socket's current state."""
 
 
-def _addr(value):
-    if isinstance(value, (IPv4Address, IPv6Address)):
-        return value
-    if value is None or value == "":
-        return IPv4Address(0)
-    try:
-        return ip_address(value)
-    except ValueError as e:
-        raise Unaddressable(str(e)) from None
-
-
 def _endpoint(value):
     try:
         host, port = value
@@ -93,7 +94,21 @@ def _endpoint(value):
         raise Unaddressable(f"not an (address, port) pair: {value!r}") from None
     if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         raise Unaddressable(f"bad port {port!r}")
-    return (_addr(host), port)
+    return (parse_addr(host), port)
+
+
+def _headers_len(addr) -> int:
+    return IPV6_TCP_HEADERS if addr.version == 6 else IPV4_TCP_HEADERS
+
+
+def _local_bind(ep, v6only: bool):
+    """A local endpoint as given to listen/connect: an IPv4-mapped address means IPv4."""
+    addr = ep[0]
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        if v6only:
+            raise Unaddressable(f"a v6-only socket cannot use {addr}")
+        return (addr.ipv4_mapped, ep[1])
+    return ep
 
 
 def rst_reply(ip_repr, tcp_repr: TcpRepr) -> TcpRepr | None:
@@ -118,7 +133,8 @@ def _wscale_for(buffer_size: int) -> int:
 class TcpSocket(Socket):
     """One TCP connection. Not thread-safe by itself: the runtime's lock guards it.
 
-    Endpoints are `(IPv4Address | IPv6Address, port)` tuples; strings are accepted."""
+    Endpoints are `(IPv4Address | IPv6Address, port)` tuples; strings are accepted.
+    `v6only` (IPV6_V6ONLY): listening on `::`, take IPv6 connections only."""
 
     KIND = "tcp"
     __slots__ = (
@@ -126,7 +142,7 @@ class TcpSocket(Socket):
         "rx_capacity", "tx_capacity", "_cc_name", "_ts_enabled", "_sack_enabled",
         "_ws_enabled", "nagle", "delayed_ack", "keep_alive", "timeout", "time_wait",
         "_mss_cfg", "_local_mss", "_tso_max", "ttl", "syn_retries", "data_retries",
-        "isn_fn",
+        "isn_fn", "v6only", "_mtu", "_path_mss",
         # identity and state
         "state", "error", "_local", "_remote", "_passive", "_listen_ep", "handle",
         # send sequence space
@@ -169,16 +185,18 @@ class TcpSocket(Socket):
         self.timeout = timeout
         self.time_wait = time_wait
         self._mss_cfg = mss
+        self._mtu = DEFAULT_MTU
         self._local_mss = min(mss, DEFAULT_MTU - IPV4_TCP_HEADERS) if mss else \
             DEFAULT_MTU - IPV4_TCP_HEADERS
         self._tso_max: int | None = None
+        self.v6only = False
         self.ttl = 64
         self.syn_retries = SYN_RETRIES
         self.data_retries = DATA_RETRIES
         self.isn_fn = generate_isn
         self.handle: int | None = None  # set by a TcpListener that added us to its set
         self.stats: dict[str, int] = {}
-        self._local = (IPv4Address(0), 0)
+        self._local = (ANY4, 0)
         self._remote = None
         self._passive = False
         self._listen_ep = None
@@ -196,6 +214,7 @@ class TcpSocket(Socket):
         self._tx_seq = 0
         self._fin_queued = False
         self._peer_mss = DEFAULT_MSS
+        self._path_mss: int | None = None  # lowered by set_path_mtu
         self.irs = self.rcv_nxt = self.rcv_adv = 0
         self._rcv_shift = 0
         self._rx = bytearray()
@@ -251,23 +270,63 @@ class TcpSocket(Socket):
         self._ctl_out = ctl
         if back_to_listen:
             self.state = State.LISTEN
-            self._local = self._listen_ep
-            self._remote = None
+            self._set_endpoints(self._listen_ep, None)
             self.error = None
         self._wake()
 
     # -- configuration ------------------------------------------------------------------
     def set_mtu(self, mtu: int) -> None:
-        """The interface's IP MTU: our MSS becomes `mtu - 40` (or the `mss` given, if smaller)."""
-        mss = max(mtu - IPV4_TCP_HEADERS, 64)
+        """The interface's IP MTU: our MSS becomes `mtu - 40` over IPv4, `mtu - 60` over
+        IPv6 (or the `mss` given, if smaller)."""
+        self._mtu = mtu
+        self._update_local_mss()
+
+    def _v6(self) -> bool:
+        ep = self._remote if self._remote is not None else self._local
+        return ep[0].version == 6
+
+    def _update_local_mss(self) -> None:
+        mss = max(self._mtu - (IPV6_TCP_HEADERS if self._v6() else IPV4_TCP_HEADERS), 64)
         self._local_mss = min(self._mss_cfg, mss) if self._mss_cfg else mss
         if self._cc is not None:
             self._cc.set_mss(self._eff_mss())
 
+    def _set_endpoints(self, local, remote) -> None:
+        """Record the endpoints; the MSS limits follow their family."""
+        self._local = local
+        self._remote = remote
+        if remote is not None:  # a new connection: until its SYN says otherwise
+            self._peer_mss = DEFAULT_MSS_V6 if remote[0].version == 6 else DEFAULT_MSS
+        self._update_local_mss()
+
     def set_max_segment_size(self, max_bytes: int | None) -> None:
-        """Device TSO: allow segments carrying up to `max_bytes` of payload (<= 64 KiB);
-        `emit` then gets `gso_size=<mss>` for them. None: segments of one MSS."""
-        self._tso_max = min(max_bytes, MAX_GSO_PAYLOAD) if max_bytes else None
+        """Device TSO: allow segments carrying up to `max_bytes` of payload (<= 64 KiB
+        less the headers of the connection's family); `emit` then gets `gso_size=<mss>`
+        for them. None: segments of one MSS."""
+        self._tso_max = min(max_bytes, MAX_GSO_PAYLOAD_V6) if max_bytes else None
+
+    def set_path_mtu(self, mtu: int) -> None:
+        """The path MTU toward the peer dropped to `mtu` (an ICMPv6 Packet Too Big or ICMPv4
+        Fragmentation Needed quoting one of our segments): segments shrink to fit, never
+        below 1220 bytes over IPv6 (the 1280 minimum MTU) or 536 over IPv4, and what is in
+        flight is sent again at the new size at once (RFC 8201 §4: the too-big segment was
+        dropped; this is not congestion, so the window is left alone)."""
+        if self._remote is None:
+            return
+        v6 = self._remote[0].version == 6
+        floor = DEFAULT_MSS_V6 if v6 else DEFAULT_MSS
+        mss = max(mtu - (IPV6_TCP_HEADERS if v6 else IPV4_TCP_HEADERS), floor)
+        current = min(self._peer_mss, self._local_mss, self._path_mss or 1 << 30)
+        if mss >= current:
+            return
+        self._path_mss = mss
+        self._count("path_mtu_lowered")
+        if self._cc is not None:
+            self._cc.set_mss(self._eff_mss())
+        if self.state in SYNCHRONIZED and self.snd_una != self.snd_max:
+            self.snd_nxt = self.snd_una  # resend from the oldest unacknowledged byte
+            self._rtt_seq = None  # Karn: no RTT sample from what is resent
+            self._dupacks = 0
 
     def set_nodelay(self, nodelay: bool) -> None:
         self.nagle = not nodelay
@@ -298,20 +357,23 @@ class TcpSocket(Socket):
             olocal = getattr(other, "_local", None)
             if other is self or olocal is None or olocal[1] != local[1] or not other.is_open:
                 continue
-            if not (olocal[0].is_unspecified or local[0].is_unspecified
-                    or olocal[0] == local[0]):
+            if not overlaps(olocal[0], getattr(other, "v6only", False), local[0], self.v6only):
                 continue
             oremote = getattr(other, "_remote", None)
             if remote is None or oremote is None or oremote == remote:
                 return True
         return False
 
-    def listen(self, endpoint) -> None:
+    def listen(self, endpoint, *, v6only: bool | None = None) -> None:
         """Passive open for one connection (smoltcp style). `endpoint` is `port` or
-        `(addr, port)`; addr 0.0.0.0 takes connections to any of our addresses."""
+        `(addr, port)`; addr 0.0.0.0 takes connections to any of our IPv4 addresses, `::`
+        to any of our addresses of both families (only IPv6 ones if `v6only`)."""
         if self.state is not State.CLOSED:
             raise InvalidState(f"listen in {self.state}")
+        if v6only is not None:
+            self.v6only = v6only
         ep = _endpoint((None, endpoint)) if isinstance(endpoint, int) else _endpoint(endpoint)
+        ep = _local_bind(ep, self.v6only)
         if ep[1] == 0:
             raise Unaddressable("listen needs a port")
         if self._clashes(ep, None):
@@ -320,19 +382,23 @@ class TcpSocket(Socket):
         self.error = None
         self._passive = True
         self._listen_ep = ep
-        self._local = ep
-        self._remote = None
+        self._set_endpoints(ep, None)
 
     def connect(self, now: float, local_endpoint, remote_endpoint) -> None:
         """Active open: send a SYN from `local_endpoint` (port 0: an ephemeral port; address
-        0.0.0.0: the interface picks the source) to `remote_endpoint`."""
+        0.0.0.0 or `::`: the interface picks the source) to `remote_endpoint` (an
+        IPv4-mapped address: over IPv4)."""
         if self.state is not State.CLOSED:
             raise InvalidState(f"connect in {self.state}")
         local = _endpoint(local_endpoint) if not isinstance(local_endpoint, int) else \
             _endpoint((None, local_endpoint))
+        local = _local_bind(local, self.v6only)
         remote = _endpoint(remote_endpoint)
+        remote = (unmap(remote[0]), remote[1])
         if remote[1] == 0 or remote[0].is_unspecified:
             raise Unaddressable(f"cannot connect to {remote[0]}:{remote[1]}")
+        if source_for(local[0], self.v6only, remote[0]) is None:
+            local = (ANY4 if remote[0].version == 4 else ANY6, local[1])
         if local[1] == 0:
             span = EPHEMERAL_LAST - EPHEMERAL_FIRST + 1
             start = _rng.randrange(span)
@@ -348,8 +414,7 @@ class TcpSocket(Socket):
         self._reset_connection(State.SYN_SENT)
         self.error = None
         self._passive = False
-        self._local = local
-        self._remote = remote
+        self._set_endpoints(local, remote)
         self._init_send(now, self.isn_fn(now, local, remote))
         self._last_rx = now
 
@@ -364,8 +429,7 @@ class TcpSocket(Socket):
     def _syn_received(self, now: float, local, remote, seg: TcpRepr, iss: int) -> None:
         """Take a SYN: record the peer's options and owe it our SYN-ACK."""
         self.state = State.SYN_RECEIVED
-        self._local = local
-        self._remote = remote
+        self._set_endpoints(local, remote)
         self._init_send(now, iss)
         self._take_syn_options(seg)
         self.irs = seg.seq_number
@@ -382,8 +446,7 @@ class TcpSocket(Socket):
                             peer_mss: int, seg: TcpRepr, our_window: int) -> None:
         """Open straight into ESTABLISHED from a valid SYN cookie (`TcpListener`): the
         SYN-ACK carried only an MSS option, so no window scaling, SACK or timestamps."""
-        self._local = local
-        self._remote = remote
+        self._set_endpoints(local, remote)
         self._init_send(now, iss)
         self._ws_ok = self._sack_ok = self._ts_ok = False
         self._rcv_shift = self._snd_shift = 0
@@ -418,6 +481,8 @@ class TcpSocket(Socket):
     def _eff_mss(self) -> int:
         """Payload bytes per segment: both MSS limits less the timestamp option."""
         mss = min(self._peer_mss, self._local_mss)
+        if self._path_mss is not None and self._path_mss < mss:
+            mss = self._path_mss
         if self._ts_ok:
             mss -= TS_OPTION_LEN
         return max(mss, 32)
@@ -561,7 +626,7 @@ class TcpSocket(Socket):
         local = self._local
         if seg.dst_port != local[1]:
             return False
-        if not local[0].is_unspecified and local[0] != ip_repr.dst_addr:
+        if not local_matches(local[0], self.v6only, ip_repr.dst_addr):
             return False
         remote = self._remote
         if remote is None:  # LISTEN: only a SYN, so another connection's segments to this
@@ -1124,7 +1189,10 @@ class TcpSocket(Socket):
             usable = mss  # a timeout resends the first segment whatever the window says
         max_seg = mss
         if self._tso_max and self._tso_max > mss:
-            max_seg = self._tso_max // mss * mss
+            tso = self._tso_max
+            if self._remote[0].version == 4 and tso > MAX_GSO_PAYLOAD:
+                tso = MAX_GSO_PAYLOAD
+            max_seg = tso // mss * mss
         n = min(avail, max(usable, 0), max_seg)
         if retransmit:
             for left, _right in self._sacked:
