@@ -404,9 +404,19 @@ class VhostUserServer:
                 if q.index % 2:  # TX: frames left unread, or new ones since we looked
                     if not q.serviceable:
                         continue  # not enabled yet: left alone until SET_VRING_ENABLE
-                    more = q.has_avail() or q.enable_notification() or more
+                    # enable_notification arms avail_event at the index it reads; chains
+                    # published between has_avail and that read bring no kick: has_avail
+                    # once more (against the index just read) catches them
+                    more = (q.has_avail() or q.enable_notification() or q.has_avail()
+                            or more)
                 elif net.has_backlog:  # RX: frames waiting for buffers the guest adds
-                    more = q.enable_notification() or more
+                    if q.enable_notification():
+                        more = True
+                    else:
+                        # buffers posted after flush_backlog looked but before
+                        # avail_event was re-armed bring no kick: try them now
+                        net.flush_backlog()
+                        more = more or not net.has_backlog
             if not more:
                 break
             now = time.monotonic()
