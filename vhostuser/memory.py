@@ -18,6 +18,11 @@ from dataclasses import dataclass, field
 from vhostuser.errors import GuestMemoryError, InvalidRequest
 from vhostuser.protocol import MemRegion
 
+try:
+    from vhostuser._fast import ffi as _ffi
+except ImportError:  # pragma: no cover - only without the C build
+    _ffi = None
+
 log = logging.getLogger(__name__)
 
 U64_MAX = (1 << 64) - 1
@@ -32,6 +37,8 @@ class Region:
     mmap_offset: int
     _map: mmap.mmap | None = field(default=None, repr=False)
     view: memoryview | None = field(default=None, repr=False)
+    # the view exported to cffi (C helpers' host pointer); released before the view
+    cbuf: object = field(default=None, repr=False)
 
     @property
     def gpa_end(self) -> int:
@@ -44,7 +51,16 @@ class Region:
     def describe(self) -> MemRegion:
         return MemRegion(self.guest_phys_addr, self.size, self.userspace_addr, self.mmap_offset)
 
+    def host(self):
+        """The region's first byte as a cffi pointer (the export lives until unmap)."""
+        if self.cbuf is None and self.view is not None:
+            self.cbuf = _ffi.from_buffer(self.view)
+        return self.cbuf
+
     def unmap(self) -> None:
+        if self.cbuf is not None:
+            _ffi.release(self.cbuf)
+            self.cbuf = None
         if self.view is not None:
             self.view.release()
             self.view = None
@@ -101,6 +117,7 @@ class GuestMemory:
         self.regions: list[Region] = []
         self._last: Region | None = None
         self.generation = 0  # bumped on every change; views from older generations are stale
+        self._ctable: tuple[int, object, int] | None = None  # (generation, array, count)
 
     def __len__(self) -> int:
         return len(self.regions)
@@ -166,6 +183,20 @@ class GuestMemory:
         self.generation += 1
 
     # -- translation -----------------------------------------------------------------
+    def c_table(self) -> tuple[object, int]:
+        """The regions as a cffi `struct vu_region[]` and its length, for the C helpers
+        (rebuilt when the table changes)."""
+        t = self._ctable
+        if t is None or t[0] != self.generation:
+            regions = [r for r in self.regions if r.view is not None]
+            arr = _ffi.new("struct vu_region[]", max(1, len(regions)))
+            for k, r in enumerate(regions):
+                arr[k].gpa = r.guest_phys_addr
+                arr[k].size = r.size
+                arr[k].host = _ffi.cast("uint8_t *", r.host())
+            t = self._ctable = (self.generation, arr, len(regions))
+        return t[1], t[2]
+
     def _find_gpa(self, addr: int) -> Region | None:
         r = self._last
         if r is not None and r.guest_phys_addr <= addr < r.gpa_end:

@@ -70,6 +70,22 @@ class NetCapabilities:
 TSO_MAX = 65000  # TCP payload per segment handed to a GUEST_TSO4 guest (IP total ≤ 64 KiB)
 
 
+class _Outcome:
+    """What `_write_rx` did with a frame the guest had room for."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+_DELIVERED = _Outcome("delivered")
+_DROPPED = _Outcome("dropped")
+
+
 class _Done:
     """Completion of one TX chain (guest → us): pushed to the used ring once."""
 
@@ -143,6 +159,7 @@ class VirtioNetDevice:
         self._next_tx = 0
         self._injected: deque[bytes] = deque()  # frames "from the guest" we made (RARP)
         self.on_error: Callable[[Virtqueue, str], None] | None = None
+        self._txq = queues[1::2]
 
     # -- configuration -------------------------------------------------------------
     def set_features(self, features: int) -> None:
@@ -177,7 +194,7 @@ class VirtioNetDevice:
         return self.queues[0::2]
 
     def _tx_queues(self) -> list[Virtqueue]:
-        return self.queues[1::2]
+        return self._txq
 
     def _ring_error(self, q: Virtqueue, e: Exception) -> None:
         self.drops["ring_error"] += 1
@@ -185,10 +202,11 @@ class VirtioNetDevice:
             self.on_error(q, str(e))
 
     # -- guest → us ------------------------------------------------------------------
-    def _pop_tx(self) -> tuple[object, _Done] | None:
-        """The next frame the guest sent, from any TX queue (round-robin). Frames on
-        started-but-disabled queues are drained and discarded, as the spec asks."""
-        txq = self._tx_queues()
+    def _pop_tx(self) -> tuple[object, Virtqueue, int] | None:
+        """The next frame the guest sent, from any TX queue (round-robin), with its queue
+        and head (for `_complete`). Frames on started-but-disabled queues are drained
+        and discarded, as the spec asks."""
+        txq = self._txq
         nq = len(txq)
         for k in range(nq):
             q = txq[(self._next_tx + k) % nq]
@@ -200,18 +218,24 @@ class VirtioNetDevice:
                     break
                 if chain is None:
                     break
-                done = _Done(q, chain.head)
                 if not q.enabled:
                     self.drops["tx_queue_disabled"] += 1
-                    done.complete(self)
+                    self._complete(q, chain.head)
                     continue
                 frame = self._gather_tx(chain)
                 if frame is None:
-                    done.complete(self)
+                    self._complete(q, chain.head)
                     continue
-                self._next_tx = (self._next_tx + k + 1) % nq
-                return frame, done
+                if nq > 1:
+                    self._next_tx = (self._next_tx + k + 1) % nq
+                return frame, q, chain.head
         return None
+
+    def _complete(self, q: Virtqueue, head: int) -> None:
+        """A TX chain is done with: back to the guest (published by `flush`)."""
+        if q.ready:
+            q.push(head, 0)
+            self._dirty.add(q)
 
     def _gather_tx(self, chain: Chain):
         """The frame after the virtio_net_hdr: a zero-copy view when it lies in one
@@ -230,18 +254,23 @@ class VirtioNetDevice:
             self.drops["tx_runt"] += 1
             return None
         try:
-            pieces: list[memoryview] = []
-            skip = hdr
-            for addr, n in chain.readable:
-                if skip >= n:
-                    skip -= n
-                    continue
-                pieces.extend(self.memory.gpa_segments(addr + skip, n - skip))
-                skip = 0
-        except GuestMemoryError as e:
-            self.drops["tx_bad_address"] += 1
-            log.warning("guest TX buffer outside guest memory: %s", e)
-            return None
+            readable = chain.readable
+            if len(readable) == 1:  # header and frame in one buffer: a view, no copy
+                addr, n = readable[0]
+                pieces = [self.memory.gpa(addr + hdr, n - hdr)]
+            elif len(readable) == 2 and readable[0][1] == hdr:  # Linux: header apart
+                addr, n = readable[1]
+                pieces = [self.memory.gpa(addr, n)]
+            else:
+                pieces = self._tx_pieces(readable, hdr)
+        except GuestMemoryError:
+            # not in one region (it may straddle adjacent ones) or outside guest memory
+            try:
+                pieces = self._tx_pieces(chain.readable, hdr)
+            except GuestMemoryError as e:
+                self.drops["tx_bad_address"] += 1
+                log.warning("guest TX buffer outside guest memory: %s", e)
+                return None
         frame = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         if self.csum_offload:
             try:
@@ -255,6 +284,18 @@ class VirtioNetDevice:
         if self.on_frame is not None:
             self.on_frame("guest-tx", memoryview(frame))
         return frame
+
+    def _tx_pieces(self, readable: list[tuple[int, int]], hdr: int) -> list[memoryview]:
+        """Views of the frame after the `hdr` header bytes, in order."""
+        pieces: list[memoryview] = []
+        skip = hdr
+        for addr, n in readable:
+            if skip >= n:
+                skip -= n
+                continue
+            pieces.extend(self.memory.gpa_segments(addr + skip, n - skip))
+            skip = 0
+        return pieces
 
     def _tx_header(self, chain: Chain) -> bytes:
         """The first 10 bytes of the guest's virtio_net_hdr (it may span descriptors)."""
@@ -278,18 +319,32 @@ class VirtioNetDevice:
         got = self._pop_tx()
         if got is None:
             return None
-        frame, done = got
+        frame, q, head = got
+        done = _Done(q, head)
         self._pending_rx = done
         return RxToken(self, frame, done), TxToken(self)
 
     def drain_tx(self, handler: Callable[[memoryview], None], limit: int = 1 << 30) -> int:
-        """Hand every waiting guest frame to `handler` (standalone use, no stack)."""
+        """Hand every waiting guest frame to `handler` (standalone use, no stack). The
+        view is valid during the call only; the buffer goes back to the guest after it."""
+        if self._pending_rx is not None:
+            self._pending_rx.complete(self)
+            self._pending_rx = None
         n = 0
+        while n < limit and self._injected:
+            handler(self._injected.popleft())
+            n += 1
+        pop = self._pop_tx
+        complete = self._complete
         while n < limit:
-            tokens = self.receive()
-            if tokens is None:
+            got = pop()
+            if got is None:
                 break
-            tokens[0].consume(handler)
+            frame, q, head = got
+            try:
+                handler(frame)
+            finally:
+                complete(q, head)
             n += 1
         return n
 
@@ -312,6 +367,18 @@ class VirtioNetDevice:
 
     def send(self, frame: bytes | bytearray | memoryview) -> bool:
         """Deliver one frame to the guest (or the backlog). False if it was dropped."""
+        n = len(frame)
+        if not self.csum_offload and MIN_FRAME <= n <= MAX_FRAME:
+            # the frame is final (no checksum to patch): copied once, straight into the
+            # guest's buffers, without the intermediate buffer of _send_with
+            rxq = self.queues[0]
+            if self._backlog:
+                self.flush_backlog()
+            if not self._backlog and rxq.ready and rxq.enabled:
+                got = self._write_rx(rxq, NO_OFFLOAD, frame)
+                if got:
+                    self._after_write(memoryview(frame))
+                    return got is _DELIVERED
         dropped = self.drops.total()
         self._send_with(len(frame), lambda buf: buf.__setitem__(slice(None), frame))
         return self.drops.total() == dropped
@@ -378,14 +445,15 @@ class VirtioNetDevice:
         rxq = self._rx_queues()[0]
         while self._backlog and rxq.ready and rxq.enabled:
             head, frame = self._backlog[0]
-            if not self._write_rx(rxq, head, frame):
+            if self._write_rx(rxq, head, frame) is None:
                 break
             self._backlog.popleft()
             self._backlog_bytes -= len(frame)
 
-    def _write_rx(self, q: Virtqueue, head: bytes, frame: bytes | bytearray) -> bool:
-        """Scatter one frame into guest RX buffers (several with MRG_RXBUF). False when
-        the guest has not posted enough (nothing consumed then)."""
+    def _write_rx(self, q: Virtqueue, head: bytes, frame) -> _Outcome | None:
+        """Scatter the header and one frame into guest RX buffers (several with
+        MRG_RXBUF), copying the frame once. None when the guest has not posted enough
+        (nothing consumed then); else _DELIVERED, or _DROPPED (the buffer was used)."""
         hdr = self.hdr_len
         need = hdr + len(frame)
         chains: list[Chain] = []
@@ -395,23 +463,39 @@ class VirtioNetDevice:
                 chain = q.pop()
                 if chain is None:
                     q.unpop(len(chains))
-                    return False
+                    return None
                 chains.append(chain)
                 room += chain.writable_len
                 if not self.mergeable:
                     break
         except RingError as e:
             self._ring_error(q, e)
-            return False
+            return None
         if room < need:  # one buffer without MRG_RXBUF, and too small
             self.drops["rx_buffer_too_small"] += 1
             q.push(chains[0].head, 0)
             self._dirty.add(q)
-            return True
-        data = memoryview(bytearray(_HEADERS[hdr]) + frame)
-        data[:10] = head
-        if hdr == NET_HDR_LEN:
-            NUM_BUFFERS.pack_into(data, 10, len(chains))
+            return _DROPPED
+        if hdr != NET_HDR_LEN:
+            hb = head
+        elif len(chains) == 1 and head is NO_OFFLOAD:
+            hb = _HEADERS[hdr]
+        else:
+            hb = head + NUM_BUFFERS.pack(len(chains))
+        writable = chains[0].writable
+        if len(chains) == 1 and len(writable) == 1:  # the common case: one buffer
+            try:
+                view = self.memory.gpa(writable[0][0], need)
+            except GuestMemoryError:
+                view = None  # straddles regions, or a bad address: the general path
+            if view is not None:
+                view[:hdr] = hb
+                view[hdr:] = frame
+                view.release()
+                q.push(chains[0].head, need)
+                self._dirty.add(q)
+                return _DELIVERED
+        src = memoryview(frame)
         off = 0
         for chain in chains:
             start = off
@@ -422,14 +506,20 @@ class VirtioNetDevice:
                     take = min(n, need - off)
                     for piece in self.memory.gpa_segments(addr, take):
                         k = len(piece)
-                        piece[:] = data[off:off + k]
+                        if off >= hdr:
+                            piece[:] = src[off - hdr:off - hdr + k]
+                        elif off + k <= hdr:
+                            piece[:] = hb[off:off + k]
+                        else:
+                            piece[:hdr - off] = hb[off:]
+                            piece[hdr - off:] = src[:off + k - hdr]
                         off += k
             except GuestMemoryError as e:
                 log.warning("guest RX buffer outside guest memory: %s", e)
                 self.drops["rx_bad_address"] += 1
             q.push(chain.head, off - start)
         self._dirty.add(q)
-        return True
+        return _DELIVERED
 
     # -- notifications ---------------------------------------------------------------
     def flush(self) -> int:

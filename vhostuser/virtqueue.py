@@ -28,11 +28,15 @@ from vhostuser.memory import GuestMemory
 from vhostuser.protocol import VringAddr
 
 try:
+    from vhostuser._fast import ffi as _ffi
     from vhostuser._fast import lib as _lib
 
     fence = _lib.vu_fence
+    HAVE_C = True
 except ImportError:  # pragma: no cover - only without the C build
     import threading
+
+    HAVE_C = False
 
     _fence_lock = threading.Lock()
 
@@ -43,6 +47,10 @@ except ImportError:  # pragma: no cover - only without the C build
 
 
 log = logging.getLogger(__name__)
+
+# Chains are walked by the C helper (vu_walk) when it is built; tests switch this off to
+# run the same cases through the pure-Python walker.
+USE_C = HAVE_C
 
 DESC = struct.Struct("<QIHH")  # addr, len, flags, next
 DESC_SIZE = 16
@@ -115,6 +123,9 @@ class Virtqueue:
         self._shadow_avail = 0
         self._signalled_used: int | None = None
         self._pending = 0  # used entries pushed but not yet published
+        # the C walker's view of the descriptor table and its output arrays
+        self._cdesc = None
+        self._caddr = self._clen = self._cnread = self._cerr = None
 
     # -- configuration -------------------------------------------------------------
     @property
@@ -152,6 +163,12 @@ class Virtqueue:
         avail = memory.uva(a.avail, 6 + 2 * n)
         used = memory.uva(a.used, 6 + 8 * n)
         self._desc, self._avail, self._used = desc, avail.cast("H"), used
+        if HAVE_C:
+            self._cdesc = _ffi.from_buffer(desc)
+            self._caddr = _ffi.new("uint64_t[]", n)
+            self._clen = _ffi.new("uint32_t[]", n)
+            self._cnread = _ffi.new("uint32_t *")
+            self._cerr = _ffi.new("uint64_t[2]")
         self._memory = memory
         self._mem_gen = memory.generation
         self._shadow_avail = self.last_avail_idx
@@ -159,6 +176,9 @@ class Virtqueue:
         self.used_idx = U16.unpack_from(used, 2)[0]
 
     def unmap(self) -> None:
+        if self._cdesc is not None:
+            _ffi.release(self._cdesc)
+            self._cdesc = None
         for v in (self._desc, self._avail, self._used):
             if v is not None:
                 v.release()
@@ -246,6 +266,8 @@ class Virtqueue:
         self.stats.popped -= count
 
     def _walk(self, head: int) -> Chain:
+        if USE_C and self._cdesc is not None:
+            return self._walk_c(head)
         n = self.size
         if head >= n:
             raise RingError(f"head index {head} ≥ queue size {n}")
@@ -288,6 +310,24 @@ class Virtqueue:
             i = nxt
             if i >= table_len:
                 raise RingError(f"next index {i} ≥ table size {table_len}")
+
+    def _walk_c(self, head: int) -> Chain:
+        """`_walk` by vu_walk: the same checks, the same errors."""
+        regs, nregs = self._memory.c_table()
+        count = _lib.vu_walk(self._cdesc, self.size, head, self.indirect, regs, nregs,
+                             self._caddr, self._clen, self._cnread, self._cerr)
+        if count < 0:
+            raise _walk_error(count, self._cerr, self.size)
+        addrs = _ffi.unpack(self._caddr, count)
+        lens = _ffi.unpack(self._clen, count)
+        if count == 1:
+            pair = [(addrs[0], lens[0])]
+            if self._cnread[0]:
+                return Chain(head, pair, [])
+            return Chain(head, [], pair)
+        nread = self._cnread[0]
+        pairs = list(zip(addrs, lens, strict=True))
+        return Chain(head, pairs[:nread], pairs[nread:])
 
     # -- the used side ---------------------------------------------------------------
     def push(self, head: int, written: int) -> None:
@@ -343,3 +383,30 @@ class Virtqueue:
     def disable_notification(self) -> None:
         if self.ready and not self.event_idx:
             U16.pack_into(self._used, 0, VIRTQ_USED_F_NO_NOTIFY)
+
+
+def _walk_error(code: int, err, n: int) -> Exception:
+    """The exception `_walk` raises for the rule vu_walk reports broken."""
+    a, b = err[0], err[1]
+    lib = _lib
+    if code == lib.VU_E_HEAD:
+        return RingError(f"head index {a} ≥ queue size {b}")
+    if code == lib.VU_E_NO_INDIRECT:
+        return RingError("indirect descriptor without INDIRECT_DESC negotiated")
+    if code == lib.VU_E_NESTED:
+        return RingError("nested indirect descriptor table")
+    if code == lib.VU_E_INDIRECT_IN_CHAIN:
+        return RingError("indirect descriptor inside a chain")
+    if code == lib.VU_E_INDIRECT_LEN:
+        return RingError(f"indirect table of {a} bytes (queue size {b})")
+    if code == lib.VU_E_READ_AFTER_WRITE:
+        return RingError("readable descriptor after a writable one")
+    if code == lib.VU_E_TOO_LONG:
+        return RingError(f"descriptor chain longer than {a} (a loop?)")
+    if code == lib.VU_E_NEXT:
+        return RingError(f"next index {a} ≥ table size {b}")
+    if code == lib.VU_E_NO_REGION:
+        return GuestMemoryError(f"guest address {a:#x} is in no memory region")
+    if code == lib.VU_E_OVERFLOW:
+        return GuestMemoryError(f"guest buffer {a:#x}+{b:#x} overflows")
+    return RingError(f"descriptor chain error {code}")  # pragma: no cover

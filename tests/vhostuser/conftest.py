@@ -101,3 +101,15 @@ def make_frontend(path: str, **kw) -> NetFrontend:
     fe.connect()
     fe.start()
     return fe
+
+
+@pytest.fixture(params=["c", "python"])
+def walker(request, monkeypatch):
+    """Run a test with descriptor chains walked by the C helper (vu_walk) and again by
+    the pure-Python walker it replaces: both must agree on every case."""
+    import vhostuser.virtqueue as virtqueue
+
+    if request.param == "c" and not virtqueue.HAVE_C:
+        pytest.skip("vhostuser._fast not built")
+    monkeypatch.setattr(virtqueue, "USE_C", request.param == "c")
+    return request.param

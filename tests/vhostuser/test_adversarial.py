@@ -53,6 +53,9 @@ from vhostuser.protocol import (
     u64_payload,
 )
 
+# every case runs with the C chain walker and with the pure-Python one
+pytestmark = pytest.mark.usefixtures("walker")
+
 R = Request
 MiB = 1 << 20
 HDR = 12  # VERSION_1: the 12-byte virtio_net_hdr

@@ -10,6 +10,9 @@ from tests.vhostuser.conftest import ServerThread, make_frontend
 from vhostuser.features import Feature, bit, bits
 from vhostuser.frontend import DEFAULT_FEATURES, NetFrontend
 
+# every case runs with the C chain walker and with the pure-Python one
+pytestmark = pytest.mark.usefixtures("walker")
+
 
 def frame_of(size: int, seed: int = 0) -> bytes:
     """An Ethernet frame of `size` bytes with a recognisable, seed-dependent body."""
