@@ -9,6 +9,21 @@ that cannot fit, `OSError(EADDRINUSE)` on a port clash, `ConnectionRefusedError`
 connection attempt is answered by a RST, `ConnectionResetError` when an open connection is
 reset, `BrokenPipeError` when writing after our side (or the connection) was shut down.
 
+Addresses of both families. An address given is `(host, port)` or, for IPv6, Python's
+`(host, port, flowinfo, scope_id)`; the host is a literal ("10.0.2.15", "fd00::1",
+"fe80::1%eth0": a zone or scope id is accepted and ignored, we have one interface) or ""
+(the unspecified address of the socket's family). Addresses returned (`local_addr`,
+`peer_addr`, `recv_from`, `accept`) are `SocketAddrV4(host, port)` or
+`SocketAddrV6(host, port, flowinfo, scope_id)`: named tuples, so `host, port = addr` still
+works for IPv4 and an IPv6 address looks like the 4-tuple of an AF_INET6 socket.
+
+Dual stack, as Linux. A socket's family is that of the address it was bound (or, for a
+stream, connected) to: "::" is IPv6, and takes IPv4 too unless `v6only=True`
+(IPV6_V6ONLY); "0.0.0.0" is IPv4 only; a specific address, its family only. `::` clashes
+with 0.0.0.0 on one port unless it is v6-only. An IPv6 socket reports IPv4 peers as
+AF_INET6 sockets do on Linux, IPv4-mapped: `SocketAddrV6("::ffff:10.0.2.2", port, 0, 0)`,
+and takes such addresses as destinations (sent as IPv4).
+
 Blocking calls wait on a `threading.Condition` built on the runtime's lock; the sans-I/O
 socket's waker notifies it from the runtime thread when data arrives or room frees up.
 
@@ -49,9 +64,11 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
+from typing import NamedTuple
 
 from netstack.runtime import Runtime
+from netstack.socket import addr as _addr
 from netstack.socket import udp as _udp
 from netstack.socket.errors import (
     AddrInUse,
@@ -64,7 +81,26 @@ from netstack.socket.tcp import listener as _tcpl
 from netstack.socket.tcp import socket as _tcp
 from netstack.socket.tcp.state import SYNCHRONIZED, State
 
-Address = tuple[str, int]
+Address = tuple  # (host, port) or (host, port, flowinfo, scope_id)
+
+
+class SocketAddrV4(NamedTuple):
+    """An IPv4 socket address, as Python's AF_INET `(host, port)`."""
+
+    host: str
+    port: int
+
+
+class SocketAddrV6(NamedTuple):
+    """An IPv6 socket address, as Python's AF_INET6 `(host, port, flowinfo, scope_id)`."""
+
+    host: str
+    port: int
+    flowinfo: int = 0
+    scope_id: int = 0
+
+
+SocketAddr = SocketAddrV4 | SocketAddrV6
 
 SHUT_RD, SHUT_WR, SHUT_RDWR = 0, 1, 2
 _SHUT_NAMES = {"read": SHUT_RD, "write": SHUT_WR, "both": SHUT_RDWR}
@@ -74,25 +110,39 @@ DEFAULT_KEEPALIVE = 7200.0  # Linux's tcp_keepalive_time
 _CONNECTING = (State.SYN_SENT, State.SYN_RECEIVED)
 _rng = random.Random()
 _ANY = IPv4Address(0)
+_ANY6 = IPv6Address(0)
+IpAddress = IPv4Address | IPv6Address
 
 
-def _endpoint(addr) -> tuple[IPv4Address, int]:
+def _endpoint(addr, v6: bool = False) -> tuple[IpAddress, int]:
+    """(ip, port) from `(host, port)` or `(host, port, flowinfo, scope_id)`; an empty host is
+    0.0.0.0, or :: when `v6`."""
     try:
-        host, port = addr
-        host = "0.0.0.0" if host in ("", None) else host
-        ip = IPv4Address(host)
-    except (TypeError, ValueError):
-        raise OSError(errno.EINVAL, f"not an IPv4 (host, port) address: {addr!r}") from None
+        if isinstance(addr, tuple) and len(addr) == 4:
+            host, port, _flowinfo, _scope = addr
+        else:
+            host, port = addr
+        ip = _addr.parse_addr(host, _ANY6 if v6 else _ANY)
+    except (TypeError, ValueError, Unaddressable):
+        raise OSError(errno.EINVAL, f"not a (host, port) address: {addr!r}") from None
     if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         raise OverflowError("port must be 0-65535.")
     return ip, port
 
 
-def _to_address(ep: tuple[IPv4Address, int]) -> Address:
-    return (str(ep[0]), ep[1])
+def _to_address(ep: tuple[IpAddress, int], v6: bool = False) -> SocketAddr:
+    """The SocketAddr of an endpoint; `v6` (an IPv6 socket) shows IPv4 ones mapped."""
+    ip, port = ep
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return SocketAddrV6(str(ip), port)
+    ip = _addr.unmap(ip)
+    if v6 or ip.version == 6:
+        return SocketAddrV6(f"::ffff:{ip}", port)  # dotted, as Linux prints it
+    return SocketAddrV4(str(ip), port)
 
 
-def _check_local(runtime: Runtime, ip: IPv4Address) -> None:
+def _check_local(runtime: Runtime, ip: IpAddress) -> None:
+    ip = _addr.unmap(ip)
     if not ip.is_unspecified and not runtime.iface.has_ip_addr(ip):
         raise OSError(errno.EADDRNOTAVAIL, f"{ip} is not an address of the interface")
 
@@ -323,25 +373,41 @@ class UdpSocket(_Waitable):
         super().__init__(runtime)
         self._sock = sock
         self._handle = handle
-        self._peer: tuple[IPv4Address, int] | None = None
+        self._peer: tuple[IpAddress, int] | None = None  # unmapped
+        self._v6 = False  # an IPv6 socket (bound to an IPv6 address)
         sock.set_waker(_weak_waker(self))
 
     @classmethod
     def bind(cls, runtime: Runtime, addr: Address = ("0.0.0.0", 0), *, rx_packets: int = 256,
-             rx_bytes: int = 1 << 20, tx_packets: int = 256,
-             tx_bytes: int = 1 << 20) -> UdpSocket:
-        """Bind a new socket to `addr` (port 0: an ephemeral port)."""
+             rx_bytes: int = 1 << 20, tx_packets: int = 256, tx_bytes: int = 1 << 20,
+             v6only: bool = False) -> UdpSocket:
+        """Bind a new socket to `addr` (port 0: an ephemeral port; "::" both families
+        unless `v6only`)."""
         ip, port = _endpoint(addr)
         sock = _udp.UdpSocket(PacketBuffer(rx_packets, rx_bytes), PacketBuffer(tx_packets, tx_bytes))
         with runtime.lock:
             _check_local(runtime, ip)
             handle = runtime.sockets.add(sock)
             try:
-                sock.bind((ip, port))
+                sock.bind((ip, port), v6only=v6only)
             except AddrInUse:
                 runtime.sockets.remove(handle)
                 raise OSError(errno.EADDRINUSE, "Address already in use") from None
-            return cls(runtime, sock, handle)
+            except Unaddressable as e:
+                runtime.sockets.remove(handle)
+                raise OSError(errno.EINVAL, str(e)) from None
+            obj = cls(runtime, sock, handle)
+            obj._v6 = ip.version == 6
+            return obj
+
+    @property
+    def family6(self) -> bool:
+        """Is this an IPv6 socket (addresses shown as SocketAddrV6)?"""
+        return self._v6
+
+    @property
+    def v6only(self) -> bool:
+        return self._sock.v6only
 
     def _readiness(self) -> tuple[bool, bool]:
         if self._closed:
@@ -351,21 +417,22 @@ class UdpSocket(_Waitable):
     def local_addr(self) -> Address:
         with self._rt.lock:
             self._check_open()
-            return _to_address(self._sock.endpoint)
+            return _to_address(self._sock.endpoint, self._v6)
 
     getsockname = local_addr
 
     def peer_addr(self) -> Address:
         if self._peer is None:
             raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
-        return _to_address(self._peer)
+        return _to_address(self._peer, self._v6)
 
     getpeername = peer_addr
 
     def connect(self, addr: Address) -> None:
         """Fix the destination of `send` and receive only from `addr`."""
         ip, port = _endpoint(addr)
-        if port == 0 or ip == _udp.UNSPECIFIED:
+        ip = _addr.unmap(ip)
+        if port == 0 or ip.is_unspecified:
             raise OSError(errno.EINVAL, f"cannot connect to {addr!r}")
         self._check_open()
         self._peer = (ip, port)
@@ -413,13 +480,13 @@ class UdpSocket(_Waitable):
                     if peek:
                         data, src = sock.peek_from()
                         if self._peer is None or src == self._peer:
-                            return data[:bufsize], _to_address(src)
+                            return data[:bufsize], _to_address(src, self._v6)
                         sock.recv_from(0)
                         continue
                     data, src, _truncated = sock.recv_from(bufsize)
                     if self._peer is None or src == self._peer:
                         self._refresh()
-                        return data, _to_address(src)
+                        return data, _to_address(src, self._v6)
                 self._refresh()
                 self._wait(deadline, nonblocking)
 
@@ -474,18 +541,20 @@ def tcp_error(what: str) -> OSError:
     return cls(code, text)
 
 
-def _tcp_port_in_use(runtime: Runtime, ip: IPv4Address, port: int, reuse_addr: bool,
-                     remote=None) -> bool:
-    """Does a TCP socket of the runtime hold `port` on `ip`? With `reuse_addr` (Linux's
-    SO_REUSEADDR) only a listener or a connection to the same `remote` clashes; without it
-    any open socket on the port (TIME-WAIT included) does."""
+def _tcp_port_in_use(runtime: Runtime, ip: IpAddress, port: int, reuse_addr: bool,
+                     remote=None, v6only: bool = False) -> bool:
+    """Does a TCP socket of the runtime hold `port` on `ip` (the dual-stack rules of
+    `netstack.socket.addr`)? With `reuse_addr` (Linux's SO_REUSEADDR) only a listener or a
+    connection to the same `remote` clashes; without it any open socket on the port
+    (TIME-WAIT included) does."""
+    ip = _addr.unmap(ip)
     for other in runtime.sockets.of_kind("tcp"):
         if not other.is_open:
             continue
         ep = other.local_endpoint
         if ep is None or ep[1] != port:
             continue
-        if not (ep[0] == ip or ep[0].is_unspecified or ip.is_unspecified):
+        if not _addr.overlaps(ep[0], getattr(other, "v6only", False), ip, v6only):
             continue
         oremote = getattr(other, "remote_endpoint", None)
         if oremote is None or not reuse_addr or (remote is not None and oremote == remote):
@@ -493,13 +562,13 @@ def _tcp_port_in_use(runtime: Runtime, ip: IPv4Address, port: int, reuse_addr: b
     return False
 
 
-def tcp_ephemeral_port(runtime: Runtime, ip: IPv4Address = _ANY) -> int:
+def tcp_ephemeral_port(runtime: Runtime, ip: IpAddress = _ANY, v6only: bool = False) -> int:
     """A TCP port free on `ip` (lock held), from 49152-65535."""
     span = EPHEMERAL_LAST - EPHEMERAL_FIRST + 1
     start = _rng.randrange(span)
     for i in range(span):
         port = EPHEMERAL_FIRST + (start + i) % span
-        if not _tcp_port_in_use(runtime, ip, port, False):
+        if not _tcp_port_in_use(runtime, ip, port, False, v6only=v6only):
             return port
     raise OSError(errno.EADDRINUSE, "no free ephemeral TCP port")
 
@@ -532,6 +601,7 @@ class TcpStream(_Waitable):
         self._error_taken = False
         self._shut_wr = False
         self._linger_abort = False
+        self._v6 = False  # an IPv6 socket (addresses shown as SocketAddrV6)
         sock.set_waker(_weak_waker(self))
 
     # -- opening --------------------------------------------------------------------------
@@ -552,17 +622,31 @@ class TcpStream(_Waitable):
     @classmethod
     def _open(cls, runtime: Runtime, addr: Address, local_addr: Address | None = None, *,
               reuse_addr: bool = False, nodelay: bool = False, keep_alive: float | None = None,
-              readiness: Readiness | None = None, **socket_options) -> TcpStream:
-        """Queue the SYN and return at once (the stream is connecting)."""
+              readiness: Readiness | None = None, v6: bool = False, v6only: bool = False,
+              **socket_options) -> TcpStream:
+        """Queue the SYN and return at once (the stream is connecting). The stream is an
+        IPv6 socket if `addr` or `local_addr` is IPv6 (IPv4-mapped included), or `v6`."""
         rip, rport = _endpoint(addr)
+        lip, lport = _endpoint(local_addr) if local_addr is not None else (_ANY, 0)
+        is_v6 = v6 or rip.version == 6 or lip.version == 6
+        rip = _addr.unmap(rip)
         if rport == 0 or rip.is_unspecified:
             raise OSError(errno.EINVAL, f"cannot connect to {addr!r}")
-        lip, lport = _endpoint(local_addr) if local_addr is not None else (_ANY, 0)
+        lip = _addr.unmap(lip)
+        if lip.is_unspecified:
+            if rip.version == 6 and not is_v6:
+                raise OSError(errno.EAFNOSUPPORT, "an IPv4 socket cannot reach an IPv6 address")
+            if rip.version == 4 and v6only:
+                raise OSError(errno.ENETUNREACH, "Network is unreachable")
+        elif lip.version != rip.version:
+            raise OSError(errno.ENETUNREACH, "Network is unreachable")
         sock = _tcp.TcpSocket(nagle=not nodelay, keep_alive=keep_alive, **socket_options)
         with runtime.lock:
             _check_local(runtime, lip)
             if lip.is_unspecified:
-                source_for = getattr(runtime.iface, "_source_for", None)
+                # the interface's source address selection for the destination's family
+                source_for = getattr(runtime.iface, "_source_for" if rip.version == 4
+                                     else "_source6_for", None)
                 src = source_for(rip) if source_for is not None else None
                 if src is None:
                     raise OSError(errno.ENETUNREACH, "Network is unreachable")
@@ -579,6 +663,7 @@ class TcpStream(_Waitable):
                 runtime.sockets.remove(handle)
                 raise OSError(errno.EINVAL, str(e)) from None
             stream = cls(runtime, sock, handle)
+            stream._v6 = is_v6
             if readiness is not None:
                 stream._use_readiness(readiness)
         runtime.wake()
@@ -648,7 +733,9 @@ class TcpStream(_Waitable):
         with self._rt.lock:
             self._check_open()
             ep = self._sock.local_endpoint
-            return _to_address(ep) if ep is not None else ("0.0.0.0", 0)
+            if ep is None:
+                ep = (_ANY6 if self._v6 else _ANY, 0)
+            return _to_address(ep, self._v6)
 
     def peer_addr(self) -> Address:
         with self._rt.lock:
@@ -656,7 +743,12 @@ class TcpStream(_Waitable):
             ep = self._sock.remote_endpoint
             if ep is None or self._sock.state not in SYNCHRONIZED:
                 raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
-            return _to_address(ep)
+            return _to_address(ep, self._v6)
+
+    @property
+    def family6(self) -> bool:
+        """Is this an IPv6 socket (addresses shown as SocketAddrV6)?"""
+        return self._v6
 
     def set_nodelay(self, nodelay: bool) -> None:
         with self._rt.lock:
@@ -852,16 +944,18 @@ class TcpListener(_Waitable):
         super().__init__(runtime)
         self._listener = listener
         self._handle = handle
+        self._v6 = False  # an IPv6 socket (addresses shown as SocketAddrV6)
         listener.set_waker(_weak_waker(self))
 
     @classmethod
     def bind(cls, runtime: Runtime, addr: Address = ("0.0.0.0", 0), backlog: int = 128, *,
-             reuse_addr: bool = True, readiness: Readiness | None = None,
+             reuse_addr: bool = True, readiness: Readiness | None = None, v6only: bool = False,
              **socket_options) -> TcpListener:
-        """Listen on `addr` (port 0: an ephemeral port). `reuse_addr` (std sets
-        SO_REUSEADDR) lets a port with connections left (TIME-WAIT) be bound again;
-        another listener on the port always clashes. `socket_options` are for the accepted
-        `TcpSocket`s (rx_buffer_size, tx_buffer_size, nagle, ...)."""
+        """Listen on `addr` (port 0: an ephemeral port; "::": connections of both
+        families unless `v6only`). `reuse_addr` (std sets SO_REUSEADDR) lets a port with
+        connections left (TIME-WAIT) be bound again; another listener on the port always
+        clashes. `socket_options` are for the accepted `TcpSocket`s (rx_buffer_size,
+        tx_buffer_size, nagle, ...)."""
         ip, port = _endpoint(addr)
         if backlog <= 0:
             backlog = 1
@@ -869,12 +963,16 @@ class TcpListener(_Waitable):
         with runtime.lock:
             _check_local(runtime, ip)
             if port == 0:
-                port = tcp_ephemeral_port(runtime, ip)
-            elif _tcp_port_in_use(runtime, ip, port, reuse_addr):
+                port = tcp_ephemeral_port(runtime, ip, v6only)
+            elif _tcp_port_in_use(runtime, ip, port, reuse_addr, v6only=v6only):
                 raise OSError(errno.EADDRINUSE, "Address already in use")
-            listener.listen((ip, port), backlog)
+            try:
+                listener.listen((ip, port), backlog, v6only=v6only)
+            except Unaddressable as e:
+                raise OSError(errno.EINVAL, str(e)) from None
             handle = runtime.sockets.add(listener)
             obj = cls(runtime, listener, handle)
+            obj._v6 = ip.version == 6
             if readiness is not None:
                 obj._use_readiness(readiness)
         runtime.wake()
@@ -896,7 +994,16 @@ class TcpListener(_Waitable):
     def local_addr(self) -> Address:
         with self._rt.lock:
             self._check_open()
-            return _to_address(self._listener.local_endpoint)
+            return _to_address(self._listener.local_endpoint, self._v6)
+
+    @property
+    def family6(self) -> bool:
+        """Is this an IPv6 socket (addresses shown as SocketAddrV6)?"""
+        return self._v6
+
+    @property
+    def v6only(self) -> bool:
+        return self._listener.v6only
 
     def accept(self, *, nonblocking: bool | None = None) -> tuple[TcpStream, Address]:
         """The next connection and its peer's address; blocks until one is established."""
@@ -908,7 +1015,8 @@ class TcpListener(_Waitable):
                 if child is not None:
                     self._refresh()
                     stream = TcpStream(self._rt, child, child.handle)
-                    return stream, _to_address(child.remote_endpoint)
+                    stream._v6 = self._v6
+                    return stream, _to_address(child.remote_endpoint, self._v6)
                 self._refresh()
                 self._wait(deadline, nonblocking)
 
@@ -947,6 +1055,9 @@ __all__ = [
     "SHUT_RD",
     "SHUT_RDWR",
     "SHUT_WR",
+    "SocketAddr",
+    "SocketAddrV4",
+    "SocketAddrV6",
     "TcpListener",
     "TcpStream",
     "UdpSocket",

@@ -26,9 +26,18 @@ connect has finished. It is for `selectors`/`select`/asyncio only; never read, w
 `os.sendfile` or `socket.fromfd` it (so not `loop.sock_sendfile` or `transport` sendfile).
 `detach()` and `dup()` are not supported (there is no kernel socket).
 
-Names. Hosts are IPv4 literals, or names added with `add_host(name, ip)` (or `patch(...,
+Names. Hosts are IP literals, or names added with `add_host(name, ip)` (or `patch(...,
 hosts=...)`); our stack has no resolver, and the host's resolver knows nothing of our
 network, so any other name raises `socket.gaierror`.
+
+IPv6 (AF_INET6), as on Linux. Addresses are `(host, port)` or `(host, port, flowinfo,
+scope_id)` in, 4-tuples out (`netstack.net.SocketAddrV6`); a zone ("fe80::1%eth0") or a
+scope id is accepted and ignored (one interface). A socket bound to "::" (or "") takes both
+families unless `setsockopt(IPPROTO_IPV6, IPV6_V6ONLY, 1)` was set before binding; IPv4
+peers then show as "::ffff:a.b.c.d", and such mapped addresses are accepted as
+destinations (sent as IPv4). An IPv4 literal or name given to an AF_INET6 socket is taken
+as its mapped address; an IPv6 literal given to an AF_INET socket raises gaierror.
+`getaddrinfo` answers AF_INET6 for IPv6 literals (and `add_host` names bound to one).
 
 Options. SO_REUSEADDR (a port whose old connections linger in TIME-WAIT can be bound),
 TCP_NODELAY, SO_KEEPALIVE (with TCP_KEEPIDLE as the idle time, default 7200 s),
@@ -46,7 +55,8 @@ Running stdlib servers and clients on the stack:
   `socketserver`, `http.server`, `http.client`, `urllib.request` and asyncio's own
   `open_connection` use our stack. Patches nest. It is process-wide: every thread sees it.
   AF_UNIX sockets and sockets made from an fd (`socket.socketpair`, `socket.fromfd`,
-  asyncio's self-pipe) stay real kernel sockets; AF_INET6 raises EAFNOSUPPORT.
+  asyncio's self-pipe) stay real kernel sockets; AF_INET6 sockets are ours too (an
+  `http.server` with `address_family = AF_INET6` serves both families on "::").
 - `make_server_class(socketserver.TCPServer, runtime)`: a subclass whose listening socket
   is ours, with no global patching (for UDPServer, HTTPServer, ThreadingHTTPServer too).
 - asyncio: `await open_connection(runtime, host, port)` and `await start_server(cb,
@@ -66,7 +76,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from netstack import net as _net
 from netstack.net import Readiness, TcpListener, TcpStream, UdpSocket
@@ -84,6 +94,8 @@ SOCK_CLOEXEC = getattr(_std, "SOCK_CLOEXEC", 0)
 IPPROTO_IP = _std.IPPROTO_IP
 IPPROTO_TCP = _std.IPPROTO_TCP
 IPPROTO_UDP = _std.IPPROTO_UDP
+IPPROTO_IPV6 = _std.IPPROTO_IPV6
+IPV6_V6ONLY = _std.IPV6_V6ONLY
 SOL_SOCKET = _std.SOL_SOCKET
 SO_REUSEADDR = _std.SO_REUSEADDR
 SO_REUSEPORT = getattr(_std, "SO_REUSEPORT", 15)
@@ -131,6 +143,7 @@ _IGNORED_OPTIONS = {
 _STORED_OPTIONS = {
     (SOL_SOCKET, SO_REUSEADDR), (SOL_SOCKET, SO_KEEPALIVE), (SOL_SOCKET, SO_RCVBUF),
     (SOL_SOCKET, SO_SNDBUF), (IPPROTO_TCP, TCP_NODELAY), (IPPROTO_TCP, TCP_KEEPIDLE),
+    (IPPROTO_IPV6, IPV6_V6ONLY),
 } | _IGNORED_OPTIONS
 _TCP_ONLY = {IPPROTO_TCP}
 TCP_BUFFER = 256 * 1024
@@ -153,40 +166,53 @@ def get_default_runtime() -> Runtime | None:
 
 
 def add_host(name: str, ip: str) -> None:
-    """Resolve `name` to the IPv4 address `ip` (our stack has no resolver)."""
-    _hosts[name.lower()] = str(IPv4Address(ip))
+    """Resolve `name` to the IP address `ip` (our stack has no resolver)."""
+    _hosts[name.lower()] = str(ip_address(ip))
 
 
-def _resolve(host, hosts: Mapping[str, str] = _hosts) -> str:
+def _literal(host: str) -> str | None:
+    try:
+        return str(ip_address(host.split("%", 1)[0]))
+    except ValueError:
+        return None
+
+
+def _resolve(host, hosts: Mapping[str, str] = _hosts, v6: bool = False) -> str:
+    """An address literal for `host`, in the socket's family: for AF_INET6 (`v6`) IPv4
+    answers come back IPv4-mapped; for AF_INET an IPv6 one raises gaierror."""
     if host in ("", None):
-        return "0.0.0.0"
-    if host == "<broadcast>":
+        return "::" if v6 else "0.0.0.0"
+    if host == "<broadcast>" and not v6:
         return "255.255.255.255"
     if not isinstance(host, str):
         raise TypeError(f"str expected for a host, not {type(host).__name__}")
-    try:
-        return str(IPv4Address(host))
-    except ValueError:
-        pass
-    ip = hosts.get(host.lower()) or _hosts.get(host.lower())
+    ip = _literal(host) or hosts.get(host.lower()) or _hosts.get(host.lower())
     if ip is None:
         raise gaierror(_std.EAI_NONAME, "Name or service not known")
-    return ip
+    if ":" in ip:
+        if not v6:
+            raise gaierror(_std.EAI_ADDRFAMILY if hasattr(_std, "EAI_ADDRFAMILY")
+                           else _std.EAI_FAMILY, "Address family for hostname not supported")
+        return ip
+    return f"::ffff:{ip}" if v6 else ip
 
 
-def _address(address, hosts: Mapping[str, str] = _hosts) -> tuple[str, int]:
-    if not isinstance(address, tuple) or len(address) != 2:
+def _address(address, hosts: Mapping[str, str] = _hosts, v6: bool = False) -> tuple[str, int]:
+    if v6:
+        if not isinstance(address, tuple) or not 2 <= len(address) <= 4:
+            raise TypeError("AF_INET6 address must be a tuple (host, port[, flowinfo[, scopeid]])")
+    elif not isinstance(address, tuple) or len(address) != 2:
         raise TypeError("AF_INET address must be a pair (host, port)")
-    host, port = address
+    host, port = address[:2]
     if not isinstance(port, int):
         raise TypeError(f"'{type(port).__name__}' object cannot be interpreted as an integer")
-    return _resolve(host, hosts), port
+    return _resolve(host, hosts, v6), port
 
 
 def getfqdn(name: str = "", hosts: Mapping[str, str] = _hosts) -> str:
     """`socket.getfqdn` without the host's resolver: a name from `add_host` for an address
     we know, else `name` itself."""
-    if name in ("", "0.0.0.0"):
+    if name in ("", "0.0.0.0", "::"):
         return "localhost"
     for known, ip in list(hosts.items()) + list(_hosts.items()):
         if ip == name:
@@ -196,28 +222,34 @@ def getfqdn(name: str = "", hosts: Mapping[str, str] = _hosts) -> str:
 
 def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0,
                 hosts: Mapping[str, str] = _hosts) -> list:
-    """`socket.getaddrinfo` for IPv4 literals and `add_host` names (AF_INET answers);
-    other names go to the host's resolver (their answers are of no use on our stack)."""
-    if family not in (0, AF_INET) or (host is not None and not isinstance(host, str)):
+    """`socket.getaddrinfo` for IP literals and `add_host` names (AF_INET answers for IPv4,
+    AF_INET6 ones, with 4-tuple addresses, for IPv6 or when AF_INET6 is asked); other names
+    go to the host's resolver (their answers are of no use on our stack)."""
+    if family not in (0, AF_INET, AF_INET6) or \
+            (host is not None and not isinstance(host, str)):
         return _real_getaddrinfo(host, port, family, type, proto, flags)
     try:
-        ip = _resolve(host, hosts)
+        ip = _resolve(host, hosts, family == AF_INET6)
     except gaierror:
         return _real_getaddrinfo(host, port, family, type, proto, flags)
+    v6 = ":" in ip
     if port is None:
         port = 0
     elif isinstance(port, (str, bytes)):
         port = port.decode() if isinstance(port, bytes) else port
         port = int(port) if port.isdigit() else _std.getservbyname(port)
     kinds = [type] if type else [SOCK_STREAM, SOCK_DGRAM]
-    return [(_std.AddressFamily.AF_INET, _std.SocketKind(kind),
-             proto or (IPPROTO_TCP if kind == SOCK_STREAM else IPPROTO_UDP), "", (ip, port))
+    fam = _std.AddressFamily.AF_INET6 if v6 else _std.AddressFamily.AF_INET
+    addr = (ip, port, 0, 0) if v6 else (ip, port)
+    return [(fam, _std.SocketKind(kind),
+             proto or (IPPROTO_TCP if kind == SOCK_STREAM else IPPROTO_UDP), "", addr)
             for kind in kinds]
 
 
 # -- the socket ---------------------------------------------------------------------------
 class socket:
-    """`socket.socket` on a netstack `Runtime` (AF_INET; SOCK_STREAM or SOCK_DGRAM)."""
+    """`socket.socket` on a netstack `Runtime` (AF_INET or AF_INET6; SOCK_STREAM or
+    SOCK_DGRAM)."""
 
     _bound_runtime: Runtime | None = None  # set on the classes `bound_socket_class` makes
     _hosts: Mapping[str, str] = {}
@@ -232,7 +264,7 @@ class socket:
                  runtime: Runtime | None = None) -> None:
         if family == -1:
             family = AF_INET
-        if family != AF_INET:
+        if family not in (AF_INET, AF_INET6):
             raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
         if type == -1:
             type = SOCK_STREAM
@@ -254,7 +286,8 @@ class socket:
         self._proto = proto
         self._timeout: float | None = 0.0 if flags & SOCK_NONBLOCK else getdefaulttimeout()
         self._impl: TcpStream | TcpListener | UdpSocket | None = None
-        self._local: tuple[IPv4Address, int] | None = None  # bound, not yet listening
+        self._local: tuple[IPv4Address | IPv6Address, int] | None = None  # not listening
+        self._v6 = family == AF_INET6
         self._ready: Readiness | None = None
         self._opts: dict[tuple[int, int], int] = {}
         self._linger: tuple[int, int] = (0, 0)
@@ -353,14 +386,18 @@ class socket:
         """The datagram socket, bound to an ephemeral port first if need be."""
         self._check()
         if self._impl is None:
-            self._bind_udp(("0.0.0.0", 0))
+            self._bind_udp(("::" if self._v6 else "0.0.0.0", 0))
         return self._impl
 
     def _bind_udp(self, address) -> None:
         rx = self._opts.get((SOL_SOCKET, SO_RCVBUF), UDP_BUFFER)
         tx = self._opts.get((SOL_SOCKET, SO_SNDBUF), UDP_BUFFER)
         self._adopt(UdpSocket.bind(self._rt, address, rx_bytes=max(rx, 2048),
-                                   tx_bytes=max(tx, 65536)))
+                                   tx_bytes=max(tx, 65536), v6only=self._v6only))
+
+    @property
+    def _v6only(self) -> bool:
+        return bool(self._opts.get((IPPROTO_IPV6, IPV6_V6ONLY)))
 
     def _tcp_options(self) -> dict:
         opts = {
@@ -378,19 +415,22 @@ class socket:
     # -- binding, listening, connecting ---------------------------------------------------
     def bind(self, address) -> None:
         self._check()
-        host, port = _address(address, self._hosts)
+        host, port = _address(address, self._hosts, self._v6)
         if self._impl is not None or self._local is not None:
             raise OSError(errno.EINVAL, "Invalid argument")
         if not self._stream:
             self._bind_udp((host, port))
             return
         ip, port = _net._endpoint((host, port))
+        v6only = self._v6only
+        if v6only and ip.version == 6 and ip.ipv4_mapped is not None:
+            raise OSError(errno.EINVAL, "Invalid argument")
         rt = self._rt
         with rt.lock:
             _net._check_local(rt, ip)
             if port == 0:
-                port = _net.tcp_ephemeral_port(rt, ip)
-            elif _net._tcp_port_in_use(rt, ip, port, self._reuse_addr):
+                port = _net.tcp_ephemeral_port(rt, ip, v6only)
+            elif _net._tcp_port_in_use(rt, ip, port, self._reuse_addr, v6only=v6only):
                 raise OSError(errno.EADDRINUSE, "Address already in use")
         self._local = (ip, port)
 
@@ -409,11 +449,12 @@ class socket:
             return
         if impl is not None and not impl.closed:
             raise OSError(errno.EINVAL, "Invalid argument")
-        local = _net._to_address(self._local) if self._local else ("0.0.0.0", 0)
+        local = (str(self._local[0]), self._local[1]) if self._local else \
+            ("::" if self._v6 else "0.0.0.0", 0)
         opts = self._tcp_options()
         opts["nagle"] = not self._opts.get((IPPROTO_TCP, TCP_NODELAY))
         listener = TcpListener.bind(self._rt, local, backlog, reuse_addr=self._reuse_addr,
-                                    **opts)
+                                    v6only=self._v6only, **opts)
         self._adopt(listener)
 
     def accept(self) -> tuple[socket, tuple[str, int]]:
@@ -435,7 +476,7 @@ class socket:
 
     def connect(self, address) -> None:
         self._check()
-        addr = _address(address, self._hosts)
+        addr = _address(address, self._hosts, self._v6)
         if not self._stream:
             self._udp().connect(addr)
             return
@@ -455,10 +496,10 @@ class socket:
             if impl.state in SYNCHRONIZED:
                 raise OSError(errno.EISCONN, "Transport endpoint is already connected")
             self._drop_stream()
-        local = _net._to_address(self._local) if self._local else None
+        local = (str(self._local[0]), self._local[1]) if self._local else None
         stream = TcpStream._open(self._rt, addr, local, reuse_addr=self._reuse_addr,
                                  nodelay=bool(self._opts.get((IPPROTO_TCP, TCP_NODELAY))),
-                                 **self._tcp_options())
+                                 v6=self._v6, v6only=self._v6only, **self._tcp_options())
         self._adopt(stream)
         if self._linger == (1, 0):
             stream.set_linger_abort(True)
@@ -518,7 +559,7 @@ class socket:
         self._check()
         if self._stream:
             return self.send(data)
-        return self._udp().send_to(data, _address(address, self._hosts),
+        return self._udp().send_to(data, _address(address, self._hosts, self._v6),
                                    nonblocking=self._nb(0 if addr is None else flags_or_addr))
 
     def sendfile(self, file, offset: int = 0, count: int | None = None) -> int:
@@ -643,8 +684,11 @@ class socket:
             if isinstance(self._impl, TcpStream):
                 self._impl.set_linger_abort(self._linger == (1, 0))
             return
-        if key not in _STORED_OPTIONS or (level in _TCP_ONLY and not self._stream):
+        if key not in _STORED_OPTIONS or (level in _TCP_ONLY and not self._stream) or \
+                (level == IPPROTO_IPV6 and not self._v6):
             raise OSError(errno.ENOPROTOOPT, "Protocol not available")
+        if key == (IPPROTO_IPV6, IPV6_V6ONLY) and (self._impl is not None or self._local):
+            raise OSError(errno.EINVAL, "Invalid argument")  # Linux: only before bind
         if isinstance(value, (bytes, bytearray, memoryview)):
             value = int.from_bytes(bytes(value)[:4].ljust(4, b"\0"), sys.byteorder, signed=True)
         value = int(value)
@@ -675,7 +719,8 @@ class socket:
             value = self._proto or (IPPROTO_TCP if self._stream else IPPROTO_UDP)
         elif key == (SOL_SOCKET, SO_ACCEPTCONN):
             value = int(isinstance(self._impl, TcpListener) and not self._impl.closed)
-        elif key in _STORED_OPTIONS and not (level in _TCP_ONLY and not self._stream):
+        elif key in _STORED_OPTIONS and not (level in _TCP_ONLY and not self._stream) and \
+                not (level == IPPROTO_IPV6 and not self._v6):
             default = 0
             if key in ((SOL_SOCKET, SO_RCVBUF), (SOL_SOCKET, SO_SNDBUF)):
                 default = TCP_BUFFER if self._stream else UDP_BUFFER
@@ -695,8 +740,8 @@ class socket:
         if impl is not None and not impl.closed:
             return impl.local_addr()
         if self._local is not None:
-            return _net._to_address(self._local)
-        return ("0.0.0.0", 0)
+            return _net._to_address(self._local, self._v6)
+        return _net.SocketAddrV6("::", 0) if self._v6 else _net.SocketAddrV4("0.0.0.0", 0)
 
     def getpeername(self) -> tuple[str, int]:
         self._check()
@@ -752,8 +797,15 @@ class socket:
 def create_connection(address, timeout=_GLOBAL_DEFAULT_TIMEOUT, source_address=None, *,
                       all_errors: bool = False, runtime: Runtime | None = None,
                       socket_class: type[socket] = socket) -> socket:
-    """`socket.create_connection` on our stack (one IPv4 address to try)."""
-    sock = socket_class(AF_INET, SOCK_STREAM, runtime=runtime)
+    """`socket.create_connection` on our stack (one address to try: an AF_INET6 socket
+    for an IPv6 literal or name)."""
+    host = address[0]
+    family = AF_INET
+    if isinstance(host, str) and host not in ("", "<broadcast>"):
+        ip = _literal(host) or socket_class._hosts.get(host.lower()) or _hosts.get(host.lower())
+        if ip is not None and ":" in ip:
+            family = AF_INET6
+    sock = socket_class(family, SOCK_STREAM, runtime=runtime)
     try:
         if timeout is not _GLOBAL_DEFAULT_TIMEOUT:
             sock.settimeout(timeout)
@@ -787,7 +839,7 @@ def patch(runtime: Runtime | None = None, *,
     rt = runtime or _default_runtime
     if rt is None:
         raise ValueError("patch() needs a runtime (or set_default_runtime first)")
-    hosts = {k.lower(): str(IPv4Address(v)) for k, v in (hosts or {}).items()}
+    hosts = {k.lower(): str(ip_address(v)) for k, v in (hosts or {}).items()}
     cls = bound_socket_class(rt, hosts)
 
     def patched_create_connection(address, timeout=_GLOBAL_DEFAULT_TIMEOUT,
@@ -879,10 +931,11 @@ async def open_connection(runtime: Runtime, host: str, port: int, *,
                           limit: int = 2 ** 16, **kwds):
     """`asyncio.open_connection` on our stack: (StreamReader, StreamWriter)."""
     loop = asyncio.get_running_loop()
-    sock = socket(AF_INET, SOCK_STREAM, runtime=runtime)
+    ip = _resolve(host)
+    sock = socket(AF_INET6 if ":" in ip else AF_INET, SOCK_STREAM, runtime=runtime)
     sock.setblocking(False)
     try:
-        await loop.sock_connect(sock, (_resolve(host), port))
+        await loop.sock_connect(sock, (ip, port))
     except BaseException:
         sock.close()
         raise
@@ -891,8 +944,10 @@ async def open_connection(runtime: Runtime, host: str, port: int, *,
 
 async def start_server(client_connected_cb, runtime: Runtime, host: str = "0.0.0.0",
                        port: int = 0, *, backlog: int = 100, limit: int = 2 ** 16, **kwds):
-    """`asyncio.start_server` on our stack: an `asyncio.Server` listening on (host, port)."""
-    sock = socket(AF_INET, SOCK_STREAM, runtime=runtime)
+    """`asyncio.start_server` on our stack: an `asyncio.Server` listening on (host, port)
+    (an IPv6 host, "::" included, makes it an AF_INET6 socket)."""
+    family = AF_INET6 if host and ":" in (_literal(host) or "") else AF_INET
+    sock = socket(family, SOCK_STREAM, runtime=runtime)
     try:
         sock.setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -906,7 +961,7 @@ async def start_server(client_connected_cb, runtime: Runtime, host: str = "0.0.0
 
 
 __all__ = [
-    "AF_INET", "SHUT_RD", "SHUT_RDWR", "SHUT_WR", "SOCK_DGRAM", "SOCK_STREAM", "add_host",
+    "AF_INET", "AF_INET6", "IPPROTO_IPV6", "IPV6_V6ONLY", "SHUT_RD", "SHUT_RDWR", "SHUT_WR", "SOCK_DGRAM", "SOCK_STREAM", "add_host",
     "bound_socket_class", "create_connection", "error", "gaierror", "get_default_runtime",
     "getaddrinfo", "getdefaulttimeout", "getfqdn", "make_server_class", "open_connection",
     "patch", "set_default_runtime", "setdefaulttimeout", "socket", "start_server", "timeout",

@@ -168,3 +168,302 @@ def test_udp_bind_mapped_is_ipv4():
     assert deliver(s, R4, L4, 1, 5000)
     with pytest.raises(Unaddressable):
         UdpSocket().bind(("::ffff:10.0.2.15", 5000), v6only=True)
+
+
+# -- two stacks over a loopback link -------------------------------------------------------
+A6, B6 = "fd00:9::1", "fd00:9::2"
+
+
+@pytest.fixture
+def pair6():
+    """Two of our stacks with IPv4 (10.9.0.1/2) and IPv6 (fd00:9::1/2) over a loopback
+    link, as `pair`."""
+    import time
+
+    from netstack.iface.interface import Interface, InterfaceConfig
+    from netstack.runtime import Runtime
+    from netstack.wire.ethernet import EthernetAddress
+    from netstack.wire.ipv4 import Ipv4Cidr
+    from netstack.wire.ipv6 import Ipv6Cidr
+    from tests.test_net_udp import A_IP, B_IP, link
+
+    if "ipv6_addrs" not in InterfaceConfig.__dataclass_fields__:
+        pytest.skip("the interface has no IPv6 yet")
+
+    def stack(last: int, ip4: str, ip6: str, device) -> Runtime:
+        mac = EthernetAddress(bytes([2, 0, 0, 0, 0, last]))
+        return Runtime(Interface(InterfaceConfig(mac, [Ipv4Cidr.parse(ip4 + "/24")],
+                                                 ipv6_addrs=[Ipv6Cidr.parse(ip6 + "/64")])),
+                       device)
+
+    da, db = link()
+    ra, rb = stack(1, A_IP, A6, da), stack(2, B_IP, B6, db)
+    ra.start()
+    rb.start()
+    yield ra, rb
+    for rt in (ra, rb):
+        t0 = time.monotonic()
+        rt.stop()
+        assert time.monotonic() - t0 < 1.0 and not rt.running
+    da.close()
+    db.close()
+
+
+def _serve_echo_once(listener, result):
+    import threading
+
+    def run():
+        stream, peer = listener.accept()
+        result.append(peer)
+        with stream:
+            while data := stream.read(65536):
+                stream.write_all(data)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_dual_stack_listener_sees_ipv4_client_mapped(pair):
+    """Works on the IPv4 path alone: a `::` listener takes an IPv4 connection and reports
+    the peer as Linux does on an AF_INET6 socket."""
+    from netstack.net import SocketAddrV4, SocketAddrV6, TcpListener, TcpStream
+    from tests.test_net_udp import A_IP, B_IP
+
+    ra, rb = pair
+    listener = TcpListener.bind(rb, ("::", 7100))
+    assert listener.local_addr() == SocketAddrV6("::", 7100, 0, 0)
+    peers: list = []
+    t = _serve_echo_once(listener, peers)
+    with TcpStream.connect(ra, (B_IP, 7100), timeout=5) as c:
+        assert isinstance(c.peer_addr(), SocketAddrV4) and c.peer_addr() == (B_IP, 7100)
+        c.write_all(b"hello")
+        assert c.read_exact(5) == b"hello"
+        c.shutdown("write")
+        assert c.read() == b""
+    t.join(5)
+    assert peers[0].host == f"::ffff:{A_IP}" and isinstance(peers[0], SocketAddrV6)
+    listener.close()
+
+
+def test_v6only_listener_refuses_ipv4_client(pair):
+    from netstack.net import TcpListener, TcpStream
+    from tests.test_net_udp import B_IP
+
+    ra, rb = pair
+    listener = TcpListener.bind(rb, ("::", 7101), v6only=True)
+    with pytest.raises(ConnectionRefusedError):
+        TcpStream.connect(ra, (B_IP, 7101), timeout=5)
+    v4 = TcpListener.bind(rb, ("0.0.0.0", 7101))  # no clash with a v6-only ::
+    v4.close()
+    listener.close()
+
+
+def test_net_port_clash_rules(pair):
+    import errno
+
+    from netstack.net import TcpListener, UdpSocket
+
+    _ra, rb = pair
+    dual = TcpListener.bind(rb, ("::", 7102))
+    with pytest.raises(OSError) as e:
+        TcpListener.bind(rb, ("0.0.0.0", 7102))
+    assert e.value.errno == errno.EADDRINUSE
+    dual.close()
+    u = UdpSocket.bind(rb, ("0.0.0.0", 7103))
+    with pytest.raises(OSError) as e:
+        UdpSocket.bind(rb, ("::", 7103))
+    assert e.value.errno == errno.EADDRINUSE
+    UdpSocket.bind(rb, ("::", 7103), v6only=True).close()
+    u.close()
+
+
+def test_udp_dual_stack_over_ipv4_reports_mapped(pair):
+    from netstack.net import SocketAddrV6, UdpSocket
+    from tests.test_net_udp import A_IP, B_IP
+
+    ra, rb = pair
+    server = UdpSocket.bind(rb, ("::", 7104, 0, 0))
+    server.set_read_timeout(5)
+    client = UdpSocket.bind(ra, ("0.0.0.0", 0))
+    client.send_to(b"ping", (B_IP, 7104))
+    data, peer = server.recv_from(100)
+    assert data == b"ping" and isinstance(peer, SocketAddrV6)
+    assert peer.host == f"::ffff:{A_IP}"
+    server.send_to(b"pong", peer)  # a mapped destination goes out as IPv4
+    client.set_read_timeout(5)
+    assert client.recv_from(100) == (b"pong", (B_IP, 7104))
+    server.close()
+    client.close()
+
+
+def test_net_address_forms():
+    from netstack.net import SocketAddrV4, SocketAddrV6, _endpoint, _to_address
+
+    assert _endpoint(("fe80::1%eth0", 80)) == (IPv6Address("fe80::1"), 80)
+    assert _endpoint(("fd00::1", 80, 0, 3)) == (IPv6Address("fd00::1"), 80)
+    assert _endpoint(("", 80), v6=True) == (A.ANY6, 80)
+    assert _to_address((R4, 1)) == SocketAddrV4("10.0.2.2", 1) == ("10.0.2.2", 1)
+    assert _to_address((R4, 1), v6=True) == ("::ffff:10.0.2.2", 1, 0, 0)
+    assert _to_address((R6, 1)) == SocketAddrV6(str(R6), 1)
+    host, port = _to_address((R4, 1))
+    assert (host, port) == ("10.0.2.2", 1)
+
+
+# -- over IPv6 (needs the interface's IPv6) -------------------------------------------------
+def test_tcp_100_kib_over_ipv6(pair6):
+    import hashlib
+    import os
+
+    from netstack.net import SocketAddrV6, TcpListener, TcpStream
+
+    ra, rb = pair6
+    listener = TcpListener.bind(rb, ("::", 7200))
+    peers: list = []
+    t = _serve_echo_once(listener, peers)
+    blob = os.urandom(100 * 1024)
+    with TcpStream.connect(ra, (B6, 7200), timeout=5) as c:
+        assert c.peer_addr() == SocketAddrV6(B6, 7200)
+        assert c.local_addr().host == A6
+        c.write_all(blob)
+        c.shutdown("write")
+        got = c.read_to_end()
+    t.join(5)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(blob).digest()
+    assert peers[0] == SocketAddrV6(A6, peers[0].port)
+    listener.close()
+
+
+def test_dual_stack_listener_accepts_v4_and_v6(pair6):
+    from netstack.net import TcpListener, TcpStream
+    from tests.test_net_udp import A_IP, B_IP
+
+    ra, rb = pair6
+    listener = TcpListener.bind(rb, ("::", 7201))
+    listener.set_timeout(5)
+    c4 = TcpStream.connect(ra, (B_IP, 7201), timeout=5)
+    s4, p4 = listener.accept()
+    c6 = TcpStream.connect(ra, (B6, 7201), timeout=5)
+    s6, p6 = listener.accept()
+    assert p4.host == f"::ffff:{A_IP}" and p6.host == A6
+    for c, s in ((c4, s4), (c6, s6)):
+        c.write_all(b"x" * 3000)
+        assert s.read_exact(3000) == b"x" * 3000
+        c.close()
+        s.close()
+    listener.close()
+
+
+def test_v6only_listener_over_ipv6(pair6):
+    from netstack.net import TcpListener, TcpStream
+    from tests.test_net_udp import B_IP
+
+    ra, rb = pair6
+    listener = TcpListener.bind(rb, ("::", 7202), v6only=True)
+    with pytest.raises(ConnectionRefusedError):
+        TcpStream.connect(ra, (B_IP, 7202), timeout=5)
+    with TcpStream.connect(ra, (B6, 7202), timeout=5):
+        pass
+    listener.close()
+
+
+def test_udp_over_ipv6(pair6):
+    import os
+
+    from netstack.net import SocketAddrV6, UdpSocket
+
+    ra, rb = pair6
+    server = UdpSocket.bind(rb, ("::", 7203))
+    server.set_read_timeout(5)
+    client = UdpSocket.bind(ra, ("::", 0))
+    client.set_read_timeout(5)
+    blobs = [os.urandom(n) for n in (1, 1200, 8000, 60000)]
+    for blob in blobs:
+        client.send_to(blob, (B6, 7203))
+        data, peer = server.recv_from(65536)
+        assert data == blob and peer.host == A6
+        server.send_to(data, peer)
+        assert client.recv_from(65536) == (blob, SocketAddrV6(B6, 7203))
+    server.close()
+    client.close()
+
+
+def test_http_server_over_pysocket_af_inet6(pair6):
+    import http.server
+    import threading
+    import urllib.request
+
+    from netstack import pysocket
+
+    ra, rb = pair6
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = f"hi {self.client_address[0]}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    class Server6(http.server.HTTPServer):
+        address_family = pysocket.AF_INET6
+
+    server = pysocket.make_server_class(Server6, rb)(("::", 8080), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pysocket.patch(ra):
+            with urllib.request.urlopen(f"http://[{B6}]:8080/", timeout=5) as r:
+                assert r.read() == f"hi {A6}".encode()
+            with urllib.request.urlopen("http://10.9.0.2:8080/", timeout=5) as r:
+                assert r.read() == b"hi ::ffff:10.9.0.1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_pysocket_af_inet6_names_and_options(pair):
+    import errno
+    import socket as std
+
+    from netstack import pysocket
+    from tests.test_net_udp import A_IP, B_IP
+
+    ra, rb = pair
+    info = pysocket.getaddrinfo("fd00::1", 80, 0, pysocket.SOCK_STREAM)
+    assert info == [(std.AF_INET6, std.SOCK_STREAM, 6, "", ("fd00::1", 80, 0, 0))]
+    assert pysocket.getaddrinfo("10.0.0.1", 80, pysocket.AF_INET6, pysocket.SOCK_DGRAM)[0][4] \
+        == ("::ffff:10.0.0.1", 80, 0, 0)
+    with pysocket.socket(pysocket.AF_INET, runtime=ra) as s4:
+        with pytest.raises(std.gaierror):
+            s4.bind(("fd00::1", 0))
+        with pytest.raises(OSError) as e:
+            s4.setsockopt(pysocket.IPPROTO_IPV6, pysocket.IPV6_V6ONLY, 1)
+        assert e.value.errno == errno.ENOPROTOOPT
+    srv = pysocket.socket(pysocket.AF_INET6, runtime=rb)
+    assert srv.getsockopt(pysocket.IPPROTO_IPV6, pysocket.IPV6_V6ONLY) == 0
+    srv.bind(("", 7300))
+    with pytest.raises(OSError):
+        srv.setsockopt(pysocket.IPPROTO_IPV6, pysocket.IPV6_V6ONLY, 1)  # after bind
+    assert srv.getsockname() == ("::", 7300, 0, 0)
+    srv.listen()
+    srv.settimeout(5)
+    with pysocket.create_connection((B_IP, 7300), timeout=5, runtime=ra) as c:
+        conn, peer = srv.accept()
+        assert peer == (f"::ffff:{A_IP}", c.getsockname()[1], 0, 0)
+        assert conn.getsockname() == (f"::ffff:{B_IP}", 7300, 0, 0)
+        c.sendall(b"ok")
+        assert conn.recv(10) == b"ok"
+        conn.close()
+    srv.close()
+    only = pysocket.socket(pysocket.AF_INET6, pysocket.SOCK_DGRAM, runtime=rb)
+    only.setsockopt(pysocket.IPPROTO_IPV6, pysocket.IPV6_V6ONLY, 1)
+    only.bind(("::", 7301))
+    assert only.getsockopt(pysocket.IPPROTO_IPV6, pysocket.IPV6_V6ONLY) == 1
+    with pysocket.socket(pysocket.AF_INET, pysocket.SOCK_DGRAM, runtime=rb) as v4:
+        v4.bind(("0.0.0.0", 7301))  # no clash with a v6-only socket
+    with pytest.raises(OSError):
+        only.sendto(b"x", ("10.9.0.1", 9))  # v6-only: no IPv4
+    only.close()
