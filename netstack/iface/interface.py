@@ -38,9 +38,10 @@ import struct
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING
 
+from netstack.iface.ipv6 import Ipv6Layer
 from netstack.iface.reassembly import Ipv4Reassembler
 from netstack.socket.tcp.socket import rst_reply as _tcp_rst_reply
 from netstack.wire import Error
@@ -55,6 +56,7 @@ from netstack.wire.icmpv4 import (
     quote_offending,
 )
 from netstack.wire.ipv4 import IpProtocol, Ipv4Cidr, Ipv4Packet, Ipv4Repr
+from netstack.wire.ipv6 import Ipv6Cidr, Ipv6Repr
 from netstack.wire.tcp import TcpPacket, TcpRepr
 from netstack.wire.udp import UdpPacket, UdpRepr
 
@@ -102,6 +104,14 @@ class InterfaceConfig:
     tx_budget: int = 64  # packets dispatched per socket per poll
     icmp_error_rate: float = 100.0  # ICMP errors per second (token bucket)
     icmp_error_burst: int = 10
+    # IPv6: a link-local address from the MAC is always there while `ipv6` is on
+    ipv6: bool = True
+    ipv6_addrs: list[Ipv6Cidr] = field(default_factory=list)
+    ipv6_default_router: IPv6Address | None = None
+    ipv6_routes: list[tuple[Ipv6Cidr, IPv6Address]] = field(default_factory=list)
+    ipv6_router: bool = False  # we are the link's router (join ff02::2, NA with R set)
+    accept_ra: bool = True  # learn default router/prefixes/MTU from RAs (hosts only)
+    dad: bool = True  # duplicate address detection (optimistic, RFC 4429)
 
 
 class _Pending:
@@ -232,8 +242,9 @@ class NeighborCache:
         self._queued = self._queued_bytes = 0
 
 
-class Interface:
-    """One Ethernet interface with IPv4 addresses. See the module docstring.
+class Interface(Ipv6Layer):
+    """One Ethernet interface with IPv4 and IPv6 addresses. See the module docstring
+    (and `netstack.iface.ipv6` for the IPv6 half).
 
     Not thread-safe: one thread polls it (the runtime holds a lock around every use)."""
 
@@ -280,10 +291,12 @@ class Interface:
                                                        _TCP: self._rx_tcp}
         self._tcp_sig: tuple = ()
         self._tso_max: int | None = None
+        self._ipv6_offload = False
         self.set_ip_addrs(config.ip_addrs)
         self.set_default_gateway(config.default_gateway)
         for cidr, via in config.routes:
             self.add_route(cidr, via)
+        self._init_ipv6(config, now)
 
     # -- configuration ------------------------------------------------------------------
     @property
@@ -308,7 +321,9 @@ class Interface:
     def remove_ip_addr(self, addr: IPv4Address) -> None:
         self.set_ip_addrs([c for c in self._cidrs if c.address != addr])
 
-    def has_ip_addr(self, addr: IPv4Address) -> bool:
+    def has_ip_addr(self, addr: IPv4Address | IPv6Address) -> bool:
+        if isinstance(addr, IPv6Address):
+            return int(addr) in self._addr6
         return addr in self._addr_set
 
     @property
@@ -325,18 +340,28 @@ class Interface:
     def clear_routes(self) -> None:
         self._routes.clear()
 
-    def join_multicast_group(self, group: IPv4Address) -> None:
-        """Receive datagrams sent to `group` (no IGMP reports are sent)."""
+    def join_multicast_group(self, group: IPv4Address | IPv6Address) -> None:
+        """Receive datagrams sent to `group` (no IGMP/MLD reports are sent)."""
+        if isinstance(group, IPv6Address):
+            self.join_ipv6_group(group)
+            return
         group = IPv4Address(group)
         if not group.is_multicast:
             raise ValueError(f"{group} is not a multicast address")
         self._groups.add(group)
-        self._group_macs.add(bytes(multicast_mac(group)))
+        self._refresh_group_macs()
 
-    def leave_multicast_group(self, group: IPv4Address) -> None:
+    def leave_multicast_group(self, group: IPv4Address | IPv6Address) -> None:
+        if isinstance(group, IPv6Address):
+            self.leave_ipv6_group(group)
+            return
         group = IPv4Address(group)
         self._groups.discard(group)
-        self._group_macs = {bytes(multicast_mac(g)) for g in self._groups}
+        self._refresh_group_macs()
+
+    def _refresh_group_macs(self) -> None:
+        self._group_macs = {bytes(multicast_mac(g)) for g in self._groups} | \
+            self._group_macs6()
 
     # -- polling ------------------------------------------------------------------------
     def poll(self, now: float, device, sockets: SocketSet) -> bool:
@@ -349,6 +374,7 @@ class Interface:
             for cidr in self._cidrs:
                 self._send_arp(ArpOperation.REQUEST, BROADCAST, cidr.address, ZERO_MAC,
                                cidr.address)
+        self._poll6(now)
         reassembler = self.reassembler
         if len(reassembler):
             at = reassembler.poll_at()
@@ -395,6 +421,7 @@ class Interface:
             self._rx_csum_icmp = not cs.icmp
             self._tx_csum = {_UDP: cs.udp, _ICMP: cs.icmp, _TCP: cs.tcp}
         self._rx_csum_tcp = cs is None or not cs.tcp
+        self._ipv6_offload = bool(getattr(caps, "ipv6_offload", False))
         # TCP segments up to tso_max cross the device whole (the guest segments them)
         self._tso_max = getattr(caps, "tso_max", None)
         tcp = sockets.of_kind("tcp")
@@ -410,6 +437,9 @@ class Interface:
         if self._rx_more or self._announce:
             return now
         at = self.neighbors.poll_at()
+        a6 = self._poll_at6()
+        if a6 is not None and (at is None or a6 < at):
+            at = a6
         r = self.reassembler.poll_at()
         if r is not None and (at is None or r < at):
             at = r
@@ -449,6 +479,8 @@ class Interface:
             return
         if frame[12] == 0x08 and frame[13] == 0x00:
             self._rx_ipv4(frame, l2_cast)
+        elif frame[12] == 0x86 and frame[13] == 0xDD:
+            self._rx_ipv6(frame, l2_cast)
         elif frame[12] == 0x08 and frame[13] == 0x06:
             self._rx_arp(frame)
         elif frame[12] == 0x81 and frame[13] == 0x00:
@@ -585,7 +617,10 @@ class Interface:
             stats["udp_no_socket_broadcast"] += 1
         else:
             stats["udp_port_unreachable"] += 1
-            self._icmp_error(ip, pkt, DstUnreachable.PORT_UNREACHABLE)
+            if isinstance(ip, Ipv6Repr):
+                self._icmp6_port_unreachable(pkt)
+            else:
+                self._icmp_error(ip, pkt, DstUnreachable.PORT_UNREACHABLE)
 
     def _rx_tcp(self, ip: Ipv4Repr, pkt: Ipv4Packet, payload: memoryview, cast: bool,
                 raw_taken: bool, src_hw: EthernetAddress) -> None:
@@ -650,14 +685,8 @@ class Interface:
         if src == UNSPECIFIED or src.is_multicast:
             self.stats["icmp_error_suppressed"] += 1
             return
-        now = self._now
-        tokens = self._tokens + max(0.0, now - self._tokens_at) * self.icmp_error_rate
-        self._tokens = min(float(self.icmp_error_burst), tokens)
-        self._tokens_at = now
-        if self._tokens < 1.0:
-            self.stats["icmp_error_rate_limited"] += 1
+        if not self._take_icmp_token():
             return
-        self._tokens -= 1.0
         message = Icmpv4Repr.dst_unreachable(code, quote_offending(pkt))
 
         def fill(buf, _src, csum):
@@ -665,6 +694,18 @@ class Interface:
 
         self.emit(src, _ICMP, message.buffer_len(), fill, ip.dst_addr)
         self.stats["icmp_errors_sent"] += 1
+
+    def _take_icmp_token(self) -> bool:
+        """One ICMP error may go out now (token bucket shared by both families)."""
+        now = self._now
+        tokens = self._tokens + max(0.0, now - self._tokens_at) * self.icmp_error_rate
+        self._tokens = min(float(self.icmp_error_burst), tokens)
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            self.stats["icmp_error_rate_limited"] += 1
+            return False
+        self._tokens -= 1.0
+        return True
 
     # -- transmit -----------------------------------------------------------------------
     def _socket_emit(self, dst, protocol, payload_len, fill, src=None, *, ttl=64,
@@ -709,6 +750,8 @@ class Interface:
         Returns False only when the device has no room (keep the packet, try later);
         True when the datagram was sent, queued for ARP, or dropped for good (no route,
         queue full: counted in `stats`)."""
+        if dst.__class__ is IPv6Address:
+            return self._emit6(dst, protocol, payload_len, fill, src, ttl, dst_hw)
         stats = self.stats
         now = self._now
         hop = None

@@ -1,6 +1,8 @@
-"""IPv4 fragment reassembly (RFC 791 §3.2, RFC 815), bounded and sans-I/O.
+"""IPv4 and IPv6 fragment reassembly (RFC 791 §3.2, RFC 815, RFC 8200 §4.5), bounded and
+sans-I/O.
 
-Theory of operation. Fragments are keyed by (source, destination, protocol, ident). Each
+Theory of operation. Fragments are keyed by (source, destination, protocol, ident) for IPv4
+and (source, destination, ident) for IPv6. Each
 datagram in progress keeps its fragments' payloads as separate byte strings, sorted by
 offset; nothing is ever allocated from a size a fragment claims, only from bytes that
 arrived, and every byte held is charged against `max_bytes` (plus a fixed overhead per
@@ -33,6 +35,8 @@ from dataclasses import dataclass
 from netstack.wire import Error
 from netstack.wire.checksum import checksum
 from netstack.wire.ipv4 import MAX_TOTAL_LEN, Ipv4Packet
+from netstack.wire.ipv6 import HEADER_LEN as IPV6_HEADER_LEN
+from netstack.wire.ipv6 import FragmentInfo
 
 FRAGMENT_OVERHEAD = 64  # bytes charged per fragment held, beyond its payload
 DATAGRAM_OVERHEAD = 256  # bytes charged per datagram in progress (state + first header)
@@ -68,14 +72,9 @@ class _Datagram:
         self.charge = DATAGRAM_OVERHEAD  # bytes charged against max_bytes
 
 
-class Ipv4Reassembler:
-    """Collects IPv4 fragments and returns whole datagrams.
-
-    Call `add(now, packet)` for every fragment (a checked `Ipv4Packet` whose header
-    checksum was verified); it returns the reassembled datagram as bytes (header from the
-    first fragment, total length and flags fixed, checksum refilled) when the last hole
-    closes, else None. Call `expire(now)` at `poll_at()`.
-    """
+class _Reassembler:
+    """The bookkeeping both families share: datagrams keyed by the caller, their pieces
+    sorted by offset, every byte charged against `max_bytes`."""
 
     __slots__ = ("max_bytes", "max_packets", "timeout", "stats", "_datagrams", "_bytes")
 
@@ -122,33 +121,28 @@ class Ipv4Reassembler:
         dgram = self._datagrams.pop(key)
         self._bytes -= dgram.charge
 
-    def add(self, now: float, packet: Ipv4Packet) -> bytes | None:
+    def _overlap(self, key: tuple) -> None:
+        self.stats.overlaps += 1
+        self._drop(key)
+        return None
+
+    def _evict_oldest(self) -> None:
+        self.stats.evicted += 1
+        self._drop(next(iter(self._datagrams)))
+
+    def _piece(self, now: float, key: tuple, offset: int, more: bool, data,
+               header: bytes | None, max_end: int) -> _Datagram | None:
+        """Hold `data` at `offset` of datagram `key` (`header` is kept when offset is 0);
+        the datagram when it is now complete (already forgotten here), else None."""
         stats = self.stats
-        stats.fragments += 1
-        if self._datagrams:
-            self.expire(now)
-        b = packet.buffer
-        try:
-            packet.check_len()
-        except Error:
-            stats.malformed += 1
-            return None
-        header_len = packet.header_len
-        total_len = packet.total_len
-        flg_off = _U16.unpack_from(b, 6)[0]
-        more = bool(flg_off & 0x2000)
-        offset = (flg_off & 0x1FFF) * 8
-        size = total_len - header_len
-        if not more and offset == 0:  # not a fragment at all
-            return bytes(b[:total_len])
+        size = len(data)
         if more and (size == 0 or size % 8):
             stats.malformed += 1
             return None
         end = offset + size
-        key = (bytes(b[12:20]), b[9], _U16.unpack_from(b, 4)[0])
         dgram = self._datagrams.get(key)
 
-        if end + _MIN_HEADER > MAX_TOTAL_LEN:
+        if end > max_end:
             stats.oversize += 1
             if dgram is not None:
                 self._drop(key)
@@ -170,7 +164,7 @@ class Ipv4Reassembler:
         starts, ends = dgram.starts, dgram.ends
         i = bisect_left(starts, offset)
         if i < len(starts) and starts[i] == offset and ends[i] == end:
-            if dgram.datas[i] == b[header_len:total_len]:
+            if dgram.datas[i] == data:
                 stats.duplicates += 1
                 return None
             return self._overlap(key)
@@ -194,28 +188,56 @@ class Ipv4Reassembler:
 
         starts.insert(i, offset)
         ends.insert(i, end)
-        dgram.datas.insert(i, bytes(b[header_len:total_len]))
+        dgram.datas.insert(i, bytes(data))
         dgram.held += size
         dgram.charge += charge
         self._bytes += charge
         if offset == 0:
-            dgram.header = bytes(b[:header_len])
+            dgram.header = header
 
         if dgram.total is None or dgram.held != dgram.total:
             return None
-        return self._finish(key, dgram)
-
-    def _overlap(self, key: tuple) -> None:
-        self.stats.overlaps += 1
         self._drop(key)
-        return None
+        return dgram
 
-    def _evict_oldest(self) -> None:
-        self.stats.evicted += 1
-        self._drop(next(iter(self._datagrams)))
+class Ipv4Reassembler(_Reassembler):
+    """Collects IPv4 fragments and returns whole datagrams.
 
-    def _finish(self, key: tuple, dgram: _Datagram) -> bytes | None:
-        self._drop(key)
+    Call `add(now, packet)` for every fragment (a checked `Ipv4Packet` whose header
+    checksum was verified); it returns the reassembled datagram as bytes (header from the
+    first fragment, total length and flags fixed, checksum refilled) when the last hole
+    closes, else None. Call `expire(now)` at `poll_at()`.
+    """
+
+    __slots__ = ()
+
+    def add(self, now: float, packet: Ipv4Packet) -> bytes | None:
+        stats = self.stats
+        stats.fragments += 1
+        if self._datagrams:
+            self.expire(now)
+        b = packet.buffer
+        try:
+            packet.check_len()
+        except Error:
+            stats.malformed += 1
+            return None
+        header_len = packet.header_len
+        total_len = packet.total_len
+        flg_off = _U16.unpack_from(b, 6)[0]
+        more = bool(flg_off & 0x2000)
+        offset = (flg_off & 0x1FFF) * 8
+        if not more and offset == 0:  # not a fragment at all
+            return bytes(b[:total_len])
+        key = (bytes(b[12:20]), b[9], _U16.unpack_from(b, 4)[0])
+        header = bytes(b[:header_len]) if offset == 0 else None
+        dgram = self._piece(now, key, offset, more, b[header_len:total_len], header,
+                            MAX_TOTAL_LEN - _MIN_HEADER)
+        if dgram is None:
+            return None
+        return self._finish(dgram)
+
+    def _finish(self, dgram: _Datagram) -> bytes | None:
         header = bytearray(dgram.header)  # complete coverage implies offset 0 arrived
         total_len = len(header) + dgram.total
         if total_len > MAX_TOTAL_LEN:
@@ -229,3 +251,51 @@ class Ipv4Reassembler:
         _U16.pack_into(header, 10, checksum(header))
         self.stats.reassembled += 1
         return b"".join([header, *dgram.datas])
+
+
+class Ipv6Reassembler(_Reassembler):
+    """Collects IPv6 fragments (RFC 8200 §4.5) and returns whole datagrams.
+
+    `add(now, datagram, frag)` takes a whole received fragment (fixed header included,
+    bounded by its payload length) and the `FragmentInfo` `walk_headers` found in it. The
+    reassembled datagram keeps the unfragmentable part of the offset-0 fragment, drops the
+    Fragment header, points the preceding Next Header field at what followed it and fixes
+    the payload length. Overlaps drop the datagram (RFC 5722); the default timeout is RFC
+    8200's 60 s. Atomic fragments (RFC 6946) never come here: the interface processes them
+    as they are.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, max_bytes: int = 256 * 1024, max_packets: int = 64,
+                 timeout: float = 60.0) -> None:
+        super().__init__(max_bytes, max_packets, timeout)
+
+    def add(self, now: float, datagram, frag: FragmentInfo) -> bytes | None:
+        stats = self.stats
+        stats.fragments += 1
+        if self._datagrams:
+            self.expire(now)
+        b = memoryview(datagram)
+        unfrag_end = IPV6_HEADER_LEN + frag.header_offset
+        data_start = unfrag_end + 8
+        if data_start > len(b):
+            stats.malformed += 1
+            return None
+        key = (bytes(b[8:40]), frag.ident)
+        header = None
+        if frag.offset == 0:
+            header = bytearray(b[:unfrag_end])
+            header[IPV6_HEADER_LEN + frag.prev_next_header_offset] = frag.next_header
+        dgram = self._piece(now, key, frag.offset, frag.more, b[data_start:], header,
+                            0xFFFF - frag.header_offset)
+        if dgram is None:
+            return None
+        header = dgram.header
+        payload_len = len(header) - IPV6_HEADER_LEN + dgram.total
+        if payload_len > 0xFFFF:
+            stats.oversize += 1
+            return None
+        _U16.pack_into(header, 4, payload_len)
+        stats.reassembled += 1
+        return b"".join([bytes(header), *dgram.datas])

@@ -241,6 +241,7 @@ class HeaderWalk:
     fragment: FragmentInfo | None = None
     router_alert: bool = False
     problem: tuple[int, int, bool] | None = None
+    nh_pointer: int = NEXT_HEADER  # where the Next Header field naming `protocol` is
 
 
 def _options(payload, start: int, end: int) -> tuple[tuple[int, int, bool] | None, bool]:
@@ -293,19 +294,19 @@ def walk_headers(payload, next_header: int,
     count = 0
     while True:
         if nh in (TCP, UDP, ICMPV6, NO_NEXT):
-            return HeaderWalk(nh, pos, fragment, alert)
+            return HeaderWalk(nh, pos, fragment, alert, None, HEADER_LEN + nh_field)
         if nh == HOPBYHOP and count:
             return HeaderWalk(nh, pos, fragment, alert,
                               (PP_UNRECOGNIZED_NEXT_HEADER, HEADER_LEN + nh_field, False))
         if nh not in (HOPBYHOP, DSTOPTS, ROUTING, FRAGMENT):
             # An upper layer we may or may not handle: the interface decides.
-            return HeaderWalk(nh, pos, fragment, alert)
+            return HeaderWalk(nh, pos, fragment, alert, None, HEADER_LEN + nh_field)
         count += 1
         if count > max_headers:
             raise Error("ipv6: too many extension headers")
         if fragment is not None and fragment.more | bool(fragment.offset):
             # Everything after the Fragment header of a real fragment is fragment data.
-            return HeaderWalk(nh, pos, fragment, alert)
+            return HeaderWalk(nh, pos, fragment, alert, None, HEADER_LEN + nh_field)
         if pos + 8 > n:
             raise Error("ipv6: truncated extension header")
         if nh == FRAGMENT:

@@ -115,7 +115,7 @@ def learn_peer(iface, dev, sockets, ip=PEER, mac=PEER_MAC, now=0.0):
 # -- Ethernet and ARP -------------------------------------------------------------------
 
 def test_gratuitous_arp_on_first_poll():
-    iface = Interface(InterfaceConfig(MAC, [Ipv4Cidr.parse(IP_ADDR + "/24")]))
+    iface = Interface(InterfaceConfig(MAC, [Ipv4Cidr.parse(IP_ADDR + "/24")], ipv6=False))
     dev = Dev()
     iface.poll(0.0, dev, SocketSet())
     (f,) = dev.take()
@@ -169,7 +169,7 @@ def test_truncated_and_garbage_frames_are_counted():
     arp = raw(Ether(src=PEER_MAC, dst=str(MAC)) / ARP(op=1, hwsrc=PEER_MAC, psrc=PEER,
                                                       pdst=IP_ADDR))
     frames = [b"", b"\x01" * 5, good[:20], good[:30], arp[:30],
-              bytes(MAC) + b"\x02" * 6 + b"\x86\xdd" + b"\x00" * 40]
+              bytes(MAC) + b"\x02" * 6 + b"\x88\xb5" + b"\x00" * 40]
     assert feed(iface, dev, sockets, *frames) == []
     s = iface.stats
     assert s["eth_truncated"] == 2
@@ -417,7 +417,7 @@ def test_explicit_route_wins_over_default_gateway():
 
 
 def test_no_route_is_dropped_and_counted():
-    iface = Interface(InterfaceConfig(MAC, [Ipv4Cidr.parse(IP_ADDR + "/24")]))
+    iface = Interface(InterfaceConfig(MAC, [Ipv4Cidr.parse(IP_ADDR + "/24")], ipv6=False))
     dev, sockets = Dev(), SocketSet()
     s = UdpSocket()
     s.bind(5000)
@@ -446,7 +446,7 @@ def test_big_udp_datagram_is_fragmented():
 
 
 def test_broadcast_send_from_no_address_and_dhcp_offer_to_foreign_address():
-    iface = Interface(InterfaceConfig(MAC, []))
+    iface = Interface(InterfaceConfig(MAC, [], ipv6=False))
     dev, sockets = Dev(), SocketSet()
     client = UdpSocket()
     client.bind(("0.0.0.0", 68))
@@ -493,7 +493,7 @@ def test_multicast_group_joined_is_received():
 
 
 def test_device_busy_keeps_packets_in_the_socket():
-    iface, dev, sockets = make()
+    iface, dev, sockets = make(ipv6=False)  # no IPv6 timers: poll_at is IPv4's alone
     learn_peer(iface, dev, sockets)
     s = UdpSocket()
     s.bind(5000)

@@ -1,0 +1,363 @@
+"""The interface's IPv6 half, sans-I/O: frames built with scapy go in through the test
+device, what comes out is checked with scapy (checksums included). Time is an argument."""
+
+from __future__ import annotations
+
+from ipaddress import IPv6Address
+
+from scapy.layers.inet6 import (
+    HBHOptUnknown,
+    ICMPv6DestUnreach,
+    ICMPv6EchoReply,
+    ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6ND_RA,
+    ICMPv6ND_RS,
+    ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptMTU,
+    ICMPv6NDOptPrefixInfo,
+    ICMPv6NDOptSrcLLAddr,
+    ICMPv6PacketTooBig,
+    ICMPv6ParamProblem,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    defragment6,
+    fragment6,
+)
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw, raw
+
+from netstack.iface import Interface, InterfaceConfig
+from netstack.iface.ndisc import State
+from netstack.socket import SocketSet
+from netstack.socket.set import Socket
+from netstack.wire.ethernet import EthernetAddress
+from netstack.wire.ipv6 import Ipv6Cidr
+from tests.iface.test_interface import Dev
+
+MAC = EthernetAddress.parse("02:00:00:00:00:01")
+LL = "fe80::ff:fe00:1"  # EUI-64 of MAC
+GLOBAL = "fd00:10:0:2::2"
+PEER_MAC = "02:00:00:00:00:02"
+PEER = "fd00:10:0:2::15"
+PEER_LL = "fe80::ff:fe00:2"
+ROUTER_MAC = "02:00:00:00:00:fe"
+ROUTER_LL = "fe80::1"
+
+
+def make(now: float = 0.0, mtu: int = 1500, **kw):
+    cfg = InterfaceConfig(MAC, [], ipv6_addrs=[Ipv6Cidr.parse(GLOBAL + "/64")], **kw)
+    iface = Interface(cfg, now)
+    dev = Dev(mtu=mtu)
+    sockets = SocketSet()
+    iface.poll(now, dev, sockets)
+    return iface, dev, sockets
+
+
+def feed(iface, dev, sockets, *frames, now: float = 0.0) -> list[Ether]:
+    for f in frames:
+        dev.rx.append(raw(f) if not isinstance(f, bytes | bytearray) else bytes(f))
+    iface.poll(now, dev, sockets)
+    return dev.take()
+
+
+def from_peer(payload, src=PEER, dst=GLOBAL, hlim=64, mac_dst=None):
+    return Ether(src=PEER_MAC, dst=mac_dst or str(MAC)) / IPv6(src=src, dst=dst, hlim=hlim) \
+        / payload
+
+
+def checksums_ok(frame: Ether) -> bool:
+    """Rebuild with scapy computing the checksums: the bytes must not change."""
+    rebuilt = frame.copy()
+    for layer in (ICMPv6EchoReply, ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6DestUnreach,
+                  ICMPv6ParamProblem):
+        if layer in rebuilt:
+            del rebuilt[layer].cksum
+    return raw(Ether(raw(rebuilt))) == raw(frame)
+
+
+def test_link_local_from_mac_and_dad_on_first_poll():
+    cfg = InterfaceConfig(MAC, [], ipv6_addrs=[Ipv6Cidr.parse(GLOBAL + "/64")])
+    iface = Interface(cfg)
+    dev = Dev()
+    iface.poll(0.0, dev, SocketSet())
+    frames = dev.take()
+    assert [str(c.address) for c in iface.ipv6_addrs] == [LL, GLOBAL]
+    ns = [f for f in frames if ICMPv6ND_NS in f]
+    assert {f[ICMPv6ND_NS].tgt for f in ns} == {LL, GLOBAL}
+    for f in ns:  # DAD: from ::, to the solicited-node group, no source link-layer option
+        assert f[IPv6].src == "::" and f[IPv6].dst.startswith("ff02::1:ff")
+        assert f[IPv6].hlim == 255 and ICMPv6NDOptSrcLLAddr not in f
+        assert f.dst.startswith("33:33:ff") and checksums_ok(f)
+    na = [f for f in frames if ICMPv6ND_NA in f]
+    assert {f[ICMPv6ND_NA].tgt for f in na} == {LL, GLOBAL}
+    assert all(f[IPv6].dst == "ff02::1" and f[ICMPv6ND_NA].S == 0 for f in na)
+
+
+def test_neighbor_solicitation_answered_and_sender_learned():
+    iface, dev, sockets = make()
+    dev.take()
+    ns = from_peer(ICMPv6ND_NS(tgt=GLOBAL) / ICMPv6NDOptSrcLLAddr(lladdr=PEER_MAC),
+                   dst="ff02::1:ff00:2", hlim=255, mac_dst="33:33:ff:00:00:02")
+    (na,) = feed(iface, dev, sockets, ns)
+    assert na.dst == PEER_MAC and na[IPv6].src == GLOBAL and na[IPv6].dst == PEER
+    assert na[ICMPv6ND_NA].tgt == GLOBAL and na[ICMPv6ND_NA].S == 1 and na[ICMPv6ND_NA].O == 1
+    assert na[ICMPv6NDOptDstLLAddr].lladdr == str(MAC) and checksums_ok(na)
+    assert iface.neighbors6.state(IPv6Address(PEER)) is State.STALE
+
+
+def test_ns_with_wrong_hop_limit_or_zero_length_option_is_dropped():
+    iface, dev, sockets = make()
+    dev.take()
+    bad_hlim = from_peer(ICMPv6ND_NS(tgt=GLOBAL), hlim=64)
+    zero_opt = from_peer(ICMPv6ND_NS(tgt=GLOBAL) / ICMPv6NDOptSrcLLAddr(len=0, lladdr=PEER_MAC),
+                         hlim=255)
+    assert feed(iface, dev, sockets, bad_hlim, zero_opt) == []
+    assert iface.stats["ndisc_malformed"] == 2
+
+
+def test_echo_to_global_link_local_and_all_nodes():
+    iface, dev, sockets = make()
+    dev.take()
+    reqs = [from_peer(ICMPv6EchoRequest(id=7, seq=1, data=b"hello")),
+            from_peer(ICMPv6EchoRequest(id=7, seq=2, data=b"ll"), src=PEER_LL, dst=LL),
+            from_peer(ICMPv6EchoRequest(id=7, seq=3), src=PEER_LL, dst="ff02::1",
+                      mac_dst="33:33:00:00:00:01")]
+    out = feed(iface, dev, sockets, *reqs)
+    replies = [f for f in out if ICMPv6EchoReply in f]
+    assert [f[ICMPv6EchoReply].seq for f in replies] == [1, 2, 3]
+    assert replies[0][IPv6].src == GLOBAL and replies[0][ICMPv6EchoReply].data == b"hello"
+    assert replies[1][IPv6].src == LL and replies[2][IPv6].src == LL
+    assert all(f.dst == PEER_MAC and checksums_ok(f) for f in replies)
+
+
+def test_fragmented_echo_is_reassembled_and_the_reply_fragmented():
+    iface, dev, sockets = make()
+    dev.take()
+    big = IPv6(src=PEER, dst=GLOBAL) / IPv6ExtHdrFragment(id=99) / \
+        ICMPv6EchoRequest(id=1, seq=1, data=bytes(range(256)) * 16)
+    frags = [Ether(src=PEER_MAC, dst=str(MAC)) / f for f in fragment6(big, 1280)]
+    assert len(frags) == 4
+    out = feed(iface, dev, sockets, *frags)
+    assert len(out) == 3 and all(len(f) <= 1514 for f in out)  # link MTU 1500
+    whole = IPv6(raw(defragment6([f[IPv6] for f in out])))
+    assert whole[ICMPv6EchoReply].data == bytes(range(256)) * 16
+    assert iface.reassembler6.stats.reassembled == 1
+
+
+def test_overlapping_fragments_drop_the_datagram():
+    iface, dev, sockets = make()
+    dev.take()
+    body = raw(ICMPv6EchoRequest(id=1, seq=1, data=b"x" * 64))
+
+    def frag(off, data, m):
+        return from_peer(IPv6ExtHdrFragment(id=5, offset=off // 8, m=m, nh=58) / Raw(data))
+
+    out = feed(iface, dev, sockets, frag(0, body[:48], 1), frag(40, body[40:], 0))
+    assert out == [] and iface.reassembler6.stats.overlaps == 1
+
+
+def test_atomic_fragment_is_processed_as_is():
+    iface, dev, sockets = make()
+    dev.take()
+    pkt = from_peer(IPv6ExtHdrFragment(id=5, offset=0, m=0) / ICMPv6EchoRequest(seq=9))
+    (reply,) = feed(iface, dev, sockets, pkt)
+    assert reply[ICMPv6EchoReply].seq == 9
+
+
+def test_extension_header_chain_of_100_is_dropped():
+    iface, dev, sockets = make()
+    dev.take()
+    chain = IPv6ExtHdrDestOpt()
+    for _ in range(99):
+        chain = chain / IPv6ExtHdrDestOpt()
+    out = feed(iface, dev, sockets, from_peer(chain / ICMPv6EchoRequest()))
+    assert out == [] and iface.stats["ipv6_bad_extension_headers"] == 1
+
+
+def test_unknown_option_with_icmp_action_gets_parameter_problem():
+    iface, dev, sockets = make()
+    dev.take()
+    pkt = from_peer(IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0xC2, optdata=b"ab")])
+                    / ICMPv6EchoRequest())
+    (err,) = feed(iface, dev, sockets, pkt)
+    pp = err[ICMPv6ParamProblem]
+    assert pp.code == 2 and pp.ptr == 42 and err[IPv6].dst == PEER and checksums_ok(err)
+
+
+def test_unknown_upper_layer_gets_parameter_problem_code_1():
+    iface, dev, sockets = make()
+    dev.take()
+    pkt = Ether(src=PEER_MAC, dst=str(MAC)) / IPv6(src=PEER, dst=GLOBAL, nh=253) / b"xyz"
+    (err,) = feed(iface, dev, sockets, pkt)
+    assert err[ICMPv6ParamProblem].code == 1 and err[ICMPv6ParamProblem].ptr == 6
+
+
+def test_send_resolves_with_ns_then_na_releases_the_queue():
+    iface, dev, sockets = make()
+    dev.take()
+    iface._now, iface._device, iface._sockets = 0.0, dev, sockets
+    sent = iface.emit(IPv6Address(PEER), 58, len(raw(ICMPv6EchoRequest(seq=4))),
+                      lambda buf, src, csum: buf.__setitem__(slice(None), raw(
+                          IPv6(src=str(src), dst=PEER) / ICMPv6EchoRequest(seq=4))[40:]))
+    assert sent
+    (ns,) = dev.take()
+    assert ns[ICMPv6ND_NS].tgt == PEER and ns[IPv6].dst == "ff02::1:ff00:15"
+    assert ns[ICMPv6NDOptSrcLLAddr].lladdr == str(MAC) and ns[IPv6].src == GLOBAL
+    na = from_peer(ICMPv6ND_NA(tgt=PEER, S=1, O=1) / ICMPv6NDOptDstLLAddr(lladdr=PEER_MAC),
+                   hlim=255)
+    (echo,) = feed(iface, dev, sockets, na)
+    assert echo.dst == PEER_MAC and echo[ICMPv6EchoRequest].seq == 4
+    assert iface.neighbors6.state(IPv6Address(PEER)) is State.REACHABLE
+
+
+def test_unresolved_neighbor_gives_up_after_three_solicitations():
+    iface, dev, sockets = make()
+    dev.take()
+    iface._now, iface._device, iface._sockets = 0.0, dev, sockets
+    iface.emit(IPv6Address(PEER), 59, 0, lambda *a: None)
+    for t in (1.0, 2.0, 3.0):
+        iface.poll(t, dev, sockets)
+    ns = [f for f in dev.take() if ICMPv6ND_NS in f and f[ICMPv6ND_NS].tgt == PEER]
+    assert len(ns) == 3
+    assert iface.neighbors6.queued == 0 and iface.stats["neighbor_unreachable"] == 1
+
+
+def test_dad_conflict_removes_the_address():
+    iface, dev, sockets = make()
+    dev.take()
+    na = from_peer(ICMPv6ND_NA(tgt=GLOBAL, O=1) / ICMPv6NDOptDstLLAddr(lladdr=PEER_MAC),
+                   src=PEER_LL, dst="ff02::1", hlim=255, mac_dst="33:33:00:00:00:01")
+    feed(iface, dev, sockets, na, now=0.5)
+    assert [str(c.address) for c in iface.ipv6_addrs] == [LL]
+    assert iface.stats["ipv6_dad_failed"] == 1
+
+
+def test_dad_probe_from_another_node_is_defended_after_dad():
+    iface, dev, sockets = make()
+    dev.take()
+    probe = from_peer(ICMPv6ND_NS(tgt=GLOBAL), src="::", dst="ff02::1:ff00:2", hlim=255,
+                      mac_dst="33:33:ff:00:00:02")
+    (na,) = feed(iface, dev, sockets, probe, now=2.0)
+    assert na[IPv6].dst == "ff02::1" and na[ICMPv6ND_NA].tgt == GLOBAL
+    assert na[ICMPv6ND_NA].S == 0
+    assert [str(c.address) for c in iface.ipv6_addrs] == [LL, GLOBAL]
+
+
+def test_router_advertisement_gives_a_default_router_and_mtu():
+    iface, dev, sockets = make()
+    dev.take()
+    ra = Ether(src=ROUTER_MAC, dst="33:33:00:00:00:01") / \
+        IPv6(src=ROUTER_LL, dst="ff02::1", hlim=255) / ICMPv6ND_RA(routerlifetime=600) / \
+        ICMPv6NDOptSrcLLAddr(lladdr=ROUTER_MAC) / ICMPv6NDOptMTU(mtu=1400) / \
+        ICMPv6NDOptPrefixInfo(prefix="2001:db8:1::", prefixlen=64)
+    feed(iface, dev, sockets, ra)
+    assert iface.ipv6_default_router == IPv6Address(ROUTER_LL)
+    assert iface.path_mtu(IPv6Address("2001:db8:9::1")) == 1400
+    iface._now, iface._device, iface._sockets = 0.0, dev, sockets
+    iface.emit(IPv6Address("2001:db8:9::1"), 59, 0, lambda *a: None)
+    (f,) = dev.take()  # off-link: straight to the router, whose address the RA gave
+    assert f.dst == ROUTER_MAC and f[IPv6].dst == "2001:db8:9::1"
+    iface.emit(IPv6Address("2001:db8:1::7"), 59, 0, lambda *a: None)
+    (ns,) = dev.take()  # on-link prefix: resolved directly
+    assert ns[ICMPv6ND_NS].tgt == "2001:db8:1::7"
+    feed(iface, dev, sockets, ra.copy(), now=1.0)
+    dev.take()
+    iface.poll(700.0, dev, sockets)
+    assert iface.ipv6_default_router is None
+
+
+def test_router_solicitation_goes_to_ndisc_sockets_and_ra_flood_is_bounded():
+    class Taker(Socket):
+        KIND = "ndisc"
+
+        def __init__(self):
+            super().__init__()
+            self.got = []
+
+        def accepts(self, ip, msg):
+            return True
+
+        def process(self, now, ip, msg, payload, src_hw):
+            self.got.append(msg)
+
+        def dispatch(self, now, emit):
+            pass
+
+        def poll_at(self, now):
+            return None
+
+    iface, dev, sockets = make()
+    dev.take()
+    taker = Taker()
+    sockets.add(taker)
+    rs = from_peer(ICMPv6ND_RS() / ICMPv6NDOptSrcLLAddr(lladdr=PEER_MAC), src=PEER_LL,
+                   dst="ff02::2", hlim=255, mac_dst="33:33:00:00:00:02")
+    feed(iface, dev, sockets, rs)
+    assert taker.got == []  # not a router: ff02::2 is not ours
+    iface.ipv6_router = True
+    iface._recompute_accept6()
+    feed(iface, dev, sockets, rs)
+    assert len(taker.got) == 1 and iface.neighbors6.state(IPv6Address(PEER_LL)) is State.STALE
+    iface.ipv6_router = False
+    flood = [Ether(src=f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}", dst="33:33:00:00:00:01")
+             / IPv6(src=f"fe80::{i + 1:x}", dst="ff02::1", hlim=255)
+             / ICMPv6ND_RA(routerlifetime=1800)
+             / ICMPv6NDOptSrcLLAddr(lladdr=f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}")
+             / ICMPv6NDOptPrefixInfo(prefix=f"2001:db8:{i:x}::", prefixlen=64)
+             for i in range(2000)]
+    for i in range(0, 2000, 64):
+        feed(iface, dev, sockets, *flood[i:i + 64])
+    assert len(iface._onlink6) <= 16 and len(iface.neighbors6) <= 1024
+
+
+def test_packet_too_big_lowers_path_mtu_and_later_sends_fragment():
+    iface, dev, sockets = make()
+    dev.take()
+    na = from_peer(ICMPv6ND_NA(tgt=PEER, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr=PEER_MAC),
+                   hlim=255)
+    feed(iface, dev, sockets, na)
+    quote = raw(IPv6(src=GLOBAL, dst=PEER, plen=1460, nh=17))[:40] + bytes(1200)
+    ptb = from_peer(ICMPv6PacketTooBig(mtu=1280) / Raw(quote))
+    feed(iface, dev, sockets, ptb)
+    assert iface.path_mtu(IPv6Address(PEER)) == 1280
+    assert iface.stats["icmpv6_ptb_applied"] == 1
+    iface._now, iface._device, iface._sockets = 0.0, dev, sockets
+    iface.neighbors6.learn(IPv6Address(PEER), EthernetAddress.parse(PEER_MAC), 0.0)
+    payload = bytes(range(200)) * 7
+    iface.emit(IPv6Address(PEER), 59, len(payload),
+               lambda buf, src, csum: buf.__setitem__(slice(None), payload))
+    out = dev.take()
+    assert len(out) == 2 and all(len(f) - 14 <= 1280 for f in out)
+    whole = defragment6([f[IPv6] for f in out])
+    assert raw(whole)[40:] == payload
+
+
+def test_packet_too_big_below_1280_is_clamped_and_foreign_quotes_ignored():
+    iface, dev, sockets = make()
+    dev.take()
+    quote = raw(IPv6(src=GLOBAL, dst=PEER, plen=1460, nh=17))[:40] + bytes(100)
+    feed(iface, dev, sockets, from_peer(ICMPv6PacketTooBig(mtu=500) / Raw(quote)))
+    assert iface.path_mtu(IPv6Address(PEER)) == 1280
+    other = raw(IPv6(src="fd00::99", dst=PEER, plen=1460, nh=17))[:40] + bytes(100)
+    feed(iface, dev, sockets, from_peer(ICMPv6PacketTooBig(mtu=1300) / Raw(other)))
+    assert iface.stats["icmpv6_ptb_not_ours"] == 1
+
+
+def test_not_for_us_and_multicast_source_dropped():
+    iface, dev, sockets = make()
+    dev.take()
+    out = feed(iface, dev, sockets,
+               from_peer(ICMPv6EchoRequest(), dst="fd00:10:0:2::99"),
+               from_peer(ICMPv6EchoRequest(), src="ff02::1"),
+               from_peer(ICMPv6EchoRequest(), dst="ff02::1:2", mac_dst="33:33:00:01:00:02"))
+    assert out == []
+    assert iface.stats["ipv6_not_for_us"] == 1 and iface.stats["ipv6_martian_source"] == 1
+
+
+def test_ipv6_off():
+    iface, dev, sockets = make(ipv6=False)
+    assert dev.take() == [] and iface.ipv6_addrs == []
+    assert feed(iface, dev, sockets, from_peer(ICMPv6EchoRequest())) == []
