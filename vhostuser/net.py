@@ -496,6 +496,7 @@ class VirtioNetDevice:
                 self._dirty.add(q)
                 return _DELIVERED
         src = memoryview(frame)
+        mem = self.memory
         off = 0
         for chain in chains:
             start = off
@@ -504,7 +505,17 @@ class VirtioNetDevice:
                     if off >= need:
                         break
                     take = min(n, need - off)
-                    for piece in self.memory.gpa_segments(addr, take):
+                    if off >= hdr:  # a whole buffer of frame bytes: one view when it can
+                        try:
+                            piece = mem.gpa(addr, take)
+                        except GuestMemoryError:
+                            piece = None  # straddles regions, or bad: piece by piece
+                        if piece is not None:
+                            piece[:] = src[off - hdr:off - hdr + take]
+                            piece.release()
+                            off += take
+                            continue
+                    for piece in mem.gpa_segments(addr, take):
                         k = len(piece)
                         if off >= hdr:
                             piece[:] = src[off - hdr:off - hdr + k]

@@ -75,11 +75,17 @@ class Chain:
 
     @property
     def readable_len(self) -> int:
-        return sum(n for _, n in self.readable)
+        total = 0
+        for _, n in self.readable:
+            total += n
+        return total
 
     @property
     def writable_len(self) -> int:
-        return sum(n for _, n in self.writable)
+        total = 0
+        for _, n in self.writable:
+            total += n
+        return total
 
 
 @dataclass(slots=True)
@@ -318,15 +324,14 @@ class Virtqueue:
                              self._caddr, self._clen, self._cnread, self._cerr)
         if count < 0:
             raise _walk_error(count, self._cerr, self.size)
-        addrs = _ffi.unpack(self._caddr, count)
-        lens = _ffi.unpack(self._clen, count)
-        if count == 1:
-            pair = [(addrs[0], lens[0])]
+        if count == 1:  # most chains: one buffer
+            pair = [(self._caddr[0], self._clen[0])]
             if self._cnread[0]:
                 return Chain(head, pair, [])
             return Chain(head, [], pair)
         nread = self._cnread[0]
-        pairs = list(zip(addrs, lens, strict=True))
+        pairs = list(zip(_ffi.unpack(self._caddr, count), _ffi.unpack(self._clen, count),
+                         strict=True))
         return Chain(head, pairs[:nread], pairs[nread:])
 
     # -- the used side ---------------------------------------------------------------
