@@ -30,6 +30,7 @@ Every request can also be sent on its own (`set_vring_num`, `get_config`, ...), 
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 import select
@@ -333,15 +334,17 @@ class GuestMemoryArea:
             self._free.insert(i, [start, a])
 
     def _release(self, a: int, b: int) -> None:
-        self._free.append([a, b])
-        self._free.sort()
-        merged: list[list[int]] = []
-        for s, e in self._free:
-            if merged and merged[-1][1] == s:
-                merged[-1][1] = e
-            else:
-                merged.append([s, e])
-        self._free = merged
+        """Give [a, b) back, merged with the free ranges it touches (bisect, not a sort
+        of the whole list per free)."""
+        free = self._free
+        i = bisect.bisect_left(free, [a, b])
+        if i > 0 and free[i - 1][1] == a:
+            i -= 1
+            free[i][1] = b
+        else:
+            free.insert(i, [a, b])
+        if i + 1 < len(free) and free[i + 1][0] == free[i][1]:
+            free[i][1] = free.pop(i + 1)[1]
 
     def _reserve(self, a: int, b: int) -> None:
         out = []
@@ -1228,7 +1231,9 @@ class NetFrontend(VhostUserFrontend):
         pos = 0
         try:
             for n in lengths:
-                gpa = self.mem.alloc(n, 8)
+                # whole multiples of the alignment: no 1..7-byte holes left between
+                # buffers for every later first-fit search to walk past
+                gpa = self.mem.alloc((n + 7) & ~7, 8)
                 bufs.append((gpa, n))
                 self.mem.write(gpa, data[pos : pos + n])
                 pos += n
