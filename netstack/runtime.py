@@ -139,13 +139,15 @@ class Runtime:
         self._released = keep
 
     def udp_bind(self, addr=("0.0.0.0", 0), **kwargs):
-        """A std::net-style `netstack.net.UdpSocket` bound to `addr` = (host, port)."""
+        """A std::net-style `netstack.net.UdpSocket` bound to `addr` = (host, port) ("::":
+        both families unless `v6only=True`)."""
         from netstack.net import UdpSocket
 
         return UdpSocket.bind(self, addr, **kwargs)
 
     def tcp_listen(self, addr=("0.0.0.0", 0), backlog: int = 128, **kwargs):
-        """A std::net-style `netstack.net.TcpListener` listening on `addr` = (host, port)."""
+        """A std::net-style `netstack.net.TcpListener` listening on `addr` = (host, port)
+        ("::": both families unless `v6only=True`)."""
         from netstack.net import TcpListener
 
         return TcpListener.bind(self, addr, backlog, **kwargs)

@@ -467,3 +467,64 @@ def test_pysocket_af_inet6_names_and_options(pair):
     with pytest.raises(OSError):
         only.sendto(b"x", ("10.9.0.1", 9))  # v6-only: no IPv4
     only.close()
+
+
+# -- ICMP and raw sockets -------------------------------------------------------------------
+def test_icmp_socket_echo_v6():
+    from netstack.socket.icmp import IcmpSocket
+    from netstack.wire.icmpv6 import Icmpv6Message, Icmpv6Packet, Icmpv6Repr
+
+    s = IcmpSocket()
+    s.bind(0x1234)
+    s.send_echo_request(str(R6), 7, b"ping")
+    sent = []
+
+    def emit(dst, protocol, n, fill, src=None, **kw):
+        buf = bytearray(b"\xa5" * n)
+        fill(memoryview(buf), L6, True)
+        sent.append((dst, protocol, bytes(buf)))
+        return True
+
+    s.dispatch(0.0, emit)
+    [(dst, proto, msg)] = sent
+    assert dst == R6 and proto == 58
+    req = Icmpv6Repr.parse(Icmpv6Packet(msg), L6, R6)  # checksum over the pseudo-header
+    assert (req.msg_type, req.ident, req.seq_no, req.data) == (128, 0x1234, 7, b"ping")
+    reply = Icmpv6Repr.echo_reply(0x1234, 7, b"ping")
+    buf = bytearray(reply.buffer_len())
+    reply.emit(Icmpv6Packet(buf), R6, L6)
+    ip = Ipv6Repr(R6, L6, 58, len(buf))
+    assert s.accepts(ip, reply)
+    s.process(0.0, ip, reply, memoryview(buf))
+    assert not s.accepts(ip, Icmpv6Repr.echo_reply(0x9999, 7, b""))
+    got, src = s.recv_repr()
+    assert src == R6 and got.msg_type == Icmpv6Message.ECHO_REPLY and got.data == b"ping"
+
+
+def test_icmp_socket_v6_error_quoting_our_udp_port():
+    from netstack.socket.icmp import IcmpSocket
+    from netstack.wire.icmpv6 import Icmpv6Message, Icmpv6Repr
+
+    s = IcmpSocket()
+    s.bind(udp_port=5000)
+    quote = bytes(6) + bytes([17]) + bytes(33) + (5000).to_bytes(2, "big") + bytes(6)
+    err = Icmpv6Repr(Icmpv6Message.DST_UNREACHABLE, 4, 0, 0, 0, 0, quote)
+    assert s.accepts(Ipv6Repr(R6, L6, 58, 8 + len(quote)), err)
+    other = quote[:40] + (5001).to_bytes(2, "big") + bytes(6)
+    assert not s.accepts(Ipv6Repr(R6, L6, 58, 8 + len(quote)),
+                         Icmpv6Repr(Icmpv6Message.DST_UNREACHABLE, 4, 0, 0, 0, 0, other))
+
+
+def test_raw_socket_families():
+    from netstack.socket.raw import RawSocket
+
+    v4, v6 = RawSocket(253), RawSocket(253, version=6)
+    ip6 = Ipv6Repr(R6, L6, 253, 4)
+    ip4 = Ipv4Repr(R4, L4, 253, 4)
+    assert v6.accepts(ip6) and not v6.accepts(ip4)
+    assert v4.accepts(ip4) and not v4.accepts(ip6)
+    v6.send_to(b"abcd", str(R6))
+    with pytest.raises(Unaddressable):
+        v6.send_to(b"abcd", str(R4))
+    with pytest.raises(Unaddressable):
+        v4.send_to(b"abcd", str(R6))

@@ -1,4 +1,7 @@
-"""Raw IPv4 sockets (sans-I/O): whole IPv4 payloads of one protocol number, both ways.
+"""Raw IP sockets (sans-I/O): whole IP payloads of one protocol number, both ways.
+
+A raw socket serves one family: IPv4 (the default) or IPv6 (`RawSocket(proto, version=6)`),
+whose payloads are the upper layer after the extension headers (`ip_repr.protocol`).
 
 A raw socket sees every datagram of its protocol the interface accepts (after reassembly),
 alongside the interface's own handling (echo replies, UDP sockets). A datagram of a
@@ -8,23 +11,28 @@ Sent payloads go out as they are: the caller writes the transport header and che
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
+from netstack.socket.addr import parse_addr
 from netstack.socket.errors import BufferFull, TooLarge, Unaddressable
 from netstack.socket.set import PacketBuffer, Socket
 
 MAX_PAYLOAD = 65535 - 20
+MAX_PAYLOAD_V6 = 65535
 
 
 class RawSocket(Socket):
-    __slots__ = ("ip_protocol", "rx", "tx", "ttl", "rx_dropped", "open")
+    __slots__ = ("ip_protocol", "rx", "tx", "ttl", "rx_dropped", "open", "version")
     KIND = "raw"
 
     def __init__(self, ip_protocol: int, rx_buffer: PacketBuffer | None = None,
-                 tx_buffer: PacketBuffer | None = None) -> None:
+                 tx_buffer: PacketBuffer | None = None, *, version: int = 4) -> None:
         super().__init__()
         if not 0 <= ip_protocol <= 255:
             raise ValueError(f"bad IP protocol {ip_protocol}")
+        if version not in (4, 6):
+            raise ValueError(f"bad IP version {version}")
+        self.version = version
         self.ip_protocol = int(ip_protocol)
         self.rx = rx_buffer if rx_buffer is not None else PacketBuffer(32, 64 * 1024)
         self.tx = tx_buffer if tx_buffer is not None else PacketBuffer(32, 64 * 1024)
@@ -44,15 +52,18 @@ class RawSocket(Socket):
     def can_send(self) -> bool:
         return self.open and not self.tx.is_full()
 
-    def send_to(self, payload, dst, src: IPv4Address | None = None) -> None:
-        """Queue one IPv4 payload to `dst` (source chosen by the interface unless given)."""
+    def send_to(self, payload, dst, src: IPv4Address | IPv6Address | None = None) -> None:
+        """Queue one payload to `dst`, an address of the socket's family (source chosen by
+        the interface unless given)."""
         if not self.open:
             raise Unaddressable("socket is closed")
-        if len(payload) > MAX_PAYLOAD:
+        if len(payload) > (MAX_PAYLOAD if self.version == 4 else MAX_PAYLOAD_V6):
             raise TooLarge(f"{len(payload)} bytes do not fit in one datagram")
-        dst = dst if isinstance(dst, IPv4Address) else IPv4Address(dst)
-        if dst == IPv4Address(0):
-            raise Unaddressable("cannot send to 0.0.0.0")
+        dst = parse_addr(dst)
+        if dst.version != self.version or (src is not None and src.version != self.version):
+            raise Unaddressable(f"an IPv{self.version} raw socket cannot send to {dst}")
+        if dst.is_unspecified:
+            raise Unaddressable(f"cannot send to {dst}")
         self.tx.push((dst, src), bytes(payload))
 
     def dispatch(self, now: float, emit) -> None:
@@ -75,7 +86,8 @@ class RawSocket(Socket):
         return now if self.tx else None
 
     def accepts(self, ip_repr, header=None) -> bool:
-        return self.open and ip_repr.protocol == self.ip_protocol
+        return self.open and ip_repr.protocol == self.ip_protocol and \
+            ip_repr.dst_addr.version == self.version
 
     def process(self, now: float, ip_repr, header, payload: memoryview, src_hw=None) -> None:
         try:

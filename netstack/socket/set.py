@@ -4,8 +4,11 @@ bounded `PacketBuffer` datagram sockets store packets in.
 The protocol (smoltcp's `AnySocket` as a duck type). Each socket class has a `KIND`
 ("udp", "icmp", "raw", and "tcp" when it exists) that the interface demultiplexes on, and:
 
-- `accepts(ip_repr, header) -> bool`: would this socket take the packet? `header` is the
-  parsed transport repr (`UdpRepr`, `Icmpv4Repr`, ...; for raw sockets None).
+- `accepts(ip_repr, header) -> bool`: would this socket take the packet? `ip_repr` is an
+  `Ipv4Repr` or an `Ipv6Repr` (same `src_addr`/`dst_addr`/`protocol` names; tell them
+  apart by `dst_addr.version`); `header` is the parsed transport repr (`UdpRepr`,
+  `TcpRepr`, `Icmpv4Repr`/`Icmpv6Repr`; for raw sockets None). Dual-stack binding rules
+  are in `netstack.socket.addr`.
 - `process(now, ip_repr, header, payload, src_hw)`: take it. `payload` is a memoryview valid
   only during the call (it may point into guest memory): copy what you keep.
 - `dispatch(now, emit)`: hand outgoing packets to `emit` (see `Interface.emit`), one call

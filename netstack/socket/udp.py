@@ -153,10 +153,10 @@ class UdpSocket(Socket):
         addr = unmap(addr)
         if port == 0 or addr.is_unspecified:
             raise Unaddressable(f"cannot send to {addr}:{port}")
-        src = source_for(self._addr, self.v6only, addr)
+        source_for(self._addr, self.v6only, addr)  # raises if our binding cannot reach it
         if len(data) > (MAX_PAYLOAD if addr.version == 4 else MAX_PAYLOAD_V6):
             raise TooLarge(f"{len(data)} bytes do not fit in one UDP datagram")
-        self.tx.push((addr, port, dst_hw, src), bytes(data))
+        self.tx.push((addr, port, dst_hw), bytes(data))
 
     send_slice = send_to
 
@@ -166,8 +166,10 @@ class UdpSocket(Socket):
             return
         sent = False
         sport = self._port
+        bound, v6only = self._addr, self.v6only
         while tx:
-            (addr, port, dst_hw, src), data = tx.peek()
+            (addr, port, dst_hw), data = tx.peek()
+            src = source_for(bound, v6only, addr)
             n = len(data)
 
             def fill(buf, src_addr, csum, port=port, addr=addr, data=data, n=n):
