@@ -177,12 +177,26 @@ def _hostfwd_rule(spec: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _ipv6_prefix(text: str) -> str:
+    import ipaddress
+
+    try:
+        net = ipaddress.IPv6Network(text, strict=False)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not an IPv6 prefix: {text!r} ({e})") from None
+    if net.prefixlen != 64:
+        raise argparse.ArgumentTypeError(
+            f"{text}: SLAAC needs a /64 (RFC 4862), this is a /{net.prefixlen}")
+    return str(net)
+
+
 def _stack_config(args: argparse.Namespace):
     from apps.stack import StackConfig
 
     start, _, count = (args.dhcp_range or "").partition(",")
     cfg = StackConfig(address=args.address, dns_address=args.dns_address, mac=args.mac,
-                      mtu=args.mtu, dhcp=not args.no_dhcp, dns_records=list(args.dns_record))
+                      mtu=args.mtu, dhcp=not args.no_dhcp, dns_records=list(args.dns_record),
+                      ipv6=not args.no_ipv6, ipv6_prefix=args.ipv6_prefix)
     if start:
         cfg.dhcp_start = start
     if count:
@@ -240,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--dhcp-range", metavar="START[,COUNT]",
                     help="first address leased (and how many); default 10.0.2.15 to .254")
     st.add_argument("--no-dhcp", action="store_true", help="do not run the DHCP server")
+    st.add_argument("--ipv6-prefix", default="fd00:10:0:2::/64", type=_ipv6_prefix,
+                    metavar="PREFIX/LEN",
+                    help="the IPv6 prefix we advertise for SLAAC; we are ::2 in it and the DNS "
+                         "server ::3 (default fd00:10:0:2::/64)")
+    st.add_argument("--no-ipv6", action="store_true",
+                    help="IPv4 only: no IPv6 addresses, router advertisements or DHCPv6")
     st.add_argument("--dns-record", action="append", default=[], metavar="NAME=ADDR",
                     help="an extra A/AAAA record (repeatable), e.g. host.vhostnet=10.0.2.50")
     st.add_argument("--pcap", metavar="FILE",

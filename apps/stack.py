@@ -3,6 +3,11 @@ expect it: we are 10.0.2.2/24 (and 10.0.2.3, the DNS server) with MAC 52:55:0a:0
 a DHCP server leases from 10.0.2.15, a DNS responder knows gateway.vhostnet and
 dns.vhostnet, and the example apps listen (UDP echo on 7, udpserver on 5555; TCP echo
 on 7, discard on 9, chargen on 19, echoserver on 5555, HTTP on 80).
+
+IPv6 (unless `ipv6=False`): we are the link's router, fd00:10:0:2::2 (and ::3, the DNS
+server) plus a link-local address from the MAC; router advertisements give the guest the
+/64 for SLAAC, the MTU and the DNS server (RDNSS), stateless DHCPv6 answers DNS servers
+too, the DNS responder has AAAA records, and every app listens on both families.
 """
 
 from __future__ import annotations
@@ -15,11 +20,15 @@ from dataclasses import dataclass, field
 from netstack.iface import Interface, InterfaceConfig
 from netstack.runtime import Runtime
 from netstack.socket.dhcp_server import DhcpServer, DhcpServerConfig
+from netstack.socket.dhcpv6_server import Dhcpv6Server, Dhcpv6ServerConfig, Dhcpv6ServerSocket
 from netstack.socket.dns_responder import DnsResponder, parse_record_spec
+from netstack.socket.router_adv import RouterAdvConfig, RouterAdvertiser
 from netstack.socket.services import DhcpServerSocket, DnsServerSocket
 from netstack.socket.set import SocketSet
+from netstack.wire.dhcpv6 import ALL_DHCP_RELAY_AGENTS_AND_SERVERS
 from netstack.wire.ethernet import EthernetAddress
 from netstack.wire.ipv4 import Ipv4Cidr
+from netstack.wire.ipv6 import Ipv6Cidr
 
 
 @dataclass
@@ -34,10 +43,27 @@ class StackConfig:
     lease_time: int = 3600
     dns_records: list[str] = field(default_factory=list)  # NAME=ADDR
     apps: bool = True
+    ipv6: bool = True
+    ipv6_prefix: str = "fd00:10:0:2::/64"  # we are ::2, the DNS server ::3
 
     @property
     def interface(self) -> ipaddress.IPv4Interface:
         return ipaddress.IPv4Interface(self.address)
+
+    @property
+    def ipv6_network(self) -> ipaddress.IPv6Network:
+        net = ipaddress.IPv6Network(self.ipv6_prefix, strict=False)
+        if net.prefixlen > 126:
+            raise ValueError(f"IPv6 prefix {self.ipv6_prefix} leaves no room for ::2 and ::3")
+        return net
+
+    @property
+    def ipv6_address(self) -> ipaddress.IPv6Address:
+        return self.ipv6_network[2]
+
+    @property
+    def ipv6_dns_address(self) -> ipaddress.IPv6Address:
+        return self.ipv6_network[3]
 
 
 @dataclass
@@ -79,8 +105,14 @@ def build_stack(config: StackConfig | None = None) -> Stack:
     addrs = [Ipv4Cidr(net.ip, net.network.prefixlen)]
     if config.dns_address and ipaddress.IPv4Address(config.dns_address) != net.ip:
         addrs.append(Ipv4Cidr(ipaddress.IPv4Address(config.dns_address), net.network.prefixlen))
-    iface = Interface(InterfaceConfig(hardware_addr=EthernetAddress.parse(config.mac),
-                                      ip_addrs=addrs))
+    mac = EthernetAddress.parse(config.mac)
+    addrs6: list[Ipv6Cidr] = []
+    if config.ipv6:
+        net6 = config.ipv6_network
+        addrs6 = [Ipv6Cidr(config.ipv6_address, net6.prefixlen),
+                  Ipv6Cidr(config.ipv6_dns_address, net6.prefixlen)]
+    iface = Interface(InterfaceConfig(hardware_addr=mac, ip_addrs=addrs, ipv6=config.ipv6,
+                                      ipv6_addrs=addrs6, ipv6_router=True, accept_ra=False))
     sockets = SocketSet()
     dhcp = None
     if config.dhcp:
@@ -90,9 +122,21 @@ def build_stack(config: StackConfig | None = None) -> Stack:
             dns_servers=(config.dns_address or str(net.ip),), lease_time=config.lease_time))
         sockets.add(DhcpServerSocket(dhcp))
     dns = DnsResponder()
+    if config.ipv6:
+        dns.add_record(f"gateway.{dns.domain}", config.ipv6_address)
+        dns.add_record(f"dns.{dns.domain}", config.ipv6_dns_address)
     for spec in config.dns_records:
         dns.add_record(*parse_record_spec(spec))
     for cidr in addrs:
         sockets.add(DnsServerSocket(dns, str(cidr.address)))
+    if config.ipv6:
+        for cidr6 in addrs6:
+            sockets.add(DnsServerSocket(dns, str(cidr6.address)))
+        dns_servers = (config.ipv6_dns_address,)
+        sockets.add(RouterAdvertiser(RouterAdvConfig(
+            prefixes=[config.ipv6_network], rdnss=list(dns_servers), mtu=config.mtu), mac))
+        sockets.add(Dhcpv6ServerSocket(Dhcpv6Server(Dhcpv6ServerConfig(
+            mac, dns_servers=dns_servers, domain_list=(dns.domain,)))))
+        iface.join_multicast_group(ALL_DHCP_RELAY_AGENTS_AND_SERVERS)
     runtime = Runtime(iface, None, sockets)
     return Stack(config, iface, sockets, runtime, dhcp, dns)

@@ -49,7 +49,7 @@ def serve_tcp(runtime: Runtime, stop: threading.Event, port: int,
                 streams.discard(stream)
             slots.release()
 
-    with TcpListener.bind(runtime, ("0.0.0.0", port)) as listener:
+    with TcpListener.bind(runtime, ("::", port)) as listener:  # both families
         listener.set_timeout(POLL)
         while not stop.is_set():
             if not slots.acquire(timeout=POLL):

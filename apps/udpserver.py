@@ -9,7 +9,7 @@ from netstack.runtime import Runtime
 
 
 def serve(runtime: Runtime, stop: threading.Event, port: int = 5555) -> None:
-    with runtime.udp_bind(("0.0.0.0", port)) as sock:
+    with runtime.udp_bind(("::", port)) as sock:  # both families
         sock.set_read_timeout(0.5)
         while not stop.is_set():
             try:

@@ -191,7 +191,7 @@ class Dhcpv6ServerSocket(UdpSocket):
     def __init__(self, server: Dhcpv6Server) -> None:
         super().__init__()
         self.server = server
-        self.bind(SERVER_PORT)
+        self.bind(("::", SERVER_PORT), v6only=True)
 
     def process(self, now, ip_repr, udp_repr, payload, src_hw=None) -> None:
         try:
