@@ -18,7 +18,8 @@ import time
 DESCRIPTION = """\
 Fetch URL from an HTTP server running inside a QEMU guest, through vhostnet's own TCP/IP
 stack: this process is the guest's NIC (a vhost-user backend) and the host side of its
-network (10.0.2.2, DHCP leases from 10.0.2.15). Nothing crosses the host kernel's stack.
+network (10.0.2.2, DHCP leases from 10.0.2.15; fd00:10:0:2::2, router advertisements for
+SLAAC). Nothing crosses the host kernel's stack.
 
 It serves the NIC, waits for the guest to attach and for the URL to answer (--wait), then
 prints the status, size, SHA-256, time and throughput."""
@@ -33,7 +34,12 @@ example, with a server in the guest:
   mkdir -p /tmp/www && dd if=/dev/urandom of=/tmp/www/big bs=1M count=8
   httpd -p 8080 -h /tmp/www     # busybox httpd
 
-The host must be an IPv4 address (the stack has no DNS resolver); only http://."""
+  # or over IPv6 (the guest configures fd00:10:0:2:<EUI-64> from our router advertisement;
+  # busybox httpd listens on both families):
+  vhostnet get --socket-path /tmp/vhn.sock http://[fd00:10:0:2:5054:ff:fe12:3456]:8080/big
+
+The host must be an IP address, IPv6 in brackets (the stack has no DNS resolver); only
+http://."""
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -43,8 +49,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("get", help="fetch a URL from a server inside the guest, through our stack",
                        description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("url", metavar="URL", help="http://IPv4[:PORT]/PATH, e.g. "
-                                              "http://10.0.2.15:8080/")
+    p.add_argument("url", metavar="URL", help="http://IP[:PORT]/PATH, e.g. "
+                                              "http://10.0.2.15:8080/ or "
+                                              "http://[fd00:10:0:2::15]:8080/")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write the body to FILE ('-': standard output, the report then goes to "
                         "standard error); default: count it and drop it")

@@ -47,7 +47,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from http import HTTPStatus
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 from urllib.parse import urlsplit
 
 from netstack.net import TcpStream
@@ -589,17 +589,20 @@ def send_response(stream: TcpStream, response: Response, *, keep_alive: bool,
 # -- I/O: the client ----------------------------------------------------------------------
 
 def parse_url(url: str) -> tuple[tuple[str, int], str, str]:
-    """`http://IPv4[:port]/path?query` as ((host, port), target, Host header). Only IPv4
-    literals: the stack has no DNS resolver."""
+    """`http://HOST[:port]/path?query` as ((host, port), target, Host header). HOST is an
+    IPv4 literal or a bracketed IPv6 one (`http://[fd00:10:0:2::15]:8080/`; a `%zone` is
+    accepted and ignored): the stack has no DNS resolver."""
     parts = urlsplit(url)
     if parts.scheme != "http":
         raise ValueError(f"only http:// URLs are supported, not {url!r}")
     try:
-        host = str(IPv4Address(parts.hostname or ""))
+        name = (parts.hostname or "").partition("%")[0]
+        host = str(ip_address(name))
         port = parts.port or 80
     except ValueError:
-        raise ValueError(f"the host of {url!r} must be an IPv4 address and port "
-                         "(the stack has no DNS resolver), e.g. http://10.0.2.15:8080/") from None
+        raise ValueError(f"the host of {url!r} must be an IP address and port (the stack has "
+                         "no DNS resolver), e.g. http://10.0.2.15:8080/ or "
+                         "http://[fd00:10:0:2::15]:8080/") from None
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return (host, port), target, parts.netloc.rpartition("@")[2]
 

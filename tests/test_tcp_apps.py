@@ -25,6 +25,7 @@ from apps.http import (
     ResponseHead,
     http_get,
     http_open,
+    parse_url,
     pattern_chunks,
     request_head,
     response_head,
@@ -447,7 +448,7 @@ def test_http_client_errors(served):
     ra, _ = served
     with pytest.raises(ConnectionRefusedError):
         http_get(ra, f"http://{B_IP}:81/", timeout=5)
-    with pytest.raises(ValueError, match="IPv4"):
+    with pytest.raises(ValueError, match="must be an IP address"):
         http_get(ra, "http://example.com/", timeout=5)
     with pytest.raises(ValueError, match="http://"):
         http_get(ra, f"https://{B_IP}/", timeout=5)
@@ -467,3 +468,27 @@ def test_many_concurrent_http_clients(served):
     for t in threads:
         t.join(60)
     assert results == [(200, True)] * 50
+
+
+def test_parse_url_takes_ipv6_literals():
+    assert parse_url("http://[fd00:10:0:2::15]:8080/x?y=1") == \
+        (("fd00:10:0:2::15", 8080), "/x?y=1", "[fd00:10:0:2::15]:8080")
+    assert parse_url("http://[fe80::1%25eth0]/")[0] == ("fe80::1", 80)
+    with pytest.raises(ValueError, match="IP address"):
+        parse_url("http://example.com/")
+
+
+def test_http_and_echo_over_ipv6_link_local(served):
+    """The apps listen on :: — the same servers answer over IPv6 (B's link-local address,
+    derived from its MAC)."""
+    ra, rb = served
+    b6 = rb.iface.link_local6
+    with http_open(ra, f"http://[{b6}]/bytes/300000", timeout=10) as resp:
+        assert resp.status == 200
+        got = sha256_of_stream(resp.iter_body())
+    assert got == (300_000, hashlib.sha256(bytes(i % 256 for i in range(300_000))).hexdigest())
+    with TcpStream.connect(ra, (str(b6), 7), timeout=5) as s:  # TCP echo, same listener
+        s.set_read_timeout(10)
+        s.write_all(b"ping6")
+        assert s.read_exact(5) == b"ping6"
+        assert s.peer_addr()[0] == str(b6)
