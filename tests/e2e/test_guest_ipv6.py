@@ -249,6 +249,13 @@ def test_our_stack_connects_to_the_guest_over_ipv6(slaac_vm, served6):
     print(f"link-local: peer_addr() {peer}, neighbour {nd.state(GUEST_LINK_LOCAL6)}")
     assert ipaddress.IPv6Address(peer.host.split("%")[0]) == GUEST_LINK_LOCAL6, peer
     assert hashlib.sha256(body).hexdigest() == digest
+    # and through the HTTP client `vhostnet get` uses, with a bracketed literal
+    from apps.http import http_get
+
+    status, _, body = http_get(rt, f"http://[{GUEST_SLAAC}]:8080/blob", timeout=60)
+    assert (status, hashlib.sha256(body).hexdigest()) == (200, digest)
+    status, _, _ = http_get(rt, f"http://[{GUEST_SLAAC}]:8080/nothing-here", timeout=60)
+    assert status == 404
 
 
 def test_dual_stack_aaaa_over_ipv4(slaac_vm):
