@@ -66,13 +66,15 @@ DEFAULT_FEATURES = bits(
     Feature.F_ANY_LAYOUT,
     Feature.PROTOCOL_FEATURES,
 )
-# Checksum and TCP segmentation offloads (IPv4): the stack takes and gives 64 KiB TCP
-# segments with the checksum left to whoever delivers them (see offload.py).
+# Checksum and TCP segmentation offloads (IPv4 and IPv6): the stack takes and gives 64 KiB
+# TCP segments with the checksum left to whoever delivers them (see offload.py).
 OFFLOAD_FEATURES = bits(
     Feature.NET_F_CSUM,
     Feature.NET_F_GUEST_CSUM,
     Feature.NET_F_HOST_TSO4,
+    Feature.NET_F_HOST_TSO6,
     Feature.NET_F_GUEST_TSO4,
+    Feature.NET_F_GUEST_TSO6,
 )
 DEFAULT_PROTOCOL_FEATURES = bits(
     ProtocolFeature.MQ,

@@ -65,9 +65,10 @@ class NetCapabilities:
     checksum: ChecksumOffload | None = None
     tso_max: int | None = None
     lro: bool = False
+    ipv6_offload: bool = False
 
 
-TSO_MAX = 65000  # TCP payload per segment handed to a GUEST_TSO4 guest (IP total ≤ 64 KiB)
+TSO_MAX = 65000  # TCP payload per segment handed to a GUEST_TSO4/6 guest (IP total ≤ 64 KiB)
 
 
 class _Outcome:
@@ -148,7 +149,9 @@ class VirtioNetDevice:
         self.csum_offload = False  # CSUM or GUEST_CSUM: TCP checksums left to the device
         self.guest_csum = False
         self.guest_tso = False
+        self.guest_tso6 = False
         self.host_tso = False
+        self.ipv6_offload = False
         self.on_frame: FrameHook | None = None
         self.stats: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
@@ -172,7 +175,13 @@ class VirtioNetDevice:
         self.guest_csum = has(features, Feature.NET_F_GUEST_CSUM)
         self.csum_offload = self.guest_csum or has(features, Feature.NET_F_CSUM)
         self.guest_tso = self.guest_csum and has(features, Feature.NET_F_GUEST_TSO4)
-        self.host_tso = has(features, Feature.NET_F_HOST_TSO4)
+        self.guest_tso6 = self.guest_csum and has(features, Feature.NET_F_GUEST_TSO6)
+        self.host_tso = has(features, Feature.NET_F_HOST_TSO4) or has(
+            features, Feature.NET_F_HOST_TSO6)
+        # The stack treats IPv6 TCP like IPv4 (checksum left to us, segments up to tso_max)
+        # only when we can deliver that: a guest with GUEST_TSO4 but not GUEST_TSO6 could
+        # not take a 64 KiB IPv6 segment whole, so IPv6 then keeps software checksums.
+        self.ipv6_offload = self.csum_offload and (self.guest_tso6 or not self.guest_tso)
 
     def capabilities(self) -> NetCapabilities:
         return NetCapabilities(
@@ -180,6 +189,7 @@ class VirtioNetDevice:
             checksum=ChecksumOffload(tcp=True) if self.csum_offload else None,
             tso_max=TSO_MAX if self.guest_tso else None,
             lro=self.host_tso,
+            ipv6_offload=self.ipv6_offload,
         )
 
     def _guest_header(self, frame) -> bytes:
@@ -188,7 +198,7 @@ class VirtioNetDevice:
         if not self.csum_offload:
             return NO_OFFLOAD
         return header_for_guest(frame, self.mtu, guest_csum=self.guest_csum,
-                                guest_tso=self.guest_tso)
+                                guest_tso=self.guest_tso, guest_tso6=self.guest_tso6)
 
     def _rx_queues(self) -> list[Virtqueue]:
         return self.queues[0::2]

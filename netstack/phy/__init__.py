@@ -76,6 +76,8 @@ class DeviceCapabilities:
     tso_max: int | None = None
     # The device may hand us frames larger than the MTU (the guest's TSO/LRO).
     lro: bool = False
+    # IPv6 TCP gets the same checksum and segmentation offloads as IPv4 (`checksum`, `tso_max`).
+    ipv6_offload: bool = False
 
 
 class RxToken(Protocol):
