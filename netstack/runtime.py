@@ -97,6 +97,7 @@ class Runtime:
 
     def wake(self) -> None:
         """Make the loop poll soon: call after queueing data from another thread."""
+        # (the sockets an application changed marked themselves dirty: see SocketSet)
         fd = self._wake_fd
         if fd is not None:
             try:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 
 from netstack.iface.ipv6 import Ipv6Layer
 from netstack.iface.reassembly import Ipv4Reassembler
+from netstack.socket.tcp.socket import TcpSocket
 from netstack.socket.tcp.socket import rst_reply as _tcp_rst_reply
 from netstack.wire import Error
 from netstack.wire.arp import ArpOperation, ArpPacket, ArpRepr
@@ -70,6 +71,7 @@ DHCP_CLIENT_PORT = 68
 
 ETH_HEADER_LEN = 14
 IP_HEADER_LEN = 20
+FULL_SCAN_INTERVAL = 0.05  # seconds: every socket is visited at least this often when polled
 ARP_FRAME_LEN = ETH_HEADER_LEN + 28
 _ETHERTYPE_IPV4 = b"\x08\x00"
 _ETHERTYPE_ARP = b"\x08\x06"
@@ -292,6 +294,7 @@ class Interface(Ipv6Layer):
         self._tcp_sig: tuple = ()
         self._tso_max: int | None = None
         self._ipv6_offload = False
+        self._next_full_scan = now
         self.set_ip_addrs(config.ip_addrs)
         self.set_default_gateway(config.default_gateway)
         for cidr, via in config.routes:
@@ -396,11 +399,24 @@ class Interface(Ipv6Layer):
 
         self._tx_blocked = False
         emit = self._socket_emit
-        for sock in sockets:
-            self._budget = self.tx_budget
+        if now >= self._next_full_scan:  # a safety net for a change nobody announced
+            sockets.all_dirty = True
+            self._next_full_scan = now + FULL_SCAN_INTERVAL
+        due = sockets.due(now)
+        dirty, sched = sockets.dirty, sockets.sched
+        budget = self.tx_budget
+        for i, sock in enumerate(due):
+            self._budget = budget
             sock.dispatch(now, emit)
             if self._tx_blocked:
+                dirty.update(due[i:])  # the device is full: they go first next time
                 break
+            dirty.discard(sock)
+            at = sock.poll_at(now)
+            if at is None:
+                sched.pop(sock, None)
+            else:
+                sched[sock] = at
         self._device = None
         return received > 0 or self._emitted != emitted
 
@@ -425,12 +441,13 @@ class Interface(Ipv6Layer):
         # TCP segments up to tso_max cross the device whole (the guest segments them)
         self._tso_max = getattr(caps, "tso_max", None)
         tcp = sockets.of_kind("tcp")
-        sig = (self._mtu, len(tcp), self._tso_max)
+        sig = (self._mtu, len(tcp), self._tso_max, self._ipv6_offload)
         if sig != self._tcp_sig:  # a new TCP socket, MTU or TSO: tell them the sizes
             self._tcp_sig = sig
+            sockets.touch_all()
             for sock in tcp:
                 sock.set_mtu(self._mtu)
-                sock.set_max_segment_size(self._tso_max)
+                sock.set_max_segment_size(self._tso_max, self._ipv6_offload)
 
     def poll_at(self, now: float, sockets: SocketSet) -> float | None:
         """When `poll` must run next (<= now: at once), or None for "when a frame comes"."""
@@ -443,10 +460,12 @@ class Interface(Ipv6Layer):
         r = self.reassembler.poll_at()
         if r is not None and (at is None or r < at):
             at = r
-        for sock in sockets:
-            s = sock.poll_at(now)
-            if s is None:
-                continue
+        # The schedule the last poll left (see SocketSet): no socket is asked here.
+        if sockets.all_dirty or sockets.dirty:
+            s = now + 0.001 if self._tx_blocked else now  # device full: back off, not spin
+            return s if at is None or s < at else at
+        s = sockets.next_at()
+        if s is not None:
             if self._tx_blocked and s <= now:
                 s = now + 0.001  # the device was full: back off instead of spinning
             if at is None or s < at:
@@ -583,6 +602,7 @@ class Interface(Ipv6Layer):
         for sock in sockets.of_kind("raw"):
             if sock.accepts(ip, None):
                 sock.process(now, ip, None, payload, src_hw)
+                sockets.dirty.add(sock)
                 raw_taken = True
         if foreign:
             self._rx_udp(ip, pkt, payload, cast, raw_taken, src_hw, foreign=True)
@@ -608,6 +628,7 @@ class Interface(Ipv6Layer):
         for sock in self._sockets.of_kind("udp"):
             if sock.accepts(ip, udp_repr):
                 sock.process(self._now, ip, udp_repr, udp.payload, src_hw)
+                self._sockets.dirty.add(sock)
                 return
         if foreign:
             stats["ipv4_not_for_us"] += 1
@@ -639,9 +660,19 @@ class Interface(Ipv6Layer):
             return
         if seg.options_malformed:
             stats["tcp_options_malformed"] += 1
-        for sock in self._sockets.of_kind("tcp"):
+        sockets = self._sockets
+        key = (seg.dst_port, ip.src_addr, seg.src_port)
+        sock = sockets.tcp_demux.get(key)
+        if sock is not None and sock._set is sockets and sock.accepts(ip, seg):
+            sock.process(self._now, ip, seg, seg.payload, src_hw)
+            sockets.dirty.add(sock)
+            return
+        for sock in sockets.of_kind("tcp"):
             if sock.accepts(ip, seg):
                 sock.process(self._now, ip, seg, seg.payload, src_hw)
+                sockets.dirty.add(sock)
+                if sock.__class__ is TcpSocket and sock._remote is not None:
+                    sockets.cache_tcp(key, sock)
                 return
         if raw_taken:
             return
@@ -667,6 +698,7 @@ class Interface(Ipv6Layer):
         for sock in self._sockets.of_kind("icmp"):
             if sock.accepts(ip, icmp):
                 sock.process(self._now, ip, icmp, payload, src_hw)
+                self._sockets.dirty.add(sock)
         if icmp.msg_type == Icmpv4Message.ECHO_REQUEST:
             if cast:
                 stats["icmp_echo_broadcast_ignored"] += 1

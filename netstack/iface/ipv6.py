@@ -339,6 +339,7 @@ class Ipv6Layer:
         for sock in self._sockets.of_kind("raw"):
             if sock.accepts(ip, None):
                 sock.process(now, ip, None, upper, src_hw)
+                self._sockets.dirty.add(sock)
                 raw_taken = True
         if proto == _ICMPV6:
             self._rx_icmpv6(ip, pkt, upper, cast, src_hw)
@@ -376,6 +377,7 @@ class Ipv6Layer:
         for sock in self._sockets.of_kind("icmp"):
             if sock.accepts(ip, icmp):
                 sock.process(now, ip, icmp, payload, src_hw)
+                self._sockets.dirty.add(sock)
         if t == _ECHO_REQUEST:
             src = ip.dst_addr if not cast else self._source6_for(ip.src_addr)
             if src is None or ip.src_addr == _UNSPEC:
@@ -425,6 +427,7 @@ class Ipv6Layer:
             if ports is not None and (local[1], remote[1]) != ports:
                 continue
             fn(mtu)
+            self._sockets.dirty.add(sock)
 
     def _rx_ndisc(self, ip: Ipv6Repr, payload: memoryview, src_hw: EthernetAddress) -> None:
         stats = self.stats
@@ -445,12 +448,14 @@ class Ipv6Layer:
             for sock in self._sockets.of_kind("ndisc"):
                 if sock.accepts(ip, msg):
                     sock.process(now, ip, msg, payload, src_hw)
+                    self._sockets.dirty.add(sock)
                     taken = True
             stats["ndisc_rs_received" if taken else "ndisc_rs_ignored"] += 1
         elif isinstance(msg, RouterAdvert):
             for sock in self._sockets.of_kind("ndisc"):
                 if sock.accepts(ip, msg):
                     sock.process(now, ip, msg, payload, src_hw)
+                    self._sockets.dirty.add(sock)
             self._rx_ra(ip, msg)
         else:
             stats["ndisc_redirect_ignored"] += 1

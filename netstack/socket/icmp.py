@@ -21,7 +21,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from netstack.socket.addr import parse_addr, unmap
 from netstack.socket.errors import BufferFull, TooLarge, Unaddressable
-from netstack.socket.set import PacketBuffer, Socket
+from netstack.socket.set import PacketBuffer, Socket, touches
 from netstack.wire.checksum import checksum
 from netstack.wire.icmpv4 import Icmpv4Message, Icmpv4Packet, Icmpv4Repr
 from netstack.wire.icmpv6 import Icmpv6Message, Icmpv6Packet, Icmpv6Repr
@@ -38,6 +38,7 @@ MAX_MESSAGE = 65535 - 20
 MAX_MESSAGE_V6 = 65535  # the IPv6 payload length excludes the fixed header
 
 
+@touches("close", "send_to", "send_echo_request")
 class IcmpSocket(Socket):
     __slots__ = ("rx", "tx", "_ident", "_udp_port", "ttl", "rx_dropped")
     KIND = "icmp"

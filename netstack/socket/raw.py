@@ -15,12 +15,13 @@ from ipaddress import IPv4Address, IPv6Address
 
 from netstack.socket.addr import parse_addr
 from netstack.socket.errors import BufferFull, TooLarge, Unaddressable
-from netstack.socket.set import PacketBuffer, Socket
+from netstack.socket.set import PacketBuffer, Socket, touches
 
 MAX_PAYLOAD = 65535 - 20
 MAX_PAYLOAD_V6 = 65535
 
 
+@touches("close", "send_to")
 class RawSocket(Socket):
     __slots__ = ("ip_protocol", "rx", "tx", "ttl", "rx_dropped", "open", "version")
     KIND = "raw"

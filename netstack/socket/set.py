@@ -63,18 +63,98 @@ class Socket:
         raise NotImplementedError
 
 
+def touches(*names: str):
+    """Class decorator: after each listed method (an application's call that may give the
+    socket work: send, close, connect...), mark the socket dirty in its set, so the
+    interface's schedule (see SocketSet) dispatches it on the next poll."""
+
+    def decorate(cls):
+        for name in names:
+            fn = getattr(cls, name)
+
+            def wrapper(self, *args, _fn=fn, **kwargs):
+                try:
+                    return _fn(self, *args, **kwargs)
+                finally:
+                    s = self._set
+                    if s is not None:
+                        s.dirty.add(self)
+
+            wrapper.__name__ = fn.__name__
+            wrapper.__qualname__ = fn.__qualname__
+            wrapper.__doc__ = fn.__doc__
+            wrapper.__wrapped__ = fn
+            setattr(cls, name, wrapper)
+        return cls
+
+    return decorate
+
+
 class SocketSet:
     """Sockets by handle (an int, never reused), and by KIND for the interface's demux.
 
     Iteration yields the sockets in insertion order (the interface dispatches in that
-    order)."""
+    order).
 
-    __slots__ = ("_sockets", "_by_kind", "_next")
+    It also keeps the interface's schedule, so a poll touches only the sockets that have
+    work (1,000 idle connections must not tax a busy one): `dirty` sockets (new ones, those
+    the interface fed a packet, those whose application called a method that gives them
+    work — see `touches` — and those `touch`ed) and those whose last `poll_at` is due are
+    dispatched. `touch_all()` makes the next poll visit every socket; the interface also
+    does that every `FULL_SCAN_INTERVAL` while it is polled, a safety net for a change no
+    method announced. Code that changes a socket's state behind its methods must `touch`
+    it."""
+
+    __slots__ = ("_sockets", "_by_kind", "_next", "dirty", "sched", "all_dirty", "_seq",
+                 "tcp_demux", "_demux_keys")
 
     def __init__(self) -> None:
         self._sockets: dict[int, Socket] = {}
         self._by_kind: dict[str, list[Socket]] = {}
         self._next = 1
+        self.dirty: set[Socket] = set()
+        self.sched: dict[Socket, float] = {}  # socket -> its poll_at after its last dispatch
+        self.all_dirty = True
+        self._seq: dict[Socket, int] = {}  # insertion order, to dispatch subsets in order
+        # (local port, remote address, remote port) -> connection, filled by the interface
+        self.tcp_demux: dict[tuple, Socket] = {}
+        self._demux_keys: dict[Socket, tuple] = {}
+
+    def cache_tcp(self, key: tuple, sock: Socket) -> None:
+        """Remember that segments for `key` went to `sock` (a connection); the interface
+        still asks `sock.accepts` on every hit, so a stale entry costs one call."""
+        old = self._demux_keys.pop(sock, None)
+        if old is not None and self.tcp_demux.get(old) is sock:
+            del self.tcp_demux[old]
+        self.tcp_demux[key] = sock
+        self._demux_keys[sock] = key
+
+    def touch(self, sock: Socket) -> None:
+        """`sock` may have work: dispatch it on the next poll."""
+        if sock._set is self:
+            self.dirty.add(sock)
+
+    def touch_all(self) -> None:
+        """Every socket may have work (any thread may call this)."""
+        self.all_dirty = True
+
+    def due(self, now: float) -> list[Socket]:
+        """The sockets to dispatch now, in insertion order; clears `all_dirty`."""
+        if self.all_dirty:
+            self.all_dirty = False
+            return list(self._sockets.values())
+        cands = set(self.dirty)
+        for sock, at in self.sched.items():
+            if at <= now:
+                cands.add(sock)
+        if len(cands) > 1:
+            seq = self._seq
+            return sorted(cands, key=seq.__getitem__)
+        return list(cands)
+
+    def next_at(self) -> float | None:
+        """The earliest scheduled poll_at (dirty sockets are the caller's business)."""
+        return min(self.sched.values()) if self.sched else None
 
     def add(self, sock: Socket) -> int:
         """Add `sock`; return its handle. A socket belongs to at most one set."""
@@ -88,6 +168,8 @@ class SocketSet:
         self._sockets[handle] = sock
         self._by_kind.setdefault(sock.KIND, []).append(sock)
         sock._set = self
+        self._seq[sock] = handle
+        self.dirty.add(sock)
         return handle
 
     def remove(self, handle: int) -> Socket:
@@ -95,6 +177,12 @@ class SocketSet:
         sock = self._sockets.pop(handle)
         self._by_kind[sock.KIND].remove(sock)
         sock._set = None
+        self.dirty.discard(sock)
+        self.sched.pop(sock, None)
+        self._seq.pop(sock, None)
+        key = self._demux_keys.pop(sock, None)
+        if key is not None and self.tcp_demux.get(key) is sock:
+            del self.tcp_demux[key]
         return sock
 
     def get(self, handle: int) -> Socket:

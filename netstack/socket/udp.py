@@ -26,7 +26,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 from netstack.socket.addr import IpAddress, local_matches, overlaps, parse_addr, source_for, unmap
 from netstack.socket.errors import AddrInUse, BufferFull, TooLarge, Unaddressable
-from netstack.socket.set import PacketBuffer, Socket, SocketSet
+from netstack.socket.set import PacketBuffer, Socket, SocketSet, touches
 from netstack.wire.ethernet import EthernetAddress
 from netstack.wire.ipv4 import IpProtocol
 from netstack.wire.udp import HEADER_LEN, UdpPacket, UdpRepr
@@ -64,6 +64,7 @@ class UdpMetadata:
     src_hw: EthernetAddress | None = None
 
 
+@touches("close", "send_to")
 class UdpSocket(Socket):
     """A UDP socket. Not thread-safe by itself: the runtime's lock guards it."""
 

@@ -305,3 +305,16 @@ def test_set_path_mtu_ipv4_floor():
     assert s._eff_mss() == 960
     s.set_path_mtu(100)
     assert s._eff_mss() == 536
+
+
+def test_tso_for_ipv4_only_keeps_ipv6_segments_to_one_mss():
+    """A device that segments IPv4 but not IPv6 (guest without GUEST_TSO6): an IPv6
+    connection must send MSS-sized segments, never 64 KiB ones the interface would have to
+    cut into IP fragments."""
+    s = established6(mss_opt=1440, congestion="reno")
+    s.snd_wnd = s.max_snd_wnd = 1 << 20
+    s._cc._cwnd = 1 << 20
+    s.set_max_segment_size(1 << 16, ipv6=False)
+    s.send(bytes(100_000))
+    sizes = [len(t.payload) for _, _, t, kw in out(s, 0.0)]
+    assert sizes and max(sizes) == 1440

@@ -39,7 +39,7 @@ from hashlib import blake2s
 
 from netstack.socket.addr import local_matches
 from netstack.socket.errors import Unaddressable
-from netstack.socket.set import Socket
+from netstack.socket.set import Socket, touches
 from netstack.socket.tcp.seq import seq_add
 from netstack.socket.tcp.socket import (
     DEFAULT_MSS,
@@ -63,6 +63,7 @@ SYNACK_RETRIES = 5
 HANDED_SWEEP = 10.0
 
 
+@touches("listen", "accept", "close", "set_mtu", "set_max_segment_size")
 class TcpListener(Socket):
     """Listens on one endpoint; `accept()` returns established connections.
 
@@ -72,7 +73,7 @@ class TcpListener(Socket):
     KIND = "tcp"
     __slots__ = ("backlog", "max_half_open", "syn_cookies", "_options", "_local", "_open",
                  "_half", "_ready", "_handed", "_ctl", "_key", "_cookies_until", "_now",
-                 "_mtu", "_tso", "_sweep_at", "stats", "v6only")
+                 "_mtu", "_tso", "_tso_v6", "_sweep_at", "stats", "v6only")
 
     def __init__(self, backlog: int = 128, *, max_half_open: int | None = None,
                  syn_cookies: bool = True, **socket_options) -> None:
@@ -95,6 +96,7 @@ class TcpListener(Socket):
         self._now = 0.0
         self._mtu: int | None = None
         self._tso: int | None = None
+        self._tso_v6 = True
         self._sweep_at = 0.0
         self.stats: dict[str, int] = {}
         self.v6only = False
@@ -184,11 +186,12 @@ class TcpListener(Socket):
             for child in table.values():
                 child.set_mtu(mtu)
 
-    def set_max_segment_size(self, max_bytes: int | None) -> None:
+    def set_max_segment_size(self, max_bytes: int | None, ipv6: bool = True) -> None:
         self._tso = max_bytes
+        self._tso_v6 = ipv6
         for table in (self._half, self._ready):
             for child in table.values():
-                child.set_max_segment_size(max_bytes)
+                child.set_max_segment_size(max_bytes, ipv6)
 
     # -- SYN cookies --------------------------------------------------------------------
     def _cookie_hash(self, key: tuple, irs: int, t: int, mss_idx: int) -> int:
@@ -290,7 +293,7 @@ class TcpListener(Socket):
             if self._mtu is not None:
                 child.set_mtu(self._mtu)
             if self._tso is not None:
-                child.set_max_segment_size(self._tso)
+                child.set_max_segment_size(self._tso, self._tso_v6)
             child._syn_received(now, local, remote, seg, child.isn_fn(now, local, remote))
             self._half[key] = child
             return
@@ -312,7 +315,7 @@ class TcpListener(Socket):
         if self._mtu is not None:
             child.set_mtu(self._mtu)
         if self._tso is not None:
-            child.set_max_segment_size(self._tso)
+            child.set_max_segment_size(self._tso, self._tso_v6)
         child._cookie_established(now, local, remote, iss, irs, mss, seg, self._rx_window())
         child.process(now, ip_repr, seg, payload, src_hw)  # data riding on the ACK
         self._ready[key] = child

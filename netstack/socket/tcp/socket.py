@@ -51,7 +51,7 @@ import random
 
 from netstack.socket.addr import ANY4, ANY6, local_matches, overlaps, parse_addr, source_for, unmap
 from netstack.socket.errors import AddrInUse, SocketError, Unaddressable
-from netstack.socket.set import Socket
+from netstack.socket.set import Socket, touches
 from netstack.socket.tcp.assembler import Assembler
 from netstack.socket.tcp.congestion import make_controller
 from netstack.socket.tcp.isn import generate_isn
@@ -130,6 +130,9 @@ def _wscale_for(buffer_size: int) -> int:
     return shift
 
 
+@touches("set_mtu", "set_max_segment_size", "set_path_mtu", "set_nodelay", "set_keep_alive",
+          "set_timeout", "set_time_wait", "listen", "connect", "send", "recv", "recv_into",
+          "close", "shutdown_read", "abort")
 class TcpSocket(Socket):
     """One TCP connection. Not thread-safe by itself: the runtime's lock guards it.
 
@@ -142,7 +145,7 @@ class TcpSocket(Socket):
         "rx_capacity", "tx_capacity", "_cc_name", "_ts_enabled", "_sack_enabled",
         "_ws_enabled", "nagle", "delayed_ack", "keep_alive", "timeout", "time_wait",
         "_mss_cfg", "_local_mss", "_tso_max", "ttl", "syn_retries", "data_retries",
-        "isn_fn", "v6only", "_mtu", "_path_mss",
+        "isn_fn", "v6only", "_mtu", "_path_mss", "_tso_v6",
         # identity and state
         "state", "error", "_local", "_remote", "_passive", "_listen_ep", "handle",
         # send sequence space
@@ -189,6 +192,7 @@ class TcpSocket(Socket):
         self._local_mss = min(mss, DEFAULT_MTU - IPV4_TCP_HEADERS) if mss else \
             DEFAULT_MTU - IPV4_TCP_HEADERS
         self._tso_max: int | None = None
+        self._tso_v6 = True
         self.v6only = False
         self.ttl = 64
         self.syn_retries = SYN_RETRIES
@@ -299,11 +303,13 @@ class TcpSocket(Socket):
             self._peer_mss = DEFAULT_MSS_V6 if remote[0].version == 6 else DEFAULT_MSS
         self._update_local_mss()
 
-    def set_max_segment_size(self, max_bytes: int | None) -> None:
+    def set_max_segment_size(self, max_bytes: int | None, ipv6: bool = True) -> None:
         """Device TSO: allow segments carrying up to `max_bytes` of payload (<= 64 KiB
         less the headers of the connection's family); `emit` then gets `gso_size=<mss>`
-        for them. None: segments of one MSS."""
+        for them. None: segments of one MSS. `ipv6` False: the device segments IPv4 only
+        (an IPv6 connection keeps to one MSS, never IP fragments)."""
         self._tso_max = min(max_bytes, MAX_GSO_PAYLOAD_V6) if max_bytes else None
+        self._tso_v6 = ipv6
 
     def set_path_mtu(self, mtu: int) -> None:
         """The path MTU toward the peer dropped to `mtu` (an ICMPv6 Packet Too Big or ICMPv4
@@ -1188,7 +1194,8 @@ class TcpSocket(Socket):
         if retransmit and nxt == una and usable < mss:
             usable = mss  # a timeout resends the first segment whatever the window says
         max_seg = mss
-        if self._tso_max and self._tso_max > mss:
+        if self._tso_max and self._tso_max > mss and (
+                self._tso_v6 or self._remote[0].version == 4):
             tso = self._tso_max
             if self._remote[0].version == 4 and tso > MAX_GSO_PAYLOAD:
                 tso = MAX_GSO_PAYLOAD

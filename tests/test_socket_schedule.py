@@ -1,0 +1,83 @@
+"""The interface's socket schedule (SocketSet.dirty/sched): a poll dispatches only sockets
+that have work — new, fed a packet, touched by their application, or due by poll_at — plus
+a full visit every FULL_SCAN_INTERVAL."""
+
+from __future__ import annotations
+
+from netstack.iface import Interface, InterfaceConfig
+from netstack.iface.interface import FULL_SCAN_INTERVAL
+from netstack.socket import SocketSet, UdpSocket
+from netstack.socket.set import Socket, touches
+from netstack.wire.ethernet import EthernetAddress
+from netstack.wire.ipv4 import Ipv4Cidr
+from tests.iface.test_interface import Dev
+
+
+@touches("kick")
+class Counting(Socket):
+    KIND = "test"
+
+    def __init__(self, wake_at=None):
+        super().__init__()
+        self.dispatched = 0
+        self.wake_at = wake_at
+
+    def kick(self):
+        pass
+
+    def accepts(self, ip, header):
+        return False
+
+    def dispatch(self, now, emit):
+        self.dispatched += 1
+
+    def poll_at(self, now):
+        return self.wake_at
+
+
+def _iface():
+    return Interface(InterfaceConfig(EthernetAddress.parse("02:00:00:00:00:01"),
+                                     [Ipv4Cidr.parse("10.0.0.1/24")], ipv6=False))
+
+
+def test_idle_sockets_are_not_dispatched_every_poll():
+    iface, dev, sockets = _iface(), Dev(), SocketSet()
+    idle = [Counting() for _ in range(1000)]
+    timer = Counting(wake_at=0.3)
+    for s in [*idle, timer]:
+        sockets.add(s)
+    iface.poll(0.0, dev, sockets)  # new sockets: all visited once
+    assert all(s.dispatched == 1 for s in idle)
+    assert iface.poll_at(0.0, sockets) == 0.3
+    for t in (0.01, 0.02, 0.03):
+        iface.poll(t, dev, sockets)
+    assert sum(s.dispatched for s in idle) == 1000 and timer.dispatched == 1
+    idle[7].kick()  # the application gave it work
+    assert iface.poll_at(0.031, sockets) == 0.031
+    iface.poll(0.031, dev, sockets)
+    assert idle[7].dispatched == 2 and idle[8].dispatched == 1
+    iface.poll(0.3, dev, sockets)  # the timer is due (and the full-scan net has come round)
+    assert timer.dispatched == 2
+
+
+def test_full_scan_safety_net():
+    iface, dev, sockets = _iface(), Dev(), SocketSet()
+    s = Counting()
+    sockets.add(s)
+    iface.poll(0.0, dev, sockets)
+    iface.poll(FULL_SCAN_INTERVAL / 2, dev, sockets)
+    assert s.dispatched == 1
+    iface.poll(FULL_SCAN_INTERVAL, dev, sockets)
+    assert s.dispatched == 2
+
+
+def test_send_on_a_real_socket_marks_it_dirty():
+    sockets = SocketSet()
+    u = UdpSocket()
+    u.bind(("0.0.0.0", 5000))
+    sockets.add(u)
+    sockets.dirty.clear()
+    u.send_to(b"x", ("10.0.0.2", 9))
+    assert u in sockets.dirty
+    sockets.remove(1)
+    assert u not in sockets.dirty
