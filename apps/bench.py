@@ -166,11 +166,32 @@ def print_ring(results: list[RingResult]) -> None:
               f"{r.gbit_per_s:>8.3f} {r.backend_cpu_us_per_frame:>17.2f}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vhostnet bench", description=__doc__,
+BENCHMARKS = """benchmarks (WHAT):
+  ring    frames/s, Gbit/s and backend CPU µs/frame over the real virtqueues, per frame
+          size (--sizes) and direction, our Python front-end against our backend
+  stack   our TCP/IP stack: TCP bulk (Mbit/s) and 64-byte request/response (trans/s)
+          between two stacks over loopback; with root, against Linux over a TAP (--no-tap
+          skips it)
+  memory  resident memory of `vhostnet serve` idle and attached, and of the stack
+          holding --connections TCP connections open
+  vm      a Linux guest under TCG: TCP download/upload, ping RTT and UDP request rate,
+          timed inside the guest, on our backend, QEMU's slirp and a TAP (--backends)
+
+examples:
+  vhostnet bench                          # ring, 2 s per measurement
+  vhostnet bench ring --sizes 64,1500 --seconds 1 --json ring.json
+  vhostnet bench stack --no-tap
+  vhostnet bench vm --smoke --backends ours,slirp
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `vhostnet bench` (and `python -m apps.bench`)."""
+    p = argparse.ArgumentParser(prog="vhostnet bench", description=__doc__, epilog=BENCHMARKS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="ring", choices=["ring", "vm", "stack", "memory",
-                                                              "backend"])
+    p.add_argument("what", nargs="?", default="ring", metavar="WHAT",
+                   choices=["ring", "vm", "stack", "memory", "backend"],
+                   help="ring (default), stack, memory or vm: see below")
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=2.0, help="per measurement (default 2)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -183,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=1000,
                    help="memory: TCP connections to hold open (default 1000)")
     p.add_argument("--no-tap", action="store_true", help="stack: skip the TAP/namespace part")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.what == "backend":
         mode, path, size = args.rest
         run_backend(mode, path, int(size))

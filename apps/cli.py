@@ -214,7 +214,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from apps.bench import main as bench_main
 
-    return bench_main(args.bench_args)
+    rest = args.bench_args
+    return bench_main(rest[1:] if rest[:1] == ["--"] else rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
                       choices=["debug", "info", "warning", "error"], help="default: warning")
     demo.set_defaults(func=cmd_demo)
 
-    bench = sub.add_parser("bench", help="run the benchmarks (see `vhostnet bench -- --help`)",
+    # apps/bench.py parses its own arguments (and prints its own --help): main() hands it
+    # everything after `bench`; this entry only names the command in `vhostnet --help`
+    bench = sub.add_parser("bench", help="run the benchmarks (see `vhostnet bench --help`)",
                            add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
@@ -311,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        # argparse's REMAINDER does not take a first argument that looks like an option
+        # (`bench --help`, `bench --seconds 1`): bypass the top-level parser
+        return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def test_ring_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
@@ -19,3 +21,36 @@ def test_ring_bench_smoke(tmp_path):
         ("guest->backend", 65536), ("backend->guest", 65536)}
     assert all(r["frames"] > 0 and r["backend_cpu_us_per_frame"] > 0 for r in results)
     assert "frames/s" in proc.stdout
+
+
+def test_help_names_every_benchmark_and_option(capsys):
+    """`vhostnet bench --help` is the bench parser's help (argparse's REMAINDER alone
+    would refuse a leading option); -h and the older `bench -- --help` too."""
+    from apps.cli import main
+
+    for argv in (["bench", "--help"], ["bench", "-h"], ["bench", "--", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: vhostnet bench")
+        for word in ("ring ", "stack ", "memory ", "vm ", "frames/s", "--seconds", "--sizes",
+                     "--connections", "--no-tap", "--smoke", "examples:"):
+            assert word in out, word
+    main_help = subprocess.run([sys.executable, "-m", "apps.cli", "--help"],
+                               capture_output=True, text=True, timeout=30).stdout
+    assert "vhostnet bench --help" in main_help
+
+
+def test_options_before_the_benchmark_reach_it(monkeypatch):
+    import apps.bench
+    from apps.cli import main
+
+    seen = {}
+    monkeypatch.setattr(apps.bench, "bench_ring",
+                        lambda seconds, sizes: seen.update(seconds=seconds, sizes=sizes) or [])
+    assert main(["bench", "--seconds", "0.5", "--sizes", "64", "ring"]) == 0
+    assert seen == {"seconds": 0.5, "sizes": [64]}
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--nonsense"])
+    assert exc.value.code == 2
