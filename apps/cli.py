@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                     metavar="tcp|udp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT",
                     help="forward a host port to the guest, as QEMU's -netdev user,hostfwd= "
                          "(repeatable); HOSTADDR defaults to 127.0.0.1, GUESTADDR to the "
-                         "first DHCP lease (10.0.2.15); e.g. tcp::8080-:80")
+                         "first DHCP lease (10.0.2.15); IPv6 addresses in brackets; e.g. "
+                         "tcp::8080-:80, tcp:[::1]:8080-[fd00:10:0:2::15]:80")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser(

@@ -7,17 +7,31 @@ Rules use QEMU's syntax, `[tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT`:
 HostFwd(proto='tcp', host_addr='127.0.0.1', host_port=8080, guest_addr=None, guest_port=80)
 >>> parse_hostfwd("udp:0.0.0.0:5353-10.0.2.15:53").guest_addr
 '10.0.2.15'
+>>> parse_hostfwd("tcp:[::1]:8080-[fd00:10:0:2:5054:ff:fe12:3456]:80")
+HostFwd(proto='tcp', host_addr='::1', host_port=8080, guest_addr='fd00:10:0:2:5054:ff:fe12:3456', guest_port=80)
 >>> try:
 ...     parse_hostfwd("tcp::8080")
 ... except HostFwdError as e:
 ...     print(e)
 invalid host forwarding rule 'tcp::8080' (Bad host port separator)
+>>> try:
+...     parse_hostfwd("tcp::8080-fe80::15:80")
+... except HostFwdError as e:
+...     print(e)
+invalid host forwarding rule 'tcp::8080-fe80::15:80' (Bad guest address: an IPv6 address goes in brackets, [fe80::15])
 
 Parsed as QEMU 7.2's `slirp_hostfwd` does (an empty protocol is tcp; addresses as
 `inet_aton` reads them; ports as `strtol` base 0, so 0x50 and 0120 are 80), with two
 differences: HOSTADDR defaults to 127.0.0.1, not QEMU's 0.0.0.0 (say 0.0.0.0 to expose the
 guest to the network), and a port with trailing characters is refused, where QEMU ignores
 them. GUESTADDR defaults to the guest's DHCP address (the first lease, 10.0.2.15).
+
+IPv6: either address may be an IPv6 literal in brackets, as QEMU's own address syntax
+(`tcp:[::1]:8080-[fd00:10:0:2::15]:80`; a zone is allowed, `[fe80::1%lo]`, and ignored on the
+guest side: our stack has one interface). An IPv6 HOSTADDR makes the host socket AF_INET6
+(`[::]` takes IPv4 too, unless the host's `bindv6only` says otherwise); an IPv6 GUESTADDR
+makes the stack-side TCP connection or UDP socket IPv6. The two sides are independent:
+`tcp:[::1]:8080-10.0.2.15:80` and `tcp:127.0.0.1:8080-[fd00:10:0:2::15]:80` both work.
 
 TCP: a thread accepts on the host socket; each connection opens a `netstack.net.TcpStream`
 to the guest and two pump threads copy both ways. A FIN on one side becomes a shutdown of
@@ -91,9 +105,46 @@ def _inet_aton(text: str) -> str | None:
         return None
 
 
+def _inet6(text: str) -> str | None:
+    """An IPv6 literal (with an optional `%zone`) in its compressed form; None when not."""
+    addr, pct, zone = text.partition("%")
+    if pct and not zone:
+        return None
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, addr)
+    except OSError:
+        return None
+    return socket.inet_ntop(socket.AF_INET6, packed) + (f"%{zone}" if pct else "")
+
+
+def is_ipv6(addr: str) -> bool:
+    """Whether a parsed rule's address is IPv6 (IPv4 ones never hold a colon)."""
+    return ":" in addr
+
+
+def _bracketed(text: str, what: str, fail) -> tuple[str, str]:
+    """`[IPV6]:rest` -> (the address, rest); `text` starts with `[`."""
+    inner, sep, rest = text[1:].partition("]")
+    if not sep:
+        raise fail(f"Missing ] after the {what} address")
+    if not rest.startswith(":"):
+        raise fail(f"Missing : after the {what} address" if what == "guest"
+                   else "Missing : separator")
+    addr = _inet6(inner)
+    if addr is None:
+        raise fail(f"Bad {what} address")
+    return addr, rest[1:]
+
+
+def _unbracketed_ipv6(text: str) -> str | None:
+    """`ADDR:PORT` where ADDR is an IPv6 literal without its brackets: that ADDR."""
+    addr = text.rpartition(":")[0]
+    return addr if addr.count(":") >= 2 and _inet6(addr) else None
+
+
 def parse_hostfwd(spec: str) -> HostFwd:
-    """One `[tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT` rule; HostFwdError with
-    QEMU's reason when it does not parse."""
+    """One `[tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT` rule (an IPv6 address in
+    brackets); HostFwdError with QEMU's reason when it does not parse."""
 
     def fail(reason: str) -> HostFwdError:
         return HostFwdError(f"invalid host forwarding rule {spec!r} ({reason})")
@@ -105,30 +156,61 @@ def parse_hostfwd(spec: str) -> HostFwd:
         proto = "tcp"
     elif proto != "udp":
         raise fail("Bad protocol name")
-    haddr, sep, rest = rest.partition(":")
-    if not sep:
-        raise fail("Missing : separator")
-    host_addr = _inet_aton(haddr) if haddr else DEFAULT_HOST_ADDR
-    if host_addr is None:
-        raise fail("Bad host address")
+    if rest.startswith("["):
+        host_addr, rest = _bracketed(rest, "host", fail)
+    else:
+        bare = _unbracketed_ipv6(rest.partition("-")[0])
+        if bare is not None:
+            raise fail(f"Bad host address: an IPv6 address goes in brackets, [{bare}]")
+        haddr, sep, rest = rest.partition(":")
+        if not sep:
+            raise fail("Missing : separator")
+        host_addr = _inet_aton(haddr) if haddr else DEFAULT_HOST_ADDR
+        if host_addr is None:
+            raise fail("Bad host address")
     hport, sep, rest = rest.partition("-")
     if not sep:
         raise fail("Bad host port separator")
     host_port = _strtoi(hport)
     if host_port is None or not 0 <= host_port <= 65535:
         raise fail("Bad host port")
-    gaddr, sep, gport = rest.partition(":")
-    if not sep:
-        raise fail("Missing guest address")
     guest_addr = None
-    if gaddr:
-        guest_addr = _inet_aton(gaddr)
-        if guest_addr is None:
-            raise fail("Bad guest address")
+    if rest.startswith("["):
+        guest_addr, gport = _bracketed(rest, "guest", fail)
+    else:
+        bare = _unbracketed_ipv6(rest)
+        if bare is not None:
+            raise fail(f"Bad guest address: an IPv6 address goes in brackets, [{bare}]")
+        gaddr, sep, gport = rest.partition(":")
+        if not sep:
+            raise fail("Missing guest address")
+        if gaddr:
+            guest_addr = _inet_aton(gaddr)
+            if guest_addr is None:
+                raise fail("Bad guest address")
     guest_port = _strtoi(gport)
     if guest_port is None or not 1 <= guest_port <= 65535:
         raise fail("Bad guest port")
     return HostFwd(proto, host_addr, host_port, guest_addr, guest_port)
+
+
+def format_endpoint(addr: str, port: int) -> str:
+    """`10.0.2.15:80`, `[fd00::15]:80`: as the rules write them."""
+    return f"[{addr}]:{port}" if is_ipv6(addr) else f"{addr}:{port}"
+
+
+def _host_socket(rule: HostFwd, kind: int) -> socket.socket:
+    """The rule's host socket, bound: AF_INET6 for an IPv6 HOSTADDR."""
+    family = socket.AF_INET6 if is_ipv6(rule.host_addr) else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((rule.host_addr, rule.host_port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 # -- TCP ----------------------------------------------------------------------------------
@@ -153,7 +235,8 @@ class _TcpConnection:
             self.stream = TcpStream.connect(fwd.runtime, fwd.guest, fwd.connect_timeout,
                                             nodelay=True)
         except OSError as e:  # refused, timed out, unreachable: the host sees a close
-            log.info("hostfwd %s: %s -> %s:%d: %s", fwd.rule.proto, self.peer, *fwd.guest, e)
+            log.info("hostfwd %s: %s -> %s: %s", fwd.rule.proto, self.peer,
+                     format_endpoint(*fwd.guest), e)
             self._close_host()
             fwd.forget(self)
             return
@@ -227,16 +310,14 @@ class TcpForward:
         self.closing = False
         self._conns: set[_TcpConnection] = set()
         self._lock = threading.Lock()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = _host_socket(rule, socket.SOCK_STREAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((rule.host_addr, rule.host_port))
             sock.listen(128)
         except OSError:
             sock.close()
             raise
         self.sock = sock
-        self.address: tuple[str, int] = sock.getsockname()
+        self.address: tuple[str, int] = sock.getsockname()[:2]
         self._thread = threading.Thread(target=self._accept_loop, daemon=True,
                                         name=f"hostfwd-tcp-{self.address[1]}")
         self._thread.start()
@@ -292,17 +373,13 @@ class UdpForward:
         self.rule = rule
         self.guest = guest
         self.idle = idle
-        self.peers: dict[tuple[str, int], _UdpPeer] = {}
+        self.peers: dict[tuple, _UdpPeer] = {}  # host peer (AF_INET or AF_INET6) -> its mapping
         self.stats = {"to_guest": 0, "to_host": 0, "dropped": 0}
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.bind((rule.host_addr, rule.host_port))
-        except OSError:
-            sock.close()
-            raise
+        sock = _host_socket(rule, socket.SOCK_DGRAM)
         sock.setblocking(False)
         self.sock = sock
-        self.address: tuple[str, int] = sock.getsockname()
+        self.address: tuple[str, int] = sock.getsockname()[:2]
+        self._any = "::" if is_ipv6(guest[0]) else "0.0.0.0"  # the stack sockets' bind
         self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._sel = selectors.DefaultSelector()
         self._sel.register(sock, selectors.EVENT_READ, None)
@@ -343,7 +420,7 @@ class UdpForward:
             now = time.monotonic()
             peer = self.peers.get(addr)
             if peer is None:
-                s = self.runtime.udp_bind(("0.0.0.0", 0))
+                s = self.runtime.udp_bind((self._any, 0))
                 s.connect(self.guest)
                 peer = self.peers[addr] = _UdpPeer(addr, s, now)
                 self._sel.register(s, selectors.EVENT_READ, peer)
@@ -413,10 +490,12 @@ class HostForwarder:
                                      idle=options.get("udp_idle", UDP_IDLE))
             except OSError as e:
                 self.close()
-                raise OSError(e.errno, f"hostfwd {rule.proto}:{rule.host_addr}:"
-                                       f"{rule.host_port}: {e.strerror}") from None
+                raise OSError(e.errno, f"hostfwd {rule.proto}:"
+                                       f"{format_endpoint(rule.host_addr, rule.host_port)}: "
+                                       f"{e.strerror}") from None
             self.forwards.append(fwd)
-            log.info("hostfwd %s %s:%d -> %s:%d", rule.proto, *fwd.address, *guest)
+            log.info("hostfwd %s %s -> %s", rule.proto, format_endpoint(*fwd.address),
+                     format_endpoint(*guest))
 
     def address(self, i: int = 0) -> tuple[str, int]:
         """The host address forward `i` is bound to (its port when the rule said 0)."""

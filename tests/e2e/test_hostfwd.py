@@ -39,6 +39,15 @@ US, GUEST = "10.9.0.2", "10.9.0.15"
     ("tcp::65535-:65535", HostFwd("tcp", DEFAULT_HOST_ADDR, 65535, None, 65535)),
     ("tcp:127.1:0x50-10.0.2.0x10:0120", HostFwd("tcp", "127.0.0.1", 80, "10.0.2.16", 80)),
     ("tcp:: 8080-:+80", HostFwd("tcp", DEFAULT_HOST_ADDR, 8080, None, 80)),
+    # IPv6 in brackets, either side or both; compressed; zones kept
+    ("tcp:127.0.0.1:8080-[fd00:10:0:2:5054:ff:fe12:3456]:80",
+     HostFwd("tcp", "127.0.0.1", 8080, "fd00:10:0:2:5054:ff:fe12:3456", 80)),
+    ("tcp:[::1]:8080-10.0.2.15:80", HostFwd("tcp", "::1", 8080, "10.0.2.15", 80)),
+    ("udp:[::]:5353-[FD00:10:0:2:0:0:0:15]:53", HostFwd("udp", "::", 5353, "fd00:10:0:2::15", 53)),
+    ("tcp:[::1]:0x50-:80", HostFwd("tcp", "::1", 80, None, 80)),
+    ("tcp:[fe80::1%lo]:8080-[fe80::5054:ff:fe12:3456%eth0]:80",
+     HostFwd("tcp", "fe80::1%lo", 8080, "fe80::5054:ff:fe12:3456%eth0", 80)),
+    ("tcp:[::ffff:127.0.0.1]:8080-:80", HostFwd("tcp", "::ffff:127.0.0.1", 8080, None, 80)),
 ])
 def test_parse_as_qemu(spec, rule):
     assert parse_hostfwd(spec) == rule
@@ -64,6 +73,25 @@ def test_parse_as_qemu(spec, rule):
     ("tcp::8080-:0", "Bad guest port"),
     ("tcp::8080-:65536", "Bad guest port"),
     ("tcp::8080-:80:81", "Bad guest port"),
+    # IPv6
+    ("tcp:[::1:8080-:80", "Missing ] after the host address"),
+    ("tcp:[::1]8080-:80", "Missing : separator"),
+    ("tcp:[]:8080-:80", "Bad host address"),
+    ("tcp:[10.0.2.2]:8080-:80", "Bad host address"),
+    ("tcp:[::1%]:8080-:80", "Bad host address"),
+    ("tcp:[fe80::1::2]:8080-:80", "Bad host address"),
+    ("tcp:::1:8080-:80", "Bad host address: an IPv6 address goes in brackets, [::1]"),
+    ("tcp:[::1]:8080", "Bad host port separator"),
+    ("tcp:[::1]:x-:80", "Bad host port"),
+    ("tcp::8080-[fd00::15:80", "Missing ] after the guest address"),
+    ("tcp::8080-[fd00::15]80", "Missing : after the guest address"),
+    ("tcp::8080-[fd00::15]", "Missing : after the guest address"),
+    ("tcp::8080-[]:80", "Bad guest address"),
+    ("tcp::8080-[guest]:80", "Bad guest address"),
+    ("tcp::8080-fd00::15:80",
+     "Bad guest address: an IPv6 address goes in brackets, [fd00::15]"),
+    ("tcp::8080-[fd00::15]:", "Bad guest port"),
+    ("tcp::8080-[fd00::15]:0", "Bad guest port"),
 ])
 def test_bad_rules_say_why(spec, reason):
     with pytest.raises(HostFwdError) as exc:
@@ -90,6 +118,8 @@ def test_cli_parses_repeated_rules():
                                       "--hostfwd", "udp::5353-10.0.2.16:53"])
     assert args.hostfwd == [HostFwd("tcp", "127.0.0.1", 8080, None, 80),
                             HostFwd("udp", "127.0.0.1", 5353, "10.0.2.16", 53)]
+    args = build_parser().parse_args(["serve", "--hostfwd", "tcp:[::1]:8080-[fd00::15]:80"])
+    assert args.hostfwd == [HostFwd("tcp", "::1", 8080, "fd00::15", 80)]
 
 
 # -- two stacks: ours (with the forwards) and a stand-in guest ----------------------------
@@ -243,6 +273,102 @@ def test_udp_relay_per_peer_and_idle_expiry(stacks):
             p.close()
         fwd.close()
         server.close()
+
+
+def _link_local(rt: Runtime) -> str:
+    return str(rt.iface.link_local6)
+
+
+def test_tcp_ipv6_both_sides(stacks):
+    """`tcp:[::1]:0-[GUEST-LINK-LOCAL]:8080`: an AF_INET6 host socket, an IPv6 connection
+    through our stack to the stand-in guest (which sees our link-local address)."""
+    us, guest = stacks
+    listener = guest.tcp_listen(("::", 8080))
+    seen = []
+
+    def server():
+        stream, peer = listener.accept()
+        seen.append(peer[0])
+        got = stream.read_to_end()
+        stream.write_all(hashlib.sha256(got).digest())
+        stream.close()
+
+    t = _serve(server)
+    fwd = HostForwarder(us, [f"tcp:[::1]:0-[{_link_local(guest)}]:8080"], GUEST)
+    try:
+        assert fwd.address()[0] == "::1"
+        data = os.urandom(256 * 1024)
+        with socket.create_connection(fwd.address(), timeout=20) as c:
+            assert c.family == socket.AF_INET6
+            c.sendall(data)
+            c.shutdown(socket.SHUT_WR)
+            got = b"".join(iter(lambda: c.recv(65536), b""))
+        assert got == hashlib.sha256(data).digest()
+        t.join(5)
+        assert seen == [_link_local(us)]
+    finally:
+        fwd.close()
+        listener.close()
+
+
+@pytest.mark.parametrize("rule", ["tcp:127.0.0.1:0-[{guest6}]:8080", "tcp:[::1]:0-{guest4}:8080"])
+def test_tcp_one_side_ipv6(stacks, rule):
+    us, guest = stacks
+    listener = guest.tcp_listen(("::", 8080))
+
+    def server():
+        stream, _ = listener.accept()
+        stream.write_all(stream.read_to_end()[::-1])
+        stream.close()
+
+    t = _serve(server)
+    fwd = HostForwarder(us, [rule.format(guest6=_link_local(guest), guest4=GUEST)], GUEST)
+    try:
+        with socket.create_connection(fwd.address(), timeout=20) as c:
+            c.sendall(b"hello over hostfwd")
+            c.shutdown(socket.SHUT_WR)
+            assert b"".join(iter(lambda: c.recv(65536), b"")) == b"dwftsoh revo olleh"
+        t.join(5)
+    finally:
+        fwd.close()
+        listener.close()
+
+
+def test_udp_ipv6_both_sides(stacks):
+    us, guest = stacks
+    server = guest.udp_bind(("::", 5353))
+
+    def echo():
+        while True:
+            try:
+                data, addr = server.recv_from(65535)
+            except OSError:
+                return
+            server.send_to(data.upper() + f" {addr[0]}".encode(), addr)
+
+    _serve(echo)
+    fwd = HostForwarder(us, [f"udp:[::1]:0-[{_link_local(guest)}]:5353"], GUEST)
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as p:
+            p.settimeout(5)
+            for n in range(3):
+                p.sendto(f"ping {n}".encode(), fwd.address())
+                data, src = p.recvfrom(2048)
+                assert data == f"PING {n} {_link_local(us)}".encode()
+                assert src[:2] == fwd.address()
+    finally:
+        fwd.close()
+        server.close()
+
+
+def test_a_taken_ipv6_host_port_names_it_in_brackets(stacks):
+    us, _ = stacks
+    with socket.socket(socket.AF_INET6) as taken:
+        taken.bind(("::1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=rf"hostfwd tcp:\[::1\]:{port}: .*in use"):
+            HostForwarder(us, [f"tcp:[::1]:{port}-:80"], GUEST)
 
 
 def test_a_taken_host_port_is_an_error_and_closes_the_others(stacks):
