@@ -11,8 +11,11 @@ Requests:
 - `{"cmd": "status"}` -> `{"ok": true, "status": {...}}`: the negotiated features and
   protocol features, the queues (index, size, started, enabled, last_avail_idx, used_idx,
   kicks, notifications, errors), device stats and drops, backend and server counters, the
-  interface's stats, the sockets (kind, local and remote endpoint, TCP state), DHCP leases
-  and the faults.
+  interface's stats and ARP table, the sockets (kind, local and remote endpoint, TCP
+  state), DHCP leases and the faults; under `"ipv6"`, our IPv6 addresses (link-local
+  first), the default router, the neighbor cache (address, MAC, RFC 4861 state, router
+  flag), path MTUs from Packet Too Big, and what the router advertiser (prefixes, RDNSS,
+  MTU, adverts sent, solicitations) and the DHCPv6 server counted.
 - `{"cmd": "faults"}` -> `{"ok": true, "faults": {"enabled", "knobs", "stats"}}`; with
   `"set": {knob: value, ...}` faults go on (or change) on the live link first, with
   `"off": true` they go off. Knobs are `FaultInjector`'s (`drop`, `delay`, `reorder`,
@@ -332,8 +335,60 @@ def _socket_entry(handle: int, sock) -> dict:
 def _endpoint(ep) -> str | None:
     if not ep:
         return None
-    addr, port = ep
-    return f"{addr}:{port}"
+    addr, port = ep[:2]
+    return f"[{addr}]:{port}" if ":" in str(addr) else f"{addr}:{port}"
+
+
+def _in(when: float, now: float) -> float | None:
+    """Seconds from `now` to `when` (None for no timer, i.e. infinity)."""
+    return None if when == float("inf") else round(when - now, 1)
+
+
+def _neighbors(iface, now: float) -> list[dict]:
+    """The ARP table: address, MAC, seconds left. (Read from the cache's entries: it
+    has no public iterator.)"""
+    entries = getattr(iface.neighbors, "_entries", {})
+    return [{"address": str(a), "mac": str(mac), "expires_in": _in(exp, now)}
+            for a, (mac, exp) in sorted(entries.items())]
+
+
+def _ipv6_status(stack, iface, now: float) -> dict:
+    """The IPv6 side: our addresses (link-local first), the neighbor cache with the RFC 4861
+    states, path MTUs learnt from Packet Too Big, and what our router advertiser and
+    DHCPv6 server did."""
+    from netstack.socket.dhcpv6_server import Dhcpv6ServerSocket
+    from netstack.socket.router_adv import RouterAdvertiser
+
+    out: dict = {"enabled": bool(getattr(iface, "ipv6_enabled", False)),
+                 "addresses": [], "link_local": None, "default_router": None,
+                 "neighbors": [], "path_mtu": [], "router_adv": None, "dhcpv6_server": None}
+    if not out["enabled"]:
+        return out
+    out["addresses"] = [str(c) for c in iface.ipv6_addrs]
+    out["link_local"] = str(iface.link_local6)
+    router = iface.ipv6_default_router
+    out["default_router"] = None if router is None else str(router)
+    # the cache's entries (no public iterator; state(addr) alone cannot list them)
+    for addr, e in sorted(getattr(iface.neighbors6, "_entries", {}).items()):
+        out["neighbors"].append({"address": str(addr), "state": e.state.name,
+                                 "mac": None if e.mac is None else str(e.mac),
+                                 "router": e.router, "queued": len(e.queue),
+                                 "timer_in": _in(e.timer, now)})
+    for dst, (mtu, expiry) in sorted(getattr(iface, "_pmtu", {}).items()):
+        if expiry > now:
+            out["path_mtu"].append({"destination": str(dst), "mtu": mtu,
+                                    "expires_in": _in(expiry, now)})
+    for _, sock in stack.sockets.items():
+        if isinstance(sock, RouterAdvertiser):
+            c = sock.config
+            out["router_adv"] = {"prefixes": [str(p) for p in c.prefixes],
+                                 "rdnss": [str(a) for a in c.rdnss], "mtu": c.mtu,
+                                 "router_lifetime": c.router_lifetime,
+                                 "other_config": c.other_config, "sent": sock.sent,
+                                 "solicitations": sock.solicitations}
+        elif isinstance(sock, Dhcpv6ServerSocket):
+            out["dhcpv6_server"] = asdict(sock.server.stats)
+    return out
 
 
 def _stack_status(stack) -> dict:
@@ -342,6 +397,7 @@ def _stack_status(stack) -> dict:
     for handle, sock in stack.sockets.items():
         sockets.append(_socket_entry(handle, sock))
     now = time.monotonic()
+    inow = getattr(iface, "_now", now)  # the interface's clock: its timers count in it
     leases = []
     if stack.dhcp is not None:
         for le in stack.dhcp.leases():
@@ -351,7 +407,9 @@ def _stack_status(stack) -> dict:
     return {
         "interface": {"mac": str(iface.hardware_addr),
                       "addresses": [str(a) for a in iface.ip_addrs],
+                      "neighbors": _neighbors(iface, inow),
                       "stats": dict(iface.stats)},
+        "ipv6": _ipv6_status(stack, iface, inow),
         "runtime": dict(getattr(stack.runtime, "stats", {})),
         "sockets": sockets,
         "dhcp_leases": leases,
@@ -634,8 +692,21 @@ def format_status(st: dict) -> str:
         lines.append(f"  backend: {_counters(dev['backend_counters'])}")
     if "interface" in st:
         i = st["interface"]
+        v6 = st.get("ipv6") or {}
         lines.append(f"interface {i['mac']} {' '.join(i['addresses'])}")
+        if v6.get("enabled"):
+            lines.append(f"  ipv6: {' '.join(v6['addresses'])}"
+                         + (f" (default router {v6['default_router']})"
+                            if v6.get("default_router") else ""))
+        elif v6:
+            lines.append("  ipv6: off")
         lines.append(f"  stats: {_counters(i['stats'])}")
+        arp = i.get("neighbors", [])
+        lines.append(f"ARP ({len(arp)}):" if arp else "ARP: empty")
+        for n in arp:
+            lines.append(f"  {n['address']:15} {n['mac']} expires in {n['expires_in']:.0f}s")
+        if v6.get("enabled"):
+            lines.extend(_format_ipv6(v6))
         lines.append(f"sockets ({len(st['sockets'])}):")
         for s in st["sockets"]:
             lines.append(f"  {s['handle']:4d} {s['kind']:4} {s.get('local') or '*':21} "
@@ -656,6 +727,38 @@ def format_status(st: dict) -> str:
         else:
             lines.append("faults: off")
     return "\n".join(lines)
+
+
+def _format_ipv6(v6: dict) -> list[str]:
+    lines = []
+    nd = v6["neighbors"]
+    lines.append(f"IPv6 neighbors ({len(nd)}):" if nd else "IPv6 neighbors: none")
+    width = max([25, *(len(n["address"]) for n in nd)])
+    for n in nd:
+        flags = " router" if n["router"] else ""
+        if n["queued"]:
+            flags += f" queued {n['queued']}"
+        if n["timer_in"] is not None:
+            flags += f" timer {n['timer_in']:.0f}s"
+        lines.append(f"  {n['address']:{width}} {n['mac'] or '(unresolved)':17} "
+                     f"{n['state']:10}{flags}".rstrip())
+    ra = v6.get("router_adv")
+    if ra is not None:
+        extra = [f"RDNSS {' '.join(ra['rdnss'])}"] if ra["rdnss"] else []
+        if ra["mtu"]:
+            extra.append(f"MTU {ra['mtu']}")
+        lines.append(f"router adverts: {' '.join(ra['prefixes']) or 'no prefix'}"
+                     + (f" ({', '.join(extra)})" if extra else "")
+                     + f"; {ra['sent']} sent, {ra['solicitations']} solicitation(s)")
+    if v6.get("dhcpv6_server") is not None:
+        lines.append(f"DHCPv6 server: {_counters(v6['dhcpv6_server'])}")
+    pm = v6["path_mtu"]
+    if pm:
+        lines.append(f"path MTU ({len(pm)}):")
+        for p in pm:
+            lines.append(f"  {p['destination']:{width}} {p['mtu']:5d} "
+                         f"expires in {p['expires_in']:.0f}s")
+    return lines
 
 
 def cmd_faults(args: argparse.Namespace) -> int:
@@ -753,11 +856,13 @@ def add_parser(sub) -> None:
                     "state: the features and protocol features QEMU negotiated, every "
                     "virtqueue (size, started/enabled, ring indices, kicks, "
                     "notifications, errors), device and backend counters and drops, the "
-                    "stack's interface stats, its sockets with their TCP states, DHCP "
-                    "leases and the faults in force.",
+                    "stack's interface stats and ARP table, its IPv6 side (addresses, "
+                    "neighbors with their NDP states, router adverts, DHCPv6, path MTUs), "
+                    "its sockets with their TCP states, DHCP leases and the faults in force.",
         epilog="examples:\n  vhostnet status                          # ./vhostnet.sock\n"
                "  vhostnet status --socket-path /tmp/vm.sock\n"
-               "  vhostnet status --json | jq .device.queues")
+               "  vhostnet status --json | jq .device.queues\n"
+               "  vhostnet status --json | jq .ipv6.neighbors")
     _add_target(st)
     st.set_defaults(func=cmd_status)
 

@@ -224,6 +224,105 @@ def test_capture_filter_rejects_nonsense():
 
 
 # -- the commands ---------------------------------------------------------------------------
+GUEST_LL = "fe80::5054:ff:fe12:3456"  # the guest's EUI-64 link-local address
+
+
+def ipv6_traffic(fe, us_ll: str) -> None:
+    """From the guest: a ping to our link-local, a router solicitation, a DHCPv6
+    information-request, and a Packet Too Big for a far destination we sent to."""
+    from scapy.layers.dhcp6 import DUID_LL, DHCP6_InfoRequest, DHCP6OptClientId, DHCP6OptOptReq
+    from scapy.layers.inet import UDP
+    from scapy.layers.inet6 import (
+        ICMPv6EchoRequest,
+        ICMPv6ND_RS,
+        ICMPv6NDOptSrcLLAddr,
+        ICMPv6PacketTooBig,
+        IPv6,
+    )
+
+    fe.send_frame(bytes(Ether(src=GUEST_MAC, dst=STACK_MAC) / IPv6(src=GUEST_LL, dst=us_ll)
+                        / ICMPv6EchoRequest(id=1, seq=1)))
+    fe.send_frame(bytes(Ether(src=GUEST_MAC, dst="33:33:00:00:00:02")
+                        / IPv6(src=GUEST_LL, dst="ff02::2", hlim=255)
+                        / ICMPv6ND_RS() / ICMPv6NDOptSrcLLAddr(lladdr=GUEST_MAC)))
+    fe.send_frame(bytes(Ether(src=GUEST_MAC, dst="33:33:00:01:00:02")
+                        / IPv6(src=GUEST_LL, dst="ff02::1:2") / UDP(sport=546, dport=547)
+                        / DHCP6_InfoRequest(trid=7)
+                        / DHCP6OptClientId(duid=DUID_LL(lladdr=GUEST_MAC))
+                        / DHCP6OptOptReq(reqopts=[23])))
+    fe.send_frame(bytes(Ether(src=GUEST_MAC, dst=STACK_MAC)
+                        / IPv6(src=GUEST_LL, dst="fd00:10:0:2::2")
+                        / ICMPv6PacketTooBig(mtu=1280)
+                        / IPv6(src="fd00:10:0:2::2", dst="fd00:99::1") / ICMPv6EchoRequest()))
+
+
+def wait_status(served, ok, timeout: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = ask(served, {"cmd": "status"})["status"]
+        if ok(st) or time.monotonic() > deadline:
+            return st
+
+
+def test_status_ipv6_addresses_neighbors_ra_dhcpv6_pmtu(served, guest):
+    v6 = ask(served, {"cmd": "status"})["status"]["ipv6"]
+    assert v6["enabled"] and v6["link_local"] == "fe80::5055:aff:fe00:202"
+    assert v6["addresses"] == ["fe80::5055:aff:fe00:202/64", "fd00:10:0:2::2/64",
+                               "fd00:10:0:2::3/64"]  # link-local first
+    assert v6["neighbors"] == [] and v6["path_mtu"] == []
+    assert v6["router_adv"]["prefixes"] == ["fd00:10:0:2::/64"]
+    assert v6["router_adv"]["rdnss"] == ["fd00:10:0:2::3"]
+    ipv6_traffic(guest, v6["link_local"])
+    st = wait_status(served, lambda st: st["ipv6"]["dhcpv6_server"]["replies"]
+                     and st["ipv6"]["path_mtu"])
+    v6 = st["ipv6"]
+    (n,) = v6["neighbors"]
+    assert (n["address"], n["mac"], n["router"]) == (GUEST_LL, GUEST_MAC, False)
+    assert n["state"] in ("STALE", "DELAY", "PROBE", "REACHABLE")
+    assert v6["router_adv"]["solicitations"] == 1 and v6["router_adv"]["sent"] >= 1
+    assert v6["dhcpv6_server"]["requests"] == v6["dhcpv6_server"]["replies"] == 1
+    (pm,) = v6["path_mtu"]
+    assert (pm["destination"], pm["mtu"]) == ("fd00:99::1", 1280) and pm["expires_in"] > 500
+    assert {"local": "[::]:547", "type": "Dhcpv6ServerSocket"}.items() <= \
+        next(s for s in st["sockets"] if s["type"] == "Dhcpv6ServerSocket").items()
+    # the ARP table, beside it
+    guest.send_frame(arp_request())
+    st = wait_status(served, lambda st: st["interface"]["neighbors"])
+    (a,) = st["interface"]["neighbors"]
+    assert (a["address"], a["mac"]) == ("10.0.2.15", GUEST_MAC) and a["expires_in"] > 0
+
+
+def test_cli_status_shows_ipv6(served, guest):
+    ipv6_traffic(guest, "fe80::5055:aff:fe00:202")
+    wait_status(served, lambda st: st["ipv6"]["dhcpv6_server"]["replies"]
+                and st["ipv6"]["path_mtu"])
+    out = vhostnet("status", "--control", served.ctl).stdout
+    assert "  ipv6: fe80::5055:aff:fe00:202/64 fd00:10:0:2::2/64 fd00:10:0:2::3/64" in out
+    assert "IPv6 neighbors (1):" in out
+    line = next(x for x in out.splitlines() if x.startswith(f"  {GUEST_LL}"))
+    assert GUEST_MAC in line
+    assert "router adverts: fd00:10:0:2::/64 (RDNSS fd00:10:0:2::3, MTU 1500);" in out
+    assert "1 solicitation(s)" in out
+    assert "DHCPv6 server: " in out and "replies=1" in out
+    assert "path MTU (1):" in out and "fd00:99::1" in out and " 1280 " in out
+    assert "[::]:547" in out
+
+
+def test_format_status_without_ipv6():
+    """A stack with --no-ipv6 says so; a reply without the ipv6 key (an older backend)
+    still formats."""
+    from apps.control import format_status
+
+    st = {"pid": 1, "socket_path": "v.sock", "control_path": "v.sock.ctl", "uptime": 1.0,
+          "connections_served": 0, "server_counters": {}, "device": None,
+          "interface": {"mac": STACK_MAC, "addresses": ["10.0.2.2/24"], "stats": {}},
+          "sockets": [], "dhcp_leases": [], "faults": {"enabled": False}}
+    out = format_status(st)
+    assert "ipv6" not in out.lower() and "ARP: empty" in out
+    out = format_status({**st, "ipv6": {"enabled": False}})
+    assert "  ipv6: off" in out and "IPv6 neighbors" not in out
+
+
 def test_cli_status(served, guest):
     r = vhostnet("status", "--control", served.ctl)
     assert r.returncode == 0, r.stderr
