@@ -3,7 +3,8 @@ crosses its NIC. Exits 0 when every step passed, else 1 with the failed step and
 console lines.
 
 The steps: start the backend and its stack, boot the guest, bring eth0 up, get a DHCP lease
-from us, ping us, resolve a name through us, talk UDP to our apps. Each step is a function of the `Demo` (backend, guest, app) that returns a short result
+from us, ping us, resolve a name through us, talk UDP to our apps, download and upload over
+HTTP, and configure IPv6 from our router advertisement and use it. Each step is a function of the `Demo` (backend, guest, app) that returns a short result
 line; the runner prints it with its timing. Plain text, one line per step, so it reads the
 same on a terminal and in a CI log.
 """
@@ -132,6 +133,33 @@ class Demo:
         return f"POST of {int(size) / 1e6:.1f} MB to /sink: length and SHA-256 ok, " \
                f"{int(size) * 8 / dt / 1e6:.0f} Mbit/s"
 
+    def step_ipv6(self) -> str:
+        """SLAAC from our router advertisement, then ping6 and a download over IPv6."""
+        vm = self.vm
+        deadline = time.monotonic() + 30
+        addr = ""
+        while time.monotonic() < deadline:
+            out = vm.run_ok("ip -6 addr show dev eth0 scope global")
+            m = re.search(r"inet6 (fd00:10:0:2:[0-9a-f:]+)/64", out)
+            if m and "tentative" not in out:
+                addr = m.group(1)
+                break
+            time.sleep(0.5)
+        if not addr:
+            raise RuntimeError(f"no SLAAC address in fd00:10:0:2::/64 after 30 s:\n{out}")
+        out = vm.run_ok("ping6 -c 5 -i 0.2 -q fd00:10:0:2::2", timeout=30)
+        m = re.search(r"(\d+)% packet loss.*?= ([\d.]+)/([\d.]+)/([\d.]+)", out, re.S)
+        if not m or m.group(1) != "0":
+            raise RuntimeError(out.strip())
+        n = 4 << 20
+        want = hashlib.sha256(bytes(range(256)) * (n // 256)).hexdigest()
+        got = vm.run_ok(f"wget -q -O - http://[fd00:10:0:2::2]/bytes/{n} | sha256sum",
+                        timeout=120).split()[0]
+        if got != want:
+            raise RuntimeError(f"hash {got} != {want}")
+        return f"SLAAC {addr}; 5 ping6 to fd00:10:0:2::2, 0% loss, avg {m.group(3)} ms; " \
+               f"4 MiB over IPv6, SHA-256 ok"
+
     STEPS = [
         ("start the backend and the stack", step_backend),
         ("boot the guest in QEMU", step_guest),
@@ -142,6 +170,7 @@ class Demo:
         ("guest talks UDP to our apps", step_udp),
         ("guest downloads over HTTP (hash checked)", step_download),
         ("guest uploads over HTTP (hash checked)", step_upload),
+        ("guest gets IPv6 from our RA, uses it", step_ipv6),
     ]
 
     # -- runner ------------------------------------------------------------------------
