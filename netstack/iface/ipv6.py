@@ -9,15 +9,22 @@ with EtherType 0x86DD. Its jobs, in receive order:
    the groups joined. Extension headers are walked with a bound (`walk_headers`), the
    Parameter Problem RFC 8200 asks for is sent (rate-limited), fragments go to the
    reassembler (overlaps drop the datagram, RFC 5722; atomic fragments, RFC 6946, are
-   processed as they are).
+   processed as they are; a first fragment without its whole header chain is dropped with
+   Parameter Problem code 3, RFC 7112). ICMPv6 errors (RFC 4443 §2.4) are never sent
+   about an error (found behind extension headers too) or to a multicast or unspecified
+   source, and share the interface's token bucket.
 2. ICMPv6 (RFC 4443): echo requests answered (also to multicast groups we are in), echo
    replies and errors handed to ICMP sockets, Packet Too Big recorded as the path MTU of
-   the quoted destination (RFC 8201) and passed to TCP connections it names.
+   the quoted destination (RFC 8201; at most `MAX_PMTU_ENTRIES` destinations) and passed
+   to TCP connections it names.
 3. Neighbor discovery (RFC 4861): NS for our addresses answered with an NA, NS/NA feed
    the `NeighborCache6` state machine, RS handed to the router advertisement socket (kind
    "ndisc"), RA accepted from routers when we are not one (default router, on-link
-   prefixes, MTU). Duplicate address detection is optimistic (RFC 4429): an address is
-   usable at once and removed, logged and counted if another node claims it.
+   prefixes, MTU). NDP in fragmented packets is ignored (RFC 6980). Duplicate address
+   detection is optimistic (RFC 4429): an address is usable at once and removed, logged
+   and counted if another node claims it; while Optimistic it is never announced and
+   answered only with Override clear. Neighbors are learned from the Ethernet source of
+   unicast datagrams from on-link addresses (never a group MAC), as IPv4 learns.
 4. UDP and TCP: the same handlers as IPv4 (they read `src_addr`/`dst_addr`/`protocol`
    from the `Ipv6Repr`).
 
@@ -61,6 +68,7 @@ from netstack.wire.ipv6 import (
     multicast_mac,
     pack_header,
     solicited_node,
+    upper_layer,
     walk_headers,
 )
 from netstack.wire.ndisc import (
@@ -84,6 +92,10 @@ _UNSPEC = IPv6Address(0)
 PMTU_EXPIRY = 600.0  # RFC 8201 §4: retry a larger PMTU after at least 5 minutes
 _ECHO_REQUEST = int(Icmpv6Message.ECHO_REQUEST)
 MAX_ONLINK_PREFIXES = 16  # prefixes learned from RAs (an RA flood cannot grow the table)
+MAX_PMTU_ENTRIES = 1024  # destinations with a lowered path MTU (forged PTBs cannot grow it)
+# RFC 7112: how much of the upper-layer header a first fragment must hold (as Linux does)
+_UPPER_HEADER_LEN = {_TCP: 20, _UDP: 8, _ICMPV6: 8}
+_PP_INCOMPLETE_CHAIN = 3  # Parameter Problem code 3 (RFC 7112 §5)
 
 
 def _is_multicast(addr: IPv6Address) -> bool:
@@ -223,7 +235,11 @@ class Ipv6Layer:
         if self._announce6:
             self._announce6 = False
             for c in self._cidrs6:  # unsolicited NA: peers with a stale entry update it
-                self._send_na(c.address, ALL_NODES, None, solicited=False)
+                # RFC 4429 §3.3: none for an Optimistic address. (None when its DAD ends
+                # either: RFC 4861 §7.2.6 makes them optional, and a new address has no
+                # stale entries to fix.)
+                if c.address not in self._optimistic:
+                    self._send_na(c.address, ALL_NODES, None, solicited=False)
         r = self.reassembler6
         if len(r):
             at = r.poll_at()
@@ -286,7 +302,7 @@ class Ipv6Layer:
             stats["ipv6_not_for_us"] += 1
             return
         src_hw = EthernetAddress(frame[6:12])
-        if not cast and b[8] != 0:
+        if not cast and b[8] != 0 and not frame[6] & 1:  # never learn a group MAC
             src = IPv6Address(bytes(b[8:24]))
             if src not in self.neighbors6 and self._route6(src) == src:
                 # What we would learn by asking (as IPv4 does): replies need no NS first.
@@ -315,6 +331,15 @@ class Ipv6Layer:
                 stats["ipv6_malformed"] += 1
                 return
             stats["ipv6_fragments"] += 1
+            if frag.offset == 0 and not self._header_chain_whole(payload, frag):
+                # RFC 8200 §4.5 / RFC 7112 §5: the first fragment must hold every
+                # header through the upper-layer one; drop it, Parameter Problem code 3.
+                stats["ipv6_incomplete_header_chain"] += 1
+                if not cast:
+                    self._icmp6_error(pkt, Icmpv6Repr(
+                        Icmpv6Message.PARAM_PROBLEM, _PP_INCOMPLETE_CHAIN, pointer=0,
+                        data=quote_offending(pkt.buffer[:HEADER_LEN + len(payload)])))
+                return
             whole = self.reassembler6.add(self._now, pkt.buffer[:HEADER_LEN + len(payload)],
                                           frag)
             if whole is None:
@@ -342,7 +367,7 @@ class Ipv6Layer:
                 self._sockets.dirty.add(sock)
                 raw_taken = True
         if proto == _ICMPV6:
-            self._rx_icmpv6(ip, pkt, upper, cast, src_hw)
+            self._rx_icmpv6(ip, pkt, upper, cast, src_hw, reassembled or frag is not None)
             return
         if proto == _UDP or proto == _TCP:
             self.protocol_handlers[proto](ip, pkt, upper, cast, raw_taken, src_hw)
@@ -354,14 +379,27 @@ class Ipv6Layer:
             self._icmp6_error(pkt, Icmpv6Repr.param_problem(
                 1, walk.nh_pointer, quote_offending(b[:HEADER_LEN + len(payload)])))
 
+    @staticmethod
+    def _header_chain_whole(payload: memoryview, frag) -> bool:
+        """Whether a first fragment holds its whole header chain (RFC 7112)."""
+        data = payload[frag.header_offset + 8:]
+        found = upper_layer(data, frag.next_header)
+        if found is None:
+            return False
+        proto, offset, _ = found
+        return offset + _UPPER_HEADER_LEN.get(proto, 0) <= len(data)
+
     def _rx_icmpv6(self, ip: Ipv6Repr, pkt: Ipv6Packet, payload: memoryview, cast: bool,
-                   src_hw: EthernetAddress) -> None:
+                   src_hw: EthernetAddress, fragmented: bool = False) -> None:
         stats = self.stats
         if len(payload) < 4:
             stats["icmpv6_malformed"] += 1
             return
         t = payload[0]
         if 133 <= t <= 137:
+            if fragmented:  # RFC 6980 §5: fragmented NDP (atomic fragments too) ignored
+                stats["ndisc_fragmented"] += 1
+                return
             self._rx_ndisc(ip, payload, src_hw)
             return
         if t in (130, 131, 132, 143):
@@ -410,7 +448,15 @@ class Ipv6Layer:
         mtu = max(MIN_MTU, icmp.mtu)
         if mtu >= self.path_mtu(dst):
             return
-        self._pmtu[dst] = (mtu, self._now + PMTU_EXPIRY)
+        pmtu = self._pmtu
+        if dst not in pmtu and len(pmtu) >= MAX_PMTU_ENTRIES:
+            now = self._now
+            for key in [k for k, (_m, until) in pmtu.items() if until <= now]:
+                del pmtu[key]
+            if len(pmtu) >= MAX_PMTU_ENTRIES:  # all live: the oldest goes
+                del pmtu[next(iter(pmtu))]
+                stats["icmpv6_ptb_table_full"] += 1
+        pmtu[dst] = (mtu, self._now + PMTU_EXPIRY)
         stats["icmpv6_ptb_applied"] += 1
         log.info("path MTU to %s is now %d (Packet Too Big)", dst, mtu)
         ports = None
@@ -477,7 +523,9 @@ class Ipv6Layer:
         mac = ns.lladdr
         if mac is None:
             mac = self.neighbors6.lookup(ip.src_addr, self._now)
-        self._send_na(target, ip.src_addr, mac, solicited=True)
+        # RFC 4429 §3.3: an Optimistic address must not override other nodes' entries
+        self._send_na(target, ip.src_addr, mac, solicited=True,
+                      override=target not in self._optimistic)
         stats["ndisc_na_sent"] += 1
 
     def _rx_na(self, ip: Ipv6Repr, na: NeighborAdvert) -> None:
@@ -554,9 +602,15 @@ class Ipv6Layer:
         if src == _UNSPEC or _is_multicast(src):
             self.stats["icmp_error_suppressed"] += 1
             return
-        if b[6] == _ICMPV6 and len(b) > HEADER_LEN and b[HEADER_LEN] < 128:
-            self.stats["icmp_error_suppressed"] += 1
-            return
+        # RFC 4443 §2.4(e.1): never about an error, wherever the ICMPv6 header is (behind
+        # extension headers too). As Linux does, an ICMPv6 header cut off counts as an
+        # error unless a fragment cut it (the first fragment of RFC 7112).
+        found = upper_layer(b[HEADER_LEN:], b[6])
+        if found is not None and found[0] == _ICMPV6:
+            at = HEADER_LEN + found[1]
+            if b[at] < 128 if at < len(b) else not found[2]:
+                self.stats["icmp_error_suppressed"] += 1
+                return
         if not self._take_icmp_token():
             return
         dst = IPv6Address(bytes(b[24:40]))
@@ -766,7 +820,7 @@ class Ipv6Layer:
         self.stats["ndisc_ns_sent"] += 1
 
     def _send_na(self, target: IPv6Address, dst: IPv6Address, mac: EthernetAddress | None,
-                 solicited: bool) -> None:
+                 solicited: bool, override: bool = True) -> None:
         if mac is None:
             if dst.packed[0] != 0xFF:
                 # No link-layer address for the solicitor: RFC 4861 §7.2.4 lets us
@@ -775,6 +829,5 @@ class Ipv6Layer:
                 solicited = False
             mac = multicast_mac(dst)
         na = NeighborAdvert(target, router=self.ipv6_router, solicited=solicited,
-                            override=True,
-                            lladdr=self.hardware_addr)
+                            override=override, lladdr=self.hardware_addr)
         self._send_icmp6(dst, mac, target, na)

@@ -338,6 +338,40 @@ def walk_headers(payload, next_header: int,
         pos += hlen
 
 
+def upper_layer(payload, next_header: int,
+                max_headers: int = MAX_EXTENSION_HEADERS) -> tuple[int, int, bool] | None:
+    """Where the upper-layer header of an IPv6 payload starts, as (protocol, offset,
+    whether a Fragment header was stepped over),
+    stepping over hop-by-hop, destination options and routing headers without judging
+    their contents, and over the Fragment header of a first (or atomic) fragment. None
+    when the chain runs past `payload`, is longer than `max_headers`, or what follows is
+    a later fragment's data (no upper-layer header there). Never raises: for deciding
+    about a packet we are not going to process (ICMPv6 error eligibility, RFC 4443
+    §2.4(e); RFC 7112 header chain checks)."""
+    nh = next_header
+    pos = 0
+    n = len(payload)
+    fragment = False
+    for _ in range(max_headers + 1):
+        if nh == FRAGMENT:
+            if pos + FRAGMENT_HEADER_LEN > n:
+                return None
+            if _U16.unpack_from(payload, pos + 2)[0] & 0xFFF8:
+                return None
+            nh = payload[pos]
+            pos += FRAGMENT_HEADER_LEN
+            fragment = True
+        elif nh in (HOPBYHOP, DSTOPTS, ROUTING):
+            if pos + 2 > n:
+                return None
+            nh, pos = payload[pos], pos + (payload[pos + 1] + 1) * 8
+            if pos > n:
+                return None
+        else:
+            return nh, pos, fragment
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Ipv6Cidr:
     """An address with its prefix length (fd00:10:0:2::2/64)."""

@@ -56,6 +56,14 @@ def make(now: float = 0.0, mtu: int = 1500, **kw):
     return iface, dev, sockets
 
 
+def settled(**kw):
+    """An interface whose duplicate address detection is over (its addresses announced)."""
+    iface, dev, sockets = make(**kw)
+    iface.poll(1.5, dev, sockets)
+    dev.take()
+    return iface, dev, sockets
+
+
 def feed(iface, dev, sockets, *frames, now: float = 0.0) -> list[Ether]:
     for f in frames:
         dev.rx.append(raw(f) if not isinstance(f, bytes | bytearray) else bytes(f))
@@ -91,17 +99,23 @@ def test_link_local_from_mac_and_dad_on_first_poll():
         assert f[IPv6].src == "::" and f[IPv6].dst.startswith("ff02::1:ff")
         assert f[IPv6].hlim == 255 and ICMPv6NDOptSrcLLAddr not in f
         assert f.dst.startswith("33:33:ff") and checksums_ok(f)
-    na = [f for f in frames if ICMPv6ND_NA in f]
-    assert {f[ICMPv6ND_NA].tgt for f in na} == {LL, GLOBAL}
+    assert [f for f in frames if ICMPv6ND_NA in f] == []  # optimistic: no NA (RFC 4429)
+    iface.poll(1.0, dev, SocketSet())  # DAD over: nothing either (RFC 4861 §7.2.6: MAY)
+    assert dev.take() == []
+    iface.dad_enabled = False  # without DAD the addresses are announced at once
+    iface.set_ipv6_addrs([Ipv6Cidr.parse("fd00:10:0:2::9/64")])
+    iface.poll(1.1, dev, SocketSet())
+    na = [f for f in dev.take() if ICMPv6ND_NA in f]
+    assert {f[ICMPv6ND_NA].tgt for f in na} == {LL, "fd00:10:0:2::9"}
     assert all(f[IPv6].dst == "ff02::1" and f[ICMPv6ND_NA].S == 0 for f in na)
+    assert all(f[ICMPv6ND_NA].O == 1 for f in na)
 
 
 def test_neighbor_solicitation_answered_and_sender_learned():
-    iface, dev, sockets = make()
-    dev.take()
+    iface, dev, sockets = settled()
     ns = from_peer(ICMPv6ND_NS(tgt=GLOBAL) / ICMPv6NDOptSrcLLAddr(lladdr=PEER_MAC),
                    dst="ff02::1:ff00:2", hlim=255, mac_dst="33:33:ff:00:00:02")
-    (na,) = feed(iface, dev, sockets, ns)
+    (na,) = feed(iface, dev, sockets, ns, now=2.0)
     assert na.dst == PEER_MAC and na[IPv6].src == GLOBAL and na[IPv6].dst == PEER
     assert na[ICMPv6ND_NA].tgt == GLOBAL and na[ICMPv6ND_NA].S == 1 and na[ICMPv6ND_NA].O == 1
     assert na[ICMPv6NDOptDstLLAddr].lladdr == str(MAC) and checksums_ok(na)
@@ -236,8 +250,7 @@ def test_dad_conflict_removes_the_address():
 
 
 def test_dad_probe_from_another_node_is_defended_after_dad():
-    iface, dev, sockets = make()
-    dev.take()
+    iface, dev, sockets = settled()
     probe = from_peer(ICMPv6ND_NS(tgt=GLOBAL), src="::", dst="ff02::1:ff00:2", hlim=255,
                       mac_dst="33:33:ff:00:00:02")
     (na,) = feed(iface, dev, sockets, probe, now=2.0)
@@ -361,3 +374,103 @@ def test_ipv6_off():
     iface, dev, sockets = make(ipv6=False)
     assert dev.take() == [] and iface.ipv6_addrs == []
     assert feed(iface, dev, sockets, from_peer(ICMPv6EchoRequest())) == []
+
+
+# -- review regressions: each was a bug, the hostile input is in the test ------------------
+
+
+def test_packet_too_big_flood_with_distinct_destinations_is_bounded():
+    # Each PTB quoting another destination made a path MTU entry: the table grew without
+    # bound (one entry per forged quote, kept 10 minutes).
+    iface, dev, sockets = make()
+    dev.take()
+    for i in range(0, 3000, 50):
+        ptbs = [from_peer(ICMPv6PacketTooBig(mtu=1280) / Raw(
+            raw(IPv6(src=GLOBAL, dst=f"2001:db8::{i + j:x}", plen=1460, nh=17))[:40]
+            + bytes(64))) for j in range(50)]
+        feed(iface, dev, sockets, *ptbs)
+    assert len(iface._pmtu) <= 1024
+    assert iface.path_mtu(IPv6Address("2001:db8::bb7")) == 1280  # the newest are kept
+
+
+def test_no_parameter_problem_about_an_icmpv6_error_behind_extension_headers():
+    # RFC 4443 §2.4(e.1): never an error about an error. The check only looked at the
+    # fixed header's Next Header, so an error behind a Destination Options header with an
+    # unknown 11xxxxxx option was answered with a Parameter Problem.
+    iface, dev, sockets = make()
+    dev.take()
+    quote = raw(IPv6(src=GLOBAL, dst=PEER) / ICMPv6EchoRequest())
+    pkt = from_peer(IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0xC2, optdata=b"ab")])
+                    / ICMPv6DestUnreach(code=4) / Raw(quote))
+    assert feed(iface, dev, sockets, pkt) == []
+    assert iface.stats["icmp_error_suppressed"] == 1
+    echo = from_peer(IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0xC2, optdata=b"ab")])
+                     / ICMPv6EchoRequest())
+    (err,) = feed(iface, dev, sockets, echo)  # an informational message still gets one
+    assert err[ICMPv6ParamProblem].code == 2
+
+
+def test_optimistic_addresses_get_no_override_and_no_unsolicited_na():
+    # RFC 4429 §3.3: a node must not override other nodes' cache entries for an address
+    # that is still Optimistic: no unsolicited NA for it and O=0 in solicited ones. The
+    # unsolicited NA (O=1) went out on the first poll, DAD still running.
+    iface, dev, sockets = make()
+    first = dev.take()
+    assert [f for f in first if ICMPv6ND_NA in f] == []
+    assert len([f for f in first if ICMPv6ND_NS in f]) == 2  # DAD for LL and GLOBAL
+    ns = from_peer(ICMPv6ND_NS(tgt=GLOBAL) / ICMPv6NDOptSrcLLAddr(lladdr=PEER_MAC), hlim=255)
+    (na,) = feed(iface, dev, sockets, ns, now=0.5)
+    assert na[ICMPv6ND_NA].O == 0 and na[ICMPv6ND_NA].S == 1 and checksums_ok(na)
+    (na,) = feed(iface, dev, sockets, ns, now=2.0)  # DAD over: Override
+    assert na[ICMPv6ND_NA].O == 1
+
+
+def _ns_frags(frag_size):
+    pkt = IPv6(src=PEER, dst=GLOBAL, hlim=255) / IPv6ExtHdrFragment(id=7) / \
+        ICMPv6ND_NS(tgt=GLOBAL) / ICMPv6NDOptSrcLLAddr(lladdr=PEER_MAC)
+    return [Ether(src=PEER_MAC, dst=str(MAC)) / f for f in fragment6(pkt, frag_size)]
+
+
+def test_fragmented_neighbor_discovery_is_ignored():
+    # RFC 6980 §5: NDP messages in fragmented packets (atomic fragments included) are
+    # ignored. A fragmented NS was reassembled and answered (and taught us a MAC).
+    iface, dev, sockets = settled()
+    frags = _ns_frags(64)
+    assert len(frags) == 2
+    assert feed(iface, dev, sockets, *frags, now=2.0) == []
+    atomic = from_peer(IPv6ExtHdrFragment(id=8, offset=0, m=0) / ICMPv6ND_NS(tgt=GLOBAL)
+                       / ICMPv6NDOptSrcLLAddr(lladdr=PEER_MAC), hlim=255)
+    assert feed(iface, dev, sockets, atomic, now=2.0) == []
+    assert iface.stats["ndisc_fragmented"] == 2
+
+
+def test_first_fragment_without_the_whole_header_chain_is_dropped():
+    # RFC 8200 §4.5 / RFC 7112: the first fragment must hold every header up to and
+    # including the upper-layer header; else drop it and send Parameter Problem code 3,
+    # pointer 0. Such a first fragment was reassembled and its datagram processed.
+    iface, dev, sockets = settled()
+    body = raw(IPv6(src=PEER, dst=GLOBAL) / IPv6ExtHdrDestOpt(nh=58)
+               / ICMPv6EchoRequest(id=1, seq=1, data=b"x" * 32))[40:]
+    first = from_peer(IPv6ExtHdrFragment(nh=60, id=11, offset=0, m=1) / Raw(body[:8]))
+    rest = from_peer(IPv6ExtHdrFragment(nh=60, id=11, offset=1, m=0) / Raw(body[8:]))
+    (err,) = feed(iface, dev, sockets, first, rest, now=2.0)
+    pp = err[ICMPv6ParamProblem]
+    assert pp.code == 3 and pp.ptr == 0 and err[IPv6].dst == PEER and checksums_ok(err)
+    assert iface.reassembler6.stats.reassembled == 0
+    # A first fragment with the ICMPv6 header whole but not its body is fine.
+    short = raw(IPv6(src=PEER, dst=GLOBAL) / ICMPv6EchoRequest(id=1, seq=2, data=b"y" * 32))[40:]
+    a = from_peer(IPv6ExtHdrFragment(nh=58, id=12, offset=0, m=1) / Raw(short[:8]))
+    b = from_peer(IPv6ExtHdrFragment(nh=58, id=12, offset=1, m=0) / Raw(short[8:]))
+    (reply,) = feed(iface, dev, sockets, a, b, now=2.0)
+    assert reply[ICMPv6EchoReply].seq == 2
+
+
+def test_multicast_ethernet_source_is_not_learned():
+    # A frame with a group MAC as its source taught the neighbor cache that address:
+    # unicast replies then went to every listener of that group.
+    iface, dev, sockets = settled()
+    pkt = Ether(src="33:33:00:00:00:01", dst=str(MAC)) / IPv6(src=PEER, dst=GLOBAL) / \
+        ICMPv6EchoRequest()
+    out = feed(iface, dev, sockets, pkt, now=2.0)
+    assert all(not (f.dst.startswith("33:33:00:00:00:01")) for f in out)
+    assert IPv6Address(PEER) not in iface.neighbors6
