@@ -102,6 +102,16 @@ def _is_multicast(addr: IPv6Address) -> bool:
     return addr.packed[0] == 0xFF
 
 
+_V4MAPPED = b"\x00" * 10 + b"\xff\xff"
+
+
+def _martian(src) -> bool:
+    """A source no packet from the wire may carry: multicast is checked by the caller;
+    here the loopback ::1 (RFC 4291 §2.5.3) and IPv4-mapped ::ffff:0:0/96 (RFC 4942
+    §2.1.4; a dual-stack socket would take it for an IPv4 peer)."""
+    return src[:12] == _V4MAPPED or int.from_bytes(src, "big") == 1
+
+
 class Ipv6Layer:
     """Mixin: see the module docstring. Attributes it relies on from `Interface`:
     `hardware_addr`, `stats`, `_now`, `_device`, `_sockets`, `_mtu`, `_emitted`,
@@ -285,10 +295,13 @@ class Ipv6Layer:
             stats["ipv6_malformed"] += 1
             return
         b = pkt.buffer
-        if b[8] == 0xFF:
+        if b[8] == 0xFF or (b[8] == 0 and _martian(b[8:24])):
             stats["ipv6_martian_source"] += 1
             return
         d = int.from_bytes(b[24:40], "big")
+        if d == 1 or d >> 32 == 0xFFFF:  # ::1, ::ffff:a.b.c.d: never from the wire
+            stats["ipv6_not_for_us"] += 1
+            return
         if d in self._addr6:
             if l2_cast:
                 stats["ipv6_unicast_in_l2_multicast"] += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ipaddress import IPv6Address
 
+from scapy.layers.inet import UDP
 from scapy.layers.inet6 import (
     HBHOptUnknown,
     ICMPv6DestUnreach,
@@ -33,6 +34,7 @@ from netstack.iface import Interface, InterfaceConfig
 from netstack.iface.ndisc import State
 from netstack.socket import SocketSet
 from netstack.socket.set import Socket
+from netstack.socket.udp import UdpSocket
 from netstack.wire.ethernet import EthernetAddress
 from netstack.wire.ipv6 import Ipv6Cidr
 from tests.iface.test_interface import Dev
@@ -474,3 +476,19 @@ def test_multicast_ethernet_source_is_not_learned():
     out = feed(iface, dev, sockets, pkt, now=2.0)
     assert all(not (f.dst.startswith("33:33:00:00:00:01")) for f in out)
     assert IPv6Address(PEER) not in iface.neighbors6
+
+
+def test_loopback_and_ipv4_mapped_sources_are_martians():
+    # RFC 4291 §2.5.3, RFC 4942 §2.1.4: ::1 and ::ffff:0:0/96 never come from the wire.
+    # A datagram from ::ffff:10.0.2.99 reached a dual-stack UDP socket as if an IPv4 peer
+    # had sent it (its reply would have gone out over IPv4 to 10.0.2.99).
+    iface, dev, sockets = settled()
+    s = UdpSocket()
+    s.bind(("::", 5000))
+    sockets.add(s)
+    out = feed(iface, dev, sockets,
+               from_peer(UDP(sport=53, dport=5000) / b"spoof", src="::ffff:10.0.2.99"),
+               from_peer(UDP(sport=53, dport=5000) / b"spoof", src="::1"),
+               from_peer(ICMPv6EchoRequest(), src="::1"), now=2.0)
+    assert out == [] and not s.can_recv()
+    assert iface.stats["ipv6_martian_source"] == 3
