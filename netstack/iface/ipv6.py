@@ -10,7 +10,8 @@ with EtherType 0x86DD. Its jobs, in receive order:
    Parameter Problem RFC 8200 asks for is sent (rate-limited), fragments go to the
    reassembler (overlaps drop the datagram, RFC 5722; atomic fragments, RFC 6946, are
    processed as they are; a first fragment without its whole header chain is dropped with
-   Parameter Problem code 3, RFC 7112). ICMPv6 errors (RFC 4443 §2.4) are never sent
+   Parameter Problem code 3, RFC 7112; a datagram that times out after its first fragment
+   came gets Time Exceeded code 1, RFC 8200 §4.5). ICMPv6 errors (RFC 4443 §2.4) are never sent
    about an error (found behind extension headers too) or to a multicast or unspecified
    source, and share the interface's token bucket.
 2. ICMPv6 (RFC 4443): echo requests answered (also to multicast groups we are in), echo
@@ -25,7 +26,15 @@ with EtherType 0x86DD. Its jobs, in receive order:
    and counted if another node claims it; while Optimistic it is never announced and
    answered only with Override clear. Neighbors are learned from the Ethernet source of
    unicast datagrams from on-link addresses (never a group MAC), as IPv4 learns.
-4. UDP and TCP: the same handlers as IPv4 (they read `src_addr`/`dst_addr`/`protocol`
+4. MLD (RFC 3810), as a listener: an MLDv2 report (CHANGE_TO_EXCLUDE for every group we
+   are in but ff02::1, CHANGE_TO_INCLUDE for groups left) to ff02::16 whenever the set of
+   groups changes (addresses come and go with their solicited-node groups; joins; the
+   first poll, before DAD); queries (link-local source, hop limit 1, Router Alert) are
+   answered with MODE_IS_EXCLUDE records for the groups asked about (MLDv1 reports to an
+   MLDv1 querier), at once, at most once per `MLD_ANSWER_INTERVAL`. No random delay, no
+   robustness retransmissions, no compatibility-mode timer. Other nodes' reports are
+   not for us (ff02::16 is not joined).
+5. UDP and TCP: the same handlers as IPv4 (they read `src_addr`/`dst_addr`/`protocol`
    from the `Ipv6Repr`).
 
 Transmit (`emit` with an `IPv6Address` destination): on-link (link-local, our prefixes,
@@ -55,10 +64,12 @@ from netstack.wire.icmpv6 import (
     quote_offending,
 )
 from netstack.wire.ipv6 import (
+    ALL_MLDV2_ROUTERS,
     ALL_NODES,
     ALL_ROUTERS,
     FRAGMENT,
     HEADER_LEN,
+    HOPBYHOP,
     MIN_MTU,
     NO_NEXT,
     Ipv6Cidr,
@@ -70,6 +81,17 @@ from netstack.wire.ipv6 import (
     solicited_node,
     upper_layer,
     walk_headers,
+)
+from netstack.wire.mld import (
+    CHANGE_TO_EXCLUDE,
+    CHANGE_TO_INCLUDE,
+    MODE_IS_EXCLUDE,
+    RECORD_HEADER_LEN,
+    REPORT_HEADER_LEN,
+    AddressRecord,
+    MldQuery,
+    Mldv1Report,
+    Mldv2Report,
 )
 from netstack.wire.ndisc import (
     NeighborAdvert,
@@ -96,6 +118,10 @@ MAX_PMTU_ENTRIES = 1024  # destinations with a lowered path MTU (forged PTBs can
 # RFC 7112: how much of the upper-layer header a first fragment must hold (as Linux does)
 _UPPER_HEADER_LEN = {_TCP: 20, _UDP: 8, _ICMPV6: 8}
 _PP_INCOMPLETE_CHAIN = 3  # Parameter Problem code 3 (RFC 7112 §5)
+# MLD (RFC 3810 §5.1.14, §5.2.13, RFC 2711): hop limit 1, a Hop-by-Hop header with Router
+# Alert (value 0: MLD) then PadN to 8 bytes
+_HBH_ROUTER_ALERT = bytes([_ICMPV6, 0, 5, 2, 0, 0, 1, 0])
+MLD_ANSWER_INTERVAL = 1.0  # answers to queries: at most one burst a second (query floods)
 
 
 def _is_multicast(addr: IPv6Address) -> bool:
@@ -103,6 +129,11 @@ def _is_multicast(addr: IPv6Address) -> bool:
 
 
 _V4MAPPED = b"\x00" * 10 + b"\xff\xff"
+
+
+def _mld_reportable(group: IPv6Address) -> bool:
+    """RFC 3810 §6: never a report for ff02::1, nor for scopes 0 and 1 (interface-local)."""
+    return group != ALL_NODES and group.packed[1] & 0x0F > 1
 
 
 def _martian(src) -> bool:
@@ -140,6 +171,12 @@ class Ipv6Layer:
         self._frag_ident6 = 0
         self.dad_enabled: bool = config.dad
         self._announce6 = False
+        self._mld_reported: frozenset[IPv6Address] = frozenset()  # groups last reported
+        self._mld_left: set[IPv6Address] = set()  # left since the last report
+        self._mld_change = False  # a state-change report is due
+        self._mld_pending: set[IPv6Address] = set()  # MLDv2 query answers due
+        self._mld_pending_v1: set[IPv6Address] = set()  # MLDv1 query answers due
+        self._mld_next = 0.0  # no query answer before this
         self.set_ipv6_default_router(config.ipv6_default_router)
         for cidr, via in config.ipv6_routes:
             self.add_ipv6_route(cidr, via)
@@ -190,6 +227,12 @@ class Ipv6Layer:
         self._accept6 = frozenset(int(g) for g in groups)
         self._mcast6 = groups
         self._refresh_group_macs()
+        reportable = frozenset(g for g in groups if _mld_reportable(g))
+        if reportable != self._mld_reported:
+            # RFC 3810 §6.1: a state-change report (sent by the next poll)
+            self._mld_left = (self._mld_left | (self._mld_reported - reportable)) - reportable
+            self._mld_reported = reportable
+            self._mld_change = True
 
     def _group_macs6(self) -> set[bytes]:
         return {bytes(multicast_mac(g)) for g in getattr(self, "_mcast6", ())}
@@ -233,6 +276,11 @@ class Ipv6Layer:
     def _poll6(self, now: float) -> None:
         if not self.ipv6_enabled:
             return
+        if self._mld_change:  # first: RFC 4862 §5.4.2 joins the groups before DAD
+            self._mld_change = False
+            self._send_mld_state_change()
+        if (self._mld_pending or self._mld_pending_v1) and now >= self._mld_next:
+            self._answer_mld_queries()
         if self._dad_due:
             for addr in self._dad_due:
                 self._send_ns(addr, _UNSPEC, None, dad=True)
@@ -255,6 +303,7 @@ class Ipv6Layer:
             at = r.poll_at()
             if at is not None and at <= now:
                 r.expire(now)
+                self._reassembly_timeouts()
         nd = self.neighbors6
         if len(nd):
             at = nd.poll_at()
@@ -273,9 +322,11 @@ class Ipv6Layer:
     def _poll_at6(self) -> float | None:
         if not self.ipv6_enabled:
             return None
-        if self._dad_due or self._announce6:
+        if self._dad_due or self._announce6 or self._mld_change:
             return self._now
         cands = [self.neighbors6.poll_at(), self.reassembler6.poll_at()]
+        if self._mld_pending or self._mld_pending_v1:
+            cands.append(self._mld_next)
         if self._optimistic:
             cands.append(min(self._optimistic.values()))
         if self._router_expiry != float("inf"):
@@ -355,6 +406,7 @@ class Ipv6Layer:
                 return
             whole = self.reassembler6.add(self._now, pkt.buffer[:HEADER_LEN + len(payload)],
                                           frag)
+            self._reassembly_timeouts()  # `add` expires old datagrams too
             if whole is None:
                 return
             try:
@@ -380,7 +432,8 @@ class Ipv6Layer:
                 self._sockets.dirty.add(sock)
                 raw_taken = True
         if proto == _ICMPV6:
-            self._rx_icmpv6(ip, pkt, upper, cast, src_hw, reassembled or frag is not None)
+            self._rx_icmpv6(ip, pkt, upper, cast, src_hw, reassembled or frag is not None,
+                            walk.router_alert)
             return
         if proto == _UDP or proto == _TCP:
             self.protocol_handlers[proto](ip, pkt, upper, cast, raw_taken, src_hw)
@@ -403,7 +456,8 @@ class Ipv6Layer:
         return offset + _UPPER_HEADER_LEN.get(proto, 0) <= len(data)
 
     def _rx_icmpv6(self, ip: Ipv6Repr, pkt: Ipv6Packet, payload: memoryview, cast: bool,
-                   src_hw: EthernetAddress, fragmented: bool = False) -> None:
+                   src_hw: EthernetAddress, fragmented: bool = False,
+                   router_alert: bool = False) -> None:
         stats = self.stats
         if len(payload) < 4:
             stats["icmpv6_malformed"] += 1
@@ -415,7 +469,10 @@ class Ipv6Layer:
                 return
             self._rx_ndisc(ip, payload, src_hw)
             return
-        if t in (130, 131, 132, 143):
+        if t == Icmpv6Message.MLD_QUERY:
+            self._rx_mld_query(ip, payload, router_alert)
+            return
+        if t in (131, 132, 143):  # other listeners' reports: we are not a multicast router
             stats["mld_ignored"] += 1
             return
         try:
@@ -605,6 +662,98 @@ class Ipv6Layer:
             mac = self.neighbors6.lookup(self._route6(dst) or dst, self._now)
             if mac is not None:
                 self._send_datagram6(mac, d)
+
+    def _reassembly_timeouts(self) -> None:
+        """RFC 8200 §4.5: Time Exceeded code 1 (rate-limited) to the source of each
+        timed-out datagram whose first fragment had come, unless it was sent to a
+        multicast group (RFC 4443 §2.4(e.3))."""
+        for quote in self.reassembler6.take_expired():
+            if quote[24] == 0xFF:
+                continue
+            self._icmp6_error(Ipv6Packet(quote), Icmpv6Repr.time_exceeded(1, quote))
+
+    # -- MLD (RFC 3810) -------------------------------------------------------------------
+    def _rx_mld_query(self, ip: Ipv6Repr, payload: memoryview, router_alert: bool) -> None:
+        """RFC 3810 §6.2: a query from a link-local source with hop limit 1 and a Router
+        Alert is answered for the groups it asks about that we are in: at once (no random
+        delay: we are one listener, not a crowd to spread out) unless we answered less than
+        `MLD_ANSWER_INTERVAL` ago, then when that interval ends, merged."""
+        stats = self.stats
+        if ip.hop_limit != 1 or not router_alert:
+            stats["mld_query_dropped"] += 1
+            return
+        try:
+            query = MldQuery.parse(payload, ip.src_addr, ip.dst_addr)
+        except Error:  # checksum, length, non-link-local source
+            stats["mld_malformed"] += 1
+            return
+        groups = self._mld_reported
+        if query.group == _UNSPEC:
+            asked = set(groups)
+        elif query.group in groups:
+            asked = {query.group}
+        else:
+            stats["mld_query_not_ours"] += 1
+            return
+        stats["mld_queries"] += 1
+        (self._mld_pending_v1 if query.mldv1 else self._mld_pending).update(asked)
+        if self._now >= self._mld_next:
+            self._answer_mld_queries()
+
+    def _answer_mld_queries(self) -> None:
+        """Current-state records (MODE_IS_EXCLUDE, no sources: we want every source) for
+        the groups queried; a group-and-source-specific query gets the same answer, our
+        whole state. MLDv1 queriers get MLDv1 reports (RFC 3810 §8.2, without the
+        compatibility-mode timer)."""
+        groups = self._mld_reported
+        v2 = sorted(self._mld_pending & groups)
+        v1 = sorted(self._mld_pending_v1 & groups)
+        self._mld_pending.clear()
+        self._mld_pending_v1.clear()
+        self._mld_next = self._now + MLD_ANSWER_INTERVAL
+        if v2:
+            self._send_mld_report([AddressRecord(MODE_IS_EXCLUDE, g) for g in v2])
+        for g in v1:
+            self._send_mld(g, Mldv1Report(g))
+        self.stats["mld_reports_sent"] += bool(v2) + len(v1)
+
+    def _send_mld_state_change(self) -> None:
+        """RFC 3810 §6.1: CHANGE_TO_EXCLUDE for every group we listen on, CHANGE_TO_INCLUDE
+        (no sources) for the groups left (sent once: no robustness retransmissions)."""
+        records = [AddressRecord(CHANGE_TO_EXCLUDE, g) for g in sorted(self._mld_reported)]
+        records += [AddressRecord(CHANGE_TO_INCLUDE, g) for g in sorted(self._mld_left)]
+        self._mld_left = set()
+        if records:
+            self._send_mld_report(records)
+            self.stats["mld_reports_sent"] += 1
+
+    def _send_mld_report(self, records: list[AddressRecord]) -> None:
+        per = max(1, (self._mtu - HEADER_LEN - 8 - REPORT_HEADER_LEN) // RECORD_HEADER_LEN)
+        for i in range(0, len(records), per):
+            self._send_mld(ALL_MLDV2_ROUTERS, Mldv2Report(tuple(records[i:i + per])))
+
+    def _send_mld(self, dst: IPv6Address, message) -> None:
+        """One MLD message from our link-local address, hop limit 1, Router Alert."""
+        tx = self._device.transmit(self._now)
+        if tx is None:
+            self.stats["tx_device_busy_dropped"] += 1
+            return
+        length = message.buffer_len()
+        hw = self.hardware_addr
+        mac = multicast_mac(dst)
+        src = self.link_local6
+        s, d = src.packed, dst.packed
+
+        def write(buf: memoryview) -> None:
+            buf[0:6] = mac
+            buf[6:12] = hw
+            buf[12:14] = _ETHERTYPE_IPV6
+            pack_header(buf, 14, s, d, HOPBYHOP, 8 + length, 1)
+            buf[54:62] = _HBH_ROUTER_ALERT
+            message.emit(buf[62:], src, dst, True)
+
+        tx.consume(ETH_HEADER_LEN + HEADER_LEN + 8 + length, write)
+        self._emitted += 1
 
     # -- errors ---------------------------------------------------------------------------
     def _icmp6_error(self, pkt: Ipv6Packet, message: Icmpv6Repr) -> None:

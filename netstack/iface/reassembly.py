@@ -20,7 +20,10 @@ Hostile input (ADVERSARIAL.md case 21) and what happens to it:
 - A non-last fragment whose length is not a multiple of 8, or is empty: the fragment is
   malformed and dropped.
 - Never completed: dropped `timeout` seconds after its first fragment (`expire(now)`; `add`
-  expires too). `poll_at()` says when to call next.
+  expires too). `poll_at()` says when to call next. For IPv6, when the offset-0 fragment
+  had arrived, the start of that fragment (at most `QUOTE_MAX_LEN` bytes, charged like
+  the rest) is kept for the ICMPv6 Time Exceeded code 1 RFC 8200 §4.5 asks for:
+  `take_expired()` hands those quotes over (at most `MAX_EXPIRED_QUOTES` wait).
 - Too many datagrams or bytes in progress: the oldest datagrams are evicted.
 
 Time is an argument (`now`, seconds on a monotonic clock); nothing here reads a clock.
@@ -34,11 +37,13 @@ from dataclasses import dataclass
 
 from netstack.wire import Error
 from netstack.wire.checksum import checksum
+from netstack.wire.icmpv6 import QUOTE_MAX_LEN
 from netstack.wire.ipv4 import MAX_TOTAL_LEN, Ipv4Packet
 from netstack.wire.ipv6 import HEADER_LEN as IPV6_HEADER_LEN
 from netstack.wire.ipv6 import FragmentInfo
 
 FRAGMENT_OVERHEAD = 64  # bytes charged per fragment held, beyond its payload
+MAX_EXPIRED_QUOTES = 16  # timed-out first fragments waiting for `take_expired()`
 DATAGRAM_OVERHEAD = 256  # bytes charged per datagram in progress (state + first header)
 _MIN_HEADER = 20
 
@@ -59,7 +64,8 @@ class ReassemblyStats:
 
 
 class _Datagram:
-    __slots__ = ("deadline", "starts", "ends", "datas", "header", "total", "held", "charge")
+    __slots__ = ("deadline", "starts", "ends", "datas", "header", "total", "held", "charge",
+                 "quote")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
@@ -70,13 +76,15 @@ class _Datagram:
         self.total: int | None = None  # payload length, known once MF=0 arrives
         self.held = 0  # payload bytes held
         self.charge = DATAGRAM_OVERHEAD  # bytes charged against max_bytes
+        self.quote: bytes | None = None  # IPv6: the offset-0 fragment as received, cut
 
 
 class _Reassembler:
     """The bookkeeping both families share: datagrams keyed by the caller, their pieces
     sorted by offset, every byte charged against `max_bytes`."""
 
-    __slots__ = ("max_bytes", "max_packets", "timeout", "stats", "_datagrams", "_bytes")
+    __slots__ = ("max_bytes", "max_packets", "timeout", "stats", "_datagrams", "_bytes",
+                 "_expired")
 
     def __init__(
         self, max_bytes: int = 256 * 1024, max_packets: int = 64, timeout: float = 30.0
@@ -88,6 +96,7 @@ class _Reassembler:
         # insertion order is creation order, hence deadline order and eviction order
         self._datagrams: dict[tuple, _Datagram] = {}
         self._bytes = 0
+        self._expired: list[bytes] = []
 
     def __len__(self) -> int:
         """Datagrams in progress."""
@@ -110,12 +119,21 @@ class _Reassembler:
         datagrams = self._datagrams
         while datagrams:
             key = next(iter(datagrams))
-            if datagrams[key].deadline > now:
+            dgram = datagrams[key]
+            if dgram.deadline > now:
                 break
             self._drop(key)
             dropped += 1
+            if dgram.quote is not None and len(self._expired) < MAX_EXPIRED_QUOTES:
+                self._expired.append(dgram.quote)
         self.stats.timeouts += dropped
         return dropped
+
+    def take_expired(self) -> list[bytes]:
+        """The quotes of timed-out datagrams whose first fragment had arrived (IPv6 only),
+        oldest first; each is handed over once."""
+        out, self._expired = self._expired, []
+        return out
 
     def _drop(self, key: tuple) -> None:
         dgram = self._datagrams.pop(key)
@@ -131,7 +149,8 @@ class _Reassembler:
         self._drop(next(iter(self._datagrams)))
 
     def _piece(self, now: float, key: tuple, offset: int, more: bool, data,
-               header: bytes | None, max_end: int) -> _Datagram | None:
+               header: bytes | None, max_end: int,
+               quote: bytes | None = None) -> _Datagram | None:
         """Hold `data` at `offset` of datagram `key` (`header` is kept when offset is 0);
         the datagram when it is now complete (already forgotten here), else None."""
         stats = self.stats
@@ -148,7 +167,7 @@ class _Reassembler:
                 self._drop(key)
             return None
 
-        charge = size + FRAGMENT_OVERHEAD
+        charge = size + FRAGMENT_OVERHEAD + (len(quote) if quote is not None else 0)
         if charge + DATAGRAM_OVERHEAD > self.max_bytes:
             stats.too_big += 1
             return None
@@ -194,6 +213,7 @@ class _Reassembler:
         self._bytes += charge
         if offset == 0:
             dgram.header = header
+            dgram.quote = quote
 
         if dgram.total is None or dgram.held != dgram.total:
             return None
@@ -262,7 +282,8 @@ class Ipv6Reassembler(_Reassembler):
     Fragment header, points the preceding Next Header field at what followed it and fixes
     the payload length. Overlaps drop the datagram (RFC 5722); the default timeout is RFC
     8200's 60 s. Atomic fragments (RFC 6946) never come here: the interface processes them
-    as they are.
+    as they are. After `expire` (or an `add` that expired something), `take_expired()`
+    gives the quotes for ICMPv6 Time Exceeded.
     """
 
     __slots__ = ()
@@ -283,12 +304,13 @@ class Ipv6Reassembler(_Reassembler):
             stats.malformed += 1
             return None
         key = (bytes(b[8:40]), frag.ident)
-        header = None
+        header = quote = None
         if frag.offset == 0:
             header = bytearray(b[:unfrag_end])
             header[IPV6_HEADER_LEN + frag.prev_next_header_offset] = frag.next_header
+            quote = bytes(b[:QUOTE_MAX_LEN])
         dgram = self._piece(now, key, frag.offset, frag.more, b[data_start:], header,
-                            0xFFFF - frag.header_offset)
+                            0xFFFF - frag.header_offset, quote)
         if dgram is None:
             return None
         header = dgram.header

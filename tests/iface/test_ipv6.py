@@ -21,6 +21,7 @@ from scapy.layers.inet6 import (
     ICMPv6NDOptSrcLLAddr,
     ICMPv6PacketTooBig,
     ICMPv6ParamProblem,
+    ICMPv6TimeExceeded,
     IPv6,
     IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
@@ -82,7 +83,7 @@ def checksums_ok(frame: Ether) -> bool:
     """Rebuild with scapy computing the checksums: the bytes must not change."""
     rebuilt = frame.copy()
     for layer in (ICMPv6EchoReply, ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6DestUnreach,
-                  ICMPv6ParamProblem):
+                  ICMPv6ParamProblem, ICMPv6TimeExceeded):
         if layer in rebuilt:
             del rebuilt[layer].cksum
     return raw(Ether(raw(rebuilt))) == raw(frame)
@@ -492,3 +493,21 @@ def test_loopback_and_ipv4_mapped_sources_are_martians():
                from_peer(ICMPv6EchoRequest(), src="::1"), now=2.0)
     assert out == [] and not s.can_recv()
     assert iface.stats["ipv6_martian_source"] == 3
+
+
+def test_reassembly_timeout_sends_time_exceeded_when_the_first_fragment_came():
+    # RFC 8200 §4.5: Time Exceeded code 1 to the source of the first fragment, quoting it;
+    # nothing when only later fragments came, nor for datagrams to a multicast group.
+    iface, dev, sockets = settled()
+    body = raw(IPv6(src=PEER, dst=GLOBAL) / ICMPv6EchoRequest(id=1, seq=1, data=b"z" * 64))
+    first = from_peer(IPv6ExtHdrFragment(nh=58, id=21, offset=0, m=1) / Raw(body[40:64]))
+    later = from_peer(IPv6ExtHdrFragment(nh=58, id=22, offset=3, m=1) / Raw(body[64:80]))
+    to_group = from_peer(IPv6ExtHdrFragment(nh=58, id=23, offset=0, m=1) / Raw(body[40:64]),
+                         dst="ff02::1", mac_dst="33:33:00:00:00:01")
+    assert feed(iface, dev, sockets, first, later, to_group, now=2.0) == []
+    assert feed(iface, dev, sockets, now=61.0) == []  # 60 s from the first fragment
+    (err,) = feed(iface, dev, sockets, now=62.0)
+    te = err[ICMPv6TimeExceeded]
+    assert te.code == 1 and err[IPv6].dst == PEER and err[IPv6].src == GLOBAL
+    assert raw(te.payload) == raw(first[IPv6]) and checksums_ok(err)
+    assert iface.reassembler6.stats.timeouts == 3 and len(iface.reassembler6) == 0
