@@ -1,10 +1,21 @@
 """A Linux TAP interface as a Device: Ethernet frames to and from the kernel's stack.
 
-`TapDevice(name="vhn%d", *, netns=None, create=True, mtu=1500)` opens /dev/net/tun with
-IFF_TAP | IFF_NO_PI (no packet-information prefix, no virtio-net header), non-blocking.
+`TapDevice(name="vhn%d", *, netns=None, create=True, mtu=1500, offload=False)` opens
+/dev/net/tun with IFF_TAP | IFF_NO_PI (no packet-information prefix), non-blocking.
 `receive()` reads one frame, `transmit()` gives a token that writes one; `fileno()` is the fd
 to register for reading with the runtime's selector (writes never block in practice: the
 kernel drops instead, and that is counted as `stats.tx_errors`).
+
+Offloads (`offload=True`): the TAP is opened with IFF_VNET_HDR as well, TUNSETVNETHDRSZ 10
+and TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6), so every frame carries a
+virtio_net_hdr (`vnet.py`) and TCP crosses the TAP as segments of up to 64 KiB with the
+checksum left to whoever needs it: we send segments up to `tso_max` whole (the kernel cuts
+them at the MTU only if they leave on a real wire), the kernel hands us its GSO/GRO frames
+whole. `capabilities()` then says `checksum.tcp`, `tso_max`, `lro` and `ipv6_offload`, as the
+vhost-user device does for a guest. UDP, ICMP and the rest keep their software checksums
+(a partial UDP checksum from the kernel is completed by the device). Frames whose header
+cannot be honoured are dropped and counted (`stats.rx_errors`). Off by default: a TAP
+that only moves frames through (apps/bridge.py) must not receive 64 KiB frames.
 
 The interface side is the kernel: a frame we transmit is one the kernel's `name` interface
 receives, and the kernel's frames out of `name` are what we receive. `mac` is the kernel
@@ -35,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from . import DeviceCapabilities
+from . import ChecksumCapabilities, DeviceCapabilities, vnet
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +57,20 @@ TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0  # _IOW('T', 208, unsigned int)
+TUNSETVNETHDRSZ = 0x400454D8  # _IOW('T', 216, int)
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+# TCP payload per segment we send whole (the IP datagram stays within 64 KiB), as for a guest.
+TSO_MAX = 65000
 IFNAMSIZ = 16
 _IFREQ_SIZE = 40  # struct ifreq on Linux
 
 ETHERNET_HEADER_LEN = 14
-# Largest frame we read: a 64 KiB packet plus the Ethernet and a VLAN header.
+# Largest frame we read: a 64 KiB packet plus the Ethernet and a VLAN header (and, with
+# offloads, the virtio_net_hdr in front).
 READ_SIZE = 65536 + ETHERNET_HEADER_LEN + 4
 
 
@@ -63,6 +83,10 @@ class TapStats:
     rx_frames: int = 0
     tx_frames: int = 0
     tx_errors: int = 0  # write refused by the kernel (link down, queue full, ...)
+    rx_errors: int = 0  # offload: a header we cannot honour, a bad TCP checksum (dropped)
+    rx_csum_completed: int = 0  # offload: partial non-TCP checksums completed here
+    tx_gso: int = 0  # offload: segments larger than the MTU sent whole
+    rx_gso: int = 0  # offload: frames larger than the MTU received whole
 
 
 def _ipr(netns: str | None):
@@ -103,9 +127,21 @@ class _TxToken:
     def consume(self, length: int, fn: Callable[[memoryview], R]) -> R:
         if length < 0:
             raise ValueError(f"negative frame length {length}")
-        buf = bytearray(length)
-        result = fn(memoryview(buf))
-        self._dev._write(buf)
+        dev = self._dev
+        if not dev.offload:
+            buf = bytearray(length)
+            result = fn(memoryview(buf))
+            dev._write(buf)
+            return result
+        buf = bytearray(vnet.HEADER_LEN + length)
+        mv = memoryview(buf)
+        frame = mv[vnet.HEADER_LEN:]
+        result = fn(frame)
+        hdr = vnet.tx_header(frame, dev.mtu)
+        if hdr[1] != vnet.GSO_NONE:
+            dev.stats.tx_gso += 1
+        mv[:vnet.HEADER_LEN] = hdr
+        dev._write(buf)
         return result
 
 
@@ -119,6 +155,7 @@ class TapDevice:
         netns: str | None = None,
         create: bool = True,
         mtu: int = 1500,
+        offload: bool = False,
     ) -> None:
         if not name or len(name.encode()) >= IFNAMSIZ or "/" in name or " " in name:
             raise ValueError(f"bad interface name {name!r} (at most {IFNAMSIZ - 1} bytes)")
@@ -128,10 +165,17 @@ class TapDevice:
             raise ValueError("create=False with netns is not supported: attach in our namespace")
         self.netns = netns
         self.mtu = mtu
+        self.offload = offload
         self.stats = TapStats()
         self._created = create
         self._fd: int | None = None
-        self._caps = DeviceCapabilities(mtu=mtu)
+        if offload:
+            self._caps = DeviceCapabilities(
+                mtu=mtu, checksum=ChecksumCapabilities(tcp=True), tso_max=TSO_MAX, lro=True,
+                ipv6_offload=True)
+        else:
+            self._caps = DeviceCapabilities(mtu=mtu)
+        self._rxbuf = bytearray(READ_SIZE + vnet.HEADER_LEN)
 
         if netns is not None and not _netns_exists(netns):
             raise TapError(errno.ENOENT, f"network namespace {netns!r} does not exist")
@@ -154,6 +198,8 @@ class TapDevice:
         self._fd = self._open()
         try:
             self.name = self._setiff(name)
+            if offload:
+                self._set_offloads()
             self._setup()
         except BaseException:
             self.close()
@@ -174,7 +220,8 @@ class TapDevice:
             ) from e
 
     def _setiff(self, name: str) -> str:
-        ifr = struct.pack(f"{IFNAMSIZ}sH", name.encode(), IFF_TAP | IFF_NO_PI)
+        flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if self.offload else 0)
+        ifr = struct.pack(f"{IFNAMSIZ}sH", name.encode(), flags)
         ifr = ifr.ljust(_IFREQ_SIZE, b"\0")
         try:
             out = fcntl.ioctl(self._fd, TUNSETIFF, ifr)
@@ -186,6 +233,15 @@ class TapDevice:
             what = "create" if self._created else "attach to"
             raise TapError(e.errno, f"cannot {what} TAP {name!r}: {e.strerror}") from e
         return out[:IFNAMSIZ].split(b"\0", 1)[0].decode()
+
+    def _set_offloads(self) -> None:
+        """Header size 10, then checksum and TSO offloads (TUN_F_*: what we accept)."""
+        try:
+            fcntl.ioctl(self._fd, TUNSETVNETHDRSZ, struct.pack("i", vnet.HEADER_LEN))
+            fcntl.ioctl(self._fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+        except OSError as e:
+            raise TapError(e.errno, f"TAP {self.name!r}: the kernel refused the offloads "
+                                    f"({e.strerror}); use offload=False") from e
 
     def _setup(self) -> None:
         from pyroute2.netlink.exceptions import NetlinkError
@@ -269,14 +325,40 @@ class TapDevice:
     def receive(self, now: float) -> tuple[_RxToken, _TxToken] | None:
         if self._fd is None:
             return None
-        try:
-            frame = os.read(self._fd, READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return None
-        if not frame:
-            return None
-        self.stats.rx_frames += 1
-        return _RxToken(frame), _TxToken(self)
+        if not self.offload:
+            try:
+                frame = os.read(self._fd, READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return None
+            if not frame:
+                return None
+            self.stats.rx_frames += 1
+            return _RxToken(frame), _TxToken(self)
+        buf = self._rxbuf
+        while True:
+            try:
+                n = os.readv(self._fd, (buf,))
+            except (BlockingIOError, InterruptedError):
+                return None
+            if n <= vnet.HEADER_LEN:
+                if n == 0:
+                    return None
+                self.stats.rx_errors += 1
+                continue
+            self.stats.rx_frames += 1
+            hdr = bytes(buf[:vnet.HEADER_LEN])
+            frame = bytes(memoryview(buf)[vnet.HEADER_LEN:n])
+            try:
+                done = vnet.rx_frame(hdr, frame)
+            except vnet.VnetError as e:
+                self.stats.rx_errors += 1
+                log.debug("TAP %s: frame dropped: %s", self.name, e)
+                continue
+            if done is not frame:
+                self.stats.rx_csum_completed += 1
+            if len(frame) - ETHERNET_HEADER_LEN > self.mtu:
+                self.stats.rx_gso += 1
+            return _RxToken(done), _TxToken(self)
 
     def transmit(self, now: float) -> _TxToken | None:
         if self._fd is None:
@@ -331,5 +413,6 @@ class TapDevice:
 
     def __repr__(self) -> str:
         where = f" netns={self.netns}" if self.netns else ""
+        where += " offload" if getattr(self, "offload", False) else ""
         state = "closed" if self._fd is None else f"fd={self._fd}"
         return f"<TapDevice {getattr(self, 'name', '?')}{where} {state}>"
