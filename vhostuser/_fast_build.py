@@ -17,6 +17,21 @@ The ring helpers, where a profile of the ring benchmark showed Python's per-fram
   descriptor is read once into a local copy. A broken rule returns a negative VU_E_* code
   and its arguments in `err[]`, which Python turns into the same RingError text.
 
+- `vu_tx_batch()` pops up to N available TX heads, walks each with vu_walk and says per
+  chain where its frame is: a (region, offset) view of guest memory when the bytes after
+  the virtio_net_hdr lie in one region, else gathered into a scratch buffer; or why it is
+  dropped (writable descriptor, too long, runt, outside guest memory, unreadable header).
+  Python hands the frames on as memoryviews; `vu_push_zero()` then returns all the
+  batch's chains to the used ring in one call.
+- `vu_rx_batch()` writes frames (back to back, with their lengths and optional 10-byte
+  headers) with their virtio_net_hdr into as many (mergeable) RX buffers as each needs,
+  as net.py's `_write_rx` does one frame at a time, and pushes the used elements.
+
+Both keep the queue state they need in `struct vu_vq` (ring pointers, set when the ring
+is mapped; avail/used indices copied in and out once per call), check every rule the
+Python path checks, and stop a batch at the first broken one with `status` set (the
+same VU_E_* codes, plus VU_E_AHEAD: the avail index more than the queue size ahead).
+
 The region table (`struct vu_region`) is built by memory.py from the mapped regions; the
 pointers stay valid while the buffers exported to cffi are (memory.py releases them before
 it unmaps).
@@ -44,6 +59,33 @@ ffibuilder.cdef(
     int vu_walk(const uint8_t *desc, uint32_t n, uint32_t head, int indirect_ok,
                 const struct vu_region *regs, uint32_t nregs,
                 uint64_t *addr, uint32_t *len, uint32_t *nread, uint64_t *err);
+    struct vu_vq {
+        const uint8_t *desc; const uint16_t *avail; uint8_t *used;
+        const struct vu_region *regs; uint32_t nregs;
+        uint32_t n; int indirect_ok;
+        uint16_t last_avail, shadow_avail, used_idx;
+        uint32_t popped, pushed, bad;
+        int status;
+        uint64_t err[2];
+        uint64_t *addr; uint32_t *len; uint32_t cap;
+        uint32_t *chains;
+    };
+    #define VU_E_AHEAD ...
+    #define VU_RX_SLOW ...
+    #define VU_TX_WRITABLE ...
+    #define VU_TX_TOO_LONG ...
+    #define VU_TX_RUNT ...
+    #define VU_TX_NO_REGION ...
+    #define VU_TX_OVERFLOW ...
+    #define VU_TX_BAD_HEADER ...
+    int vu_tx_batch(struct vu_vq *q, uint32_t max, uint32_t hdr, uint64_t max_total,
+                    int want_hdr, uint8_t *scratch, uint64_t scratch_size,
+                    uint32_t *heads, int32_t *kind, uint64_t *off, uint32_t *flen,
+                    uint64_t *aux, uint8_t *vhdr);
+    void vu_push_zero(struct vu_vq *q, const uint32_t *heads, uint32_t count);
+    int vu_rx_batch(struct vu_vq *q, uint32_t hdr, int mergeable, const uint8_t *data,
+                    const uint32_t *lens, uint32_t nframes, const uint8_t *hdrs,
+                    uint8_t *outcome);
     """
 )
 ffibuilder.set_source(
@@ -184,6 +226,275 @@ ffibuilder.set_source(
                 return VU_E_NEXT;
             }
         }
+    }
+
+
+    /* ---- batched ring work: one call per batch of chains, not per descriptor ---- */
+    struct vu_vq {
+        const uint8_t *desc; const uint16_t *avail; uint8_t *used;
+        const struct vu_region *regs; uint32_t nregs;
+        uint32_t n; int indirect_ok;
+        uint16_t last_avail, shadow_avail, used_idx;
+        uint32_t popped, pushed, bad;   /* counters the calls add to */
+        int status;                     /* 0, or the VU_E_* / VU_RX_SLOW that stopped a call */
+        uint64_t err[2];
+        uint64_t *addr; uint32_t *len; uint32_t cap;   /* descriptor store (cap >= n) */
+        uint32_t *chains;                               /* RX: 3 words per chain, n chains */
+    };
+
+    #define VU_E_AHEAD (-11)            /* err: avail idx, last avail idx */
+    #define VU_RX_SLOW (-12)            /* the frame needs more descriptors than the store */
+
+    #define VU_TX_WRITABLE (-1)
+    #define VU_TX_TOO_LONG (-2)
+    #define VU_TX_RUNT (-3)
+    #define VU_TX_NO_REGION (-4)        /* off: address */
+    #define VU_TX_OVERFLOW (-5)         /* off: address, aux: length */
+    #define VU_TX_BAD_HEADER (-6)       /* off: address, aux: length */
+
+    /* The next available head (1), none (0), or VU_E_AHEAD; as Virtqueue.pop. */
+    static int vu_pop_head(struct vu_vq *q, uint32_t *head)
+    {
+        uint16_t last = q->last_avail;
+        if (last == q->shadow_avail) {
+            q->shadow_avail = __atomic_load_n(&q->avail[1], __ATOMIC_ACQUIRE);
+            if (last == q->shadow_avail)
+                return 0;
+        }
+        if ((uint16_t)(q->shadow_avail - last) > q->n) {
+            q->err[0] = q->shadow_avail; q->err[1] = last;
+            return VU_E_AHEAD;
+        }
+        *head = __atomic_load_n(&q->avail[2 + (last & (q->n - 1))], __ATOMIC_RELAXED);
+        q->last_avail = (uint16_t)(last + 1);
+        return 1;
+    }
+
+    static void vu_push(struct vu_vq *q, uint32_t head, uint32_t len)
+    {
+        uint8_t *e = q->used + 4 + 8ull * (q->used_idx & (q->n - 1));
+        memcpy(e, &head, 4);
+        memcpy(e + 4, &len, 4);
+        q->used_idx++;
+        q->pushed++;
+    }
+
+    static void vu_push_zero(struct vu_vq *q, const uint32_t *heads, uint32_t count)
+    {
+        for (uint32_t i = 0; i < count; i++)
+            vu_push(q, heads[i], 0);
+    }
+
+    /* Pop up to `max` TX chains. Each entry: its head, and in kind[] where the frame (the
+       bytes after the `hdr`-byte virtio_net_hdr) is: a region index (off = offset in that
+       region, zero copy), nregs (off = offset in scratch, gathered), or a VU_TX_* drop. With
+       want_hdr the first 10 header bytes go to vhdr[10 i]. Returns the entries filled; a
+       broken ring rule stops the batch with q->status set. */
+    static int vu_tx_batch(struct vu_vq *q, uint32_t max, uint32_t hdr, uint64_t max_total,
+                           int want_hdr, uint8_t *scratch, uint64_t scratch_size,
+                           uint32_t *heads, int32_t *kind, uint64_t *off, uint32_t *flen,
+                           uint64_t *aux, uint8_t *vhdr)
+    {
+        uint64_t used_scratch = 0;
+        uint32_t k = 0;
+        q->status = 0;
+        while (k < max) {
+            uint32_t head, nread = 0;
+            int rc = vu_pop_head(q, &head);
+            if (rc <= 0) {
+                q->status = rc;
+                return (int)k;
+            }
+            int cnt = vu_walk(q->desc, q->n, head, q->indirect_ok, q->regs, q->nregs,
+                              q->addr, q->len, &nread, q->err);
+            if (cnt < 0) {
+                q->status = cnt;
+                return (int)k;
+            }
+            q->popped++;
+            heads[k] = head;
+            off[k] = 0; flen[k] = 0; aux[k] = 0;
+            if (nread < (uint32_t)cnt) {
+                kind[k++] = VU_TX_WRITABLE;
+                continue;
+            }
+            uint64_t total = 0;
+            int too_long = 0;
+            for (uint32_t i = 0; i < nread; i++) {
+                total += q->len[i];
+                if (total > max_total) { too_long = 1; break; }
+            }
+            if (too_long) { kind[k++] = VU_TX_TOO_LONG; continue; }
+            if (total < hdr + 14) { kind[k++] = VU_TX_RUNT; continue; }
+            /* the frame's pieces after the header, each checked against the regions */
+            uint64_t skip = hdr, first_a = 0, first_n = 0;
+            uint32_t nseg = 0;
+            int bad = 0;
+            for (uint32_t i = 0; i < nread; i++) {
+                uint64_t a = q->addr[i], l = q->len[i];
+                if (skip >= l) { skip -= l; continue; }
+                a += skip; l -= skip; skip = 0;
+                bad = vu_covered(q->regs, q->nregs, a, l, q->err);
+                if (bad) break;
+                if (!nseg) { first_a = a; first_n = l; }
+                nseg++;
+            }
+            if (bad) {
+                kind[k] = bad == VU_E_NO_REGION ? VU_TX_NO_REGION : VU_TX_OVERFLOW;
+                off[k] = q->err[0]; aux[k] = q->err[1];
+                k++;
+                continue;
+            }
+            uint64_t flen_k = total - hdr;
+            const struct vu_region *r = vu_find(q->regs, q->nregs, first_a);
+            if (nseg == 1 && first_n - 1 < r->size - (first_a - r->gpa)) {
+                kind[k] = (int32_t)(r - q->regs);
+                off[k] = first_a - r->gpa;
+            } else {
+                if (used_scratch + flen_k > scratch_size) {
+                    /* no room left: give the chain back, it starts the next batch */
+                    q->last_avail--;
+                    q->popped--;
+                    return (int)k;
+                }
+                uint8_t *dst = scratch + used_scratch;
+                skip = hdr;
+                for (uint32_t i = 0; i < nread; i++) {
+                    uint64_t a = q->addr[i], l = q->len[i];
+                    if (skip >= l) { skip -= l; continue; }
+                    a += skip; l -= skip; skip = 0;
+                    vu_read(q->regs, q->nregs, a, dst, l);
+                    dst += l;
+                }
+                kind[k] = (int32_t)q->nregs;
+                off[k] = used_scratch;
+                used_scratch += (flen_k + 7) & ~7ull;
+            }
+            flen[k] = (uint32_t)flen_k;
+            if (want_hdr) {
+                /* the first 10 header bytes, each piece inside one region (as gpa()) */
+                uint8_t *h = vhdr + 10ull * k;
+                uint32_t got = 0;
+                memset(h, 0, 10);
+                for (uint32_t i = 0; i < nread && got < 10; i++) {
+                    uint64_t a = q->addr[i];
+                    uint32_t take = q->len[i] < 10 - got ? q->len[i] : 10 - got;
+                    const struct vu_region *hr = vu_find(q->regs, q->nregs, a);
+                    if (!hr || a - hr->gpa + take > hr->size) {
+                        kind[k] = VU_TX_BAD_HEADER;
+                        off[k] = a; aux[k] = take;
+                        break;
+                    }
+                    memcpy(h + got, hr->host + (a - hr->gpa), take);
+                    got += take;
+                }
+            }
+            k++;
+        }
+        return (int)k;
+    }
+
+    /* Copy [pos, pos+n) of (header hb[0:hdr] then frame) to guest-physical a (checked). */
+    static void vu_write(const struct vu_region *regs, uint32_t nregs, uint64_t a,
+                         uint64_t n, const uint8_t *hb, uint32_t hdr, const uint8_t *frame,
+                         uint64_t pos)
+    {
+        while (n) {
+            const struct vu_region *r = vu_find(regs, nregs, a);
+            uint64_t o = a - r->gpa, room = r->size - o;
+            uint64_t take = n < room ? n : room;
+            uint8_t *dst = r->host + o;
+            uint64_t left = take;
+            if (pos < hdr) {
+                uint64_t h = hdr - pos < left ? hdr - pos : left;
+                memcpy(dst, hb + pos, h);
+                dst += h; pos += h; left -= h;
+            }
+            if (left) {
+                memcpy(dst, frame + (pos - hdr), left);
+                pos += left;
+            }
+            a += take;
+            n -= take;
+        }
+    }
+
+    /* Write frames (back to back in data, lens[i] bytes each; hdrs: 10 header bytes per
+       frame, or NULL for none) with their virtio_net_hdr into the guest's RX buffers, as
+       VirtioNetDevice._write_rx does one by one. outcome[i]: 0 delivered, 1 dropped (one
+       buffer too small without MRG_RXBUF). Returns how many frames were consumed; stops
+       when the guest has posted too little (those chains given back), on a broken ring
+       rule (q->status), or with VU_RX_SLOW for a frame whose chains overflow the store. */
+    static int vu_rx_batch(struct vu_vq *q, uint32_t hdr, int mergeable, const uint8_t *data,
+                           const uint32_t *lens, uint32_t nframes, const uint8_t *hdrs,
+                           uint8_t *outcome)
+    {
+        q->status = 0;
+        for (uint32_t i = 0; i < nframes; i++) {
+            uint64_t need = (uint64_t)hdr + lens[i], room = 0;
+            uint32_t nch = 0, slots = 0;
+            while (room < need) {
+                uint32_t head, nread = 0;
+                if (q->cap - slots < q->n) {
+                    q->last_avail -= nch; q->popped -= nch;
+                    q->status = VU_RX_SLOW;
+                    return (int)i;
+                }
+                int rc = vu_pop_head(q, &head);
+                if (rc < 0) { q->status = rc; return (int)i; }
+                if (rc == 0) {
+                    q->last_avail -= nch; q->popped -= nch;
+                    return (int)i;
+                }
+                int cnt = vu_walk(q->desc, q->n, head, q->indirect_ok, q->regs, q->nregs,
+                                  q->addr + slots, q->len + slots, &nread, q->err);
+                if (cnt < 0) { q->status = cnt; return (int)i; }
+                q->popped++;
+                q->chains[3 * nch] = head;
+                q->chains[3 * nch + 1] = slots + nread;
+                q->chains[3 * nch + 2] = slots + (uint32_t)cnt;
+                for (uint32_t j = nread; j < (uint32_t)cnt; j++)
+                    room += q->len[slots + j];
+                slots += (uint32_t)cnt;
+                nch++;
+                if (!mergeable)
+                    break;
+            }
+            if (room < need) {
+                vu_push(q, q->chains[0], 0);
+                outcome[i] = 1;
+                data += lens[i];
+                continue;
+            }
+            uint8_t hb[12];
+            if (hdrs)
+                memcpy(hb, hdrs + 10ull * i, 10);
+            else
+                memset(hb, 0, 10);
+            uint16_t nb = (uint16_t)nch;
+            memcpy(hb + 10, &nb, 2);
+            uint64_t pos = 0;
+            for (uint32_t c = 0; c < nch; c++) {
+                uint64_t start = pos;
+                for (uint32_t j = q->chains[3 * c + 1]; j < q->chains[3 * c + 2]; j++) {
+                    if (pos >= need)
+                        break;
+                    uint64_t a = q->addr[j], take = q->len[j];
+                    if (take > need - pos)
+                        take = need - pos;
+                    if (vu_covered(q->regs, q->nregs, a, take, q->err)) {
+                        q->bad++;
+                        break;
+                    }
+                    vu_write(q->regs, q->nregs, a, take, hb, hdr, data, pos);
+                    pos += take;
+                }
+                vu_push(q, q->chains[3 * c], (uint32_t)(pos - start));
+            }
+            outcome[i] = 0;
+            data += lens[i];
+        }
+        return (int)nframes;
     }
 
     /* RFC 1071 sum of big-endian 16-bit words added to `sum`, folded to 16 bits. */

@@ -117,7 +117,8 @@ class GuestMemory:
         self.regions: list[Region] = []
         self._last: Region | None = None
         self.generation = 0  # bumped on every change; views from older generations are stale
-        self._ctable: tuple[int, object, int] | None = None  # (generation, array, count)
+        # (generation, array, count, views)
+        self._ctable: tuple[int, object, int, list] | None = None
 
     def __len__(self) -> int:
         return len(self.regions)
@@ -194,8 +195,14 @@ class GuestMemory:
                 arr[k].gpa = r.guest_phys_addr
                 arr[k].size = r.size
                 arr[k].host = _ffi.cast("uint8_t *", r.host())
-            t = self._ctable = (self.generation, arr, len(regions))
+            t = self._ctable = (self.generation, arr, len(regions),
+                                [r.view for r in regions])
         return t[1], t[2]
+
+    def c_views(self) -> list[memoryview]:
+        """The region views in `c_table()` order (a C helper's region index → view)."""
+        self.c_table()
+        return self._ctable[3]
 
     def _find_gpa(self, addr: int) -> Region | None:
         r = self._last

@@ -9,6 +9,11 @@ VERSION_1 or MRG_RXBUF, 10 for a legacy guest without MRG_RXBUF.
 `receive(now) -> (RxToken, TxToken) | None`, `transmit(now) -> TxToken | None`,
 `capabilities()`. `flush()` publishes used rings and interrupts the guest once per batch.
 A raw-frame hook (`on_frame`) sees every frame both ways, for tests and debugging.
+
+Batches: with the C helpers (`virtqueue.USE_C`), `drain_tx` pops, walks and locates a
+batch of TX chains per C call (vu_tx_batch) and returns them to the used ring in one more;
+`send_frames` and `flush_backlog` write a list of frames into RX buffers in one call
+(vu_rx_batch). Without them the per-frame Python path does the same, rule for rule.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from __future__ import annotations
 import logging
 import os
 import struct
+from array import array
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import vhostuser.virtqueue as _vq
 from vhostuser.errors import GuestMemoryError, RingError
 from vhostuser.features import (
     NET_HDR_LEN,
@@ -30,6 +37,12 @@ from vhostuser.features import (
 from vhostuser.memory import GuestMemory
 from vhostuser.offload import NO_OFFLOAD, BadOffload, from_guest, header_for_guest
 from vhostuser.virtqueue import Chain, Virtqueue
+
+try:
+    from vhostuser._fast import ffi as _ffi
+    from vhostuser._fast import lib as _lib
+except ImportError:  # pragma: no cover - only without the C build
+    _ffi = _lib = None
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +79,30 @@ class NetCapabilities:
     tso_max: int | None = None
     lro: bool = False
     ipv6_offload: bool = False
+
+
+TX_BATCH = 128  # chains popped per vu_tx_batch call
+TX_SCRATCH = 512 << 10  # gathered frames of one batch (≥ MAX_FRAME + header)
+NET_HDR_F_NEEDS_CSUM = 1
+
+
+class TxBatch:
+    """The arrays one vu_tx_batch call fills: per entry its head, where the frame is
+    (`kind`: a region index, `nregions` for `scratch`, or a negative VU_TX_* drop),
+    offset, length, error detail and the first 10 header bytes."""
+
+    def __init__(self, size: int = TX_BATCH, scratch_size: int = TX_SCRATCH) -> None:
+        self.size = size
+        self.heads = _ffi.new("uint32_t[]", size)
+        self.kind = _ffi.new("int32_t[]", size)
+        self.off = _ffi.new("uint64_t[]", size)
+        self.flen = _ffi.new("uint32_t[]", size)
+        self.aux = _ffi.new("uint64_t[]", size)
+        self.vhdr = _ffi.new("uint8_t[]", 10 * size)
+        self.scratch = _ffi.new("uint8_t[]", scratch_size)
+        self.scratch_size = scratch_size
+        self.scratch_view = memoryview(_ffi.buffer(self.scratch))
+        self.vhdr_view = memoryview(_ffi.buffer(self.vhdr))
 
 
 TSO_MAX = 65000  # TCP payload per segment handed to a GUEST_TSO4/6 guest (IP total ≤ 64 KiB)
@@ -163,6 +200,7 @@ class VirtioNetDevice:
         self._injected: deque[bytes] = deque()  # frames "from the guest" we made (RARP)
         self.on_error: Callable[[Virtqueue, str], None] | None = None
         self._txq = queues[1::2]
+        self._txb: TxBatch | None = None
 
     # -- configuration -------------------------------------------------------------
     def set_features(self, features: int) -> None:
@@ -344,6 +382,8 @@ class VirtioNetDevice:
         while n < limit and self._injected:
             handler(self._injected.popleft())
             n += 1
+        if _vq.USE_C and _ffi is not None:
+            return n + self._drain_tx_batched(handler, limit - n)
         pop = self._pop_tx
         complete = self._complete
         while n < limit:
@@ -357,6 +397,115 @@ class VirtioNetDevice:
                 complete(q, head)
             n += 1
         return n
+
+    def _drain_tx_batched(self, handler: Callable[[memoryview], None], limit: int) -> int:
+        """`drain_tx` by vu_tx_batch: per queue (round-robin) one C call pops and walks a
+        batch of chains; frames go to `handler` as views (into guest memory, or into the
+        batch's scratch when gathered); one C call pushes the batch's used elements."""
+        b = self._txb
+        if b is None:
+            b = self._txb = TxBatch()
+        txq = self._txq
+        nq = len(txq)
+        n = 0
+        idle = 0
+        while n < limit and idle < nq:
+            q = txq[self._next_tx % nq]
+            self._next_tx = (self._next_tx + 1) % nq
+            if not q.serviceable or not q.batched:
+                if q.serviceable:  # not mapped for C (cannot happen once mapped): per frame
+                    got = self._pop_tx()
+                    if got is not None:
+                        frame, gq, head = got
+                        try:
+                            handler(frame)
+                        finally:
+                            self._complete(gq, head)
+                        n += 1
+                        idle = 0
+                        continue
+                idle += 1
+                continue
+            count, err = q.pop_tx_batch(b, limit - n, self.hdr_len, MAX_FRAME + self.hdr_len,
+                                        self.csum_offload)
+            if count:
+                n += self._hand_tx_batch(q, b, count, handler)
+                idle = 0
+            else:
+                idle += 1
+            if err is not None:
+                self._ring_error(q, err)
+        return n
+
+    def _hand_tx_batch(self, q: Virtqueue, b: TxBatch, count: int,
+                       handler: Callable[[memoryview], None]) -> int:
+        """Hand a popped batch's frames to `handler`, count its drops, complete its
+        chains (all of them; if the handler raises, the ones not reached go back)."""
+        unpack = _ffi.unpack
+        kinds = unpack(b.kind, count)
+        offs = unpack(b.off, count)
+        lens = unpack(b.flen, count)
+        views = self.memory.c_views()
+        nregs = len(views)
+        csum = self.csum_offload
+        hook = self.on_frame
+        handed = 0
+        nbytes = 0
+        done = 0
+        try:
+            if not q.enabled:
+                self.drops["tx_queue_disabled"] += count
+                done = count
+            else:
+                for kind, o, ln in zip(kinds, offs, lens, strict=True):
+                    done += 1
+                    if kind < 0:
+                        self._tx_batch_drop(kind, b, done - 1)
+                        continue
+                    frame = (views[kind] if kind < nregs else b.scratch_view)[o:o + ln]
+                    if csum and b.vhdr[10 * (done - 1)] & NET_HDR_F_NEEDS_CSUM:
+                        h = 10 * (done - 1)
+                        try:
+                            frame = from_guest(frame, bytes(b.vhdr_view[h:h + 10]))
+                        except BadOffload as e:
+                            self.drops["tx_bad_offload"] += 1
+                            log.warning("guest TX frame dropped: %s", e)
+                            continue
+                        ln = len(frame)
+                    handed += 1
+                    nbytes += ln
+                    if hook is not None:
+                        hook("guest-tx", memoryview(frame))
+                    handler(frame)
+        finally:
+            if done < count:
+                q.unpop(count - done)
+            if q.ready:
+                q.push_zero(b.heads, done)
+                self._dirty.add(q)
+            self.stats["guest_tx_frames"] += handed
+            self.stats["guest_tx_bytes"] += nbytes
+        return handed
+
+    def _tx_batch_drop(self, kind: int, b: TxBatch, i: int) -> None:
+        lib = _lib
+        if kind == lib.VU_TX_WRITABLE:
+            self.drops["tx_writable_descriptor"] += 1
+        elif kind == lib.VU_TX_TOO_LONG:
+            self.drops["tx_too_long"] += 1
+        elif kind == lib.VU_TX_RUNT:
+            self.drops["tx_runt"] += 1
+        elif kind == lib.VU_TX_BAD_HEADER:
+            self.drops["tx_bad_offload"] += 1
+            log.warning("guest TX frame dropped: guest buffer %#x+%#x runs past its region",
+                        b.off[i], b.aux[i])
+        else:
+            self.drops["tx_bad_address"] += 1
+            if kind == lib.VU_TX_NO_REGION:
+                why = f"guest address {b.off[i]:#x} is in no memory region"
+            else:
+                why = f"guest buffer {b.off[i]:#x}+{b.aux[i]:#x} overflows"
+            log.warning("guest TX buffer outside guest memory: %s", why)
 
     def inject_from_guest(self, frame: bytes) -> None:
         """A frame that enters the stack as if the guest had sent it (SEND_RARP)."""
@@ -392,6 +541,107 @@ class VirtioNetDevice:
         dropped = self.drops.total()
         self._send_with(len(frame), lambda buf: buf.__setitem__(slice(None), frame))
         return self.drops.total() == dropped
+
+    def send_frames(self, frames: Sequence[bytes | bytearray | memoryview]) -> int:
+        """Deliver frames in order, as `send` on each would (what finds no guest buffer
+        waits in the backlog); with the C helpers one vu_rx_batch call writes them all.
+        Returns how many were not dropped."""
+        rxq = self.queues[0]
+        if not (_vq.USE_C and rxq.batched):
+            ok = 0
+            for f in frames:
+                ok += self.send(f)
+            return ok
+        dropped = self.drops.total()
+        good = []
+        for f in frames:
+            if MIN_FRAME <= len(f) <= MAX_FRAME:
+                good.append(f)
+            else:
+                self.drops["rx_bad_length"] += 1
+        if not good:
+            return 0
+        lens = array("I", [len(f) for f in good])
+        if self.csum_offload:  # headers patch the frames: work on one copy of them all
+            data = bytearray().join(good)
+            mv = memoryview(data)
+            heads = []
+            o = 0
+            for ln in lens:
+                heads.append(self._guest_header(mv[o:o + ln]))
+                o += ln
+            hdrs = b"".join(heads)
+        else:
+            data = good[0] if len(good) == 1 else b"".join(good)
+            hdrs = None
+        self.stats["guest_rx_frames"] += len(good)
+        self.stats["guest_rx_bytes"] += sum(lens)
+        if self.on_frame is not None:
+            mv = memoryview(data)
+            o = 0
+            for ln in lens:
+                self.on_frame("guest-rx", mv[o:o + ln])
+                o += ln
+        if self._backlog:
+            self.flush_backlog()
+        done = 0
+        if not self._backlog and rxq.ready and rxq.enabled:
+            done = self._fill_rx(rxq, data, lens, hdrs)
+        if done < len(good):
+            mv = memoryview(data)
+            o = sum(lens[:done])
+            for i in range(done, len(good)):
+                ln = lens[i]
+                head = NO_OFFLOAD if hdrs is None else hdrs[10 * i:10 * i + 10]
+                self._backlog.append((head, bytearray(mv[o:o + ln])))
+                self._backlog_bytes += ln
+                o += ln
+            while (len(self._backlog) > RX_BACKLOG_FRAMES
+                   or self._backlog_bytes > RX_BACKLOG_BYTES):
+                _, old = self._backlog.popleft()
+                self._backlog_bytes -= len(old)
+                self.drops["rx_no_buffer"] += 1
+        return max(0, len(good) - (self.drops.total() - dropped))
+
+    def _fill_rx(self, q: Virtqueue, data, lens: array, hdrs: bytes | None) -> int:
+        """Write frames (back to back in `data`) into RX buffers by vu_rx_batch, a frame
+        the C store cannot hold by `_write_rx`. Returns how many were consumed (written,
+        or dropped for a too small buffer); the rest wait for more buffers."""
+        total = len(lens)
+        cdata = _ffi.cast("uint8_t *", _ffi.from_buffer(data))
+        clens = _ffi.cast("uint32_t *", _ffi.from_buffer(lens))
+        chdrs = _ffi.cast("uint8_t *", _ffi.from_buffer(hdrs)) if hdrs is not None else _ffi.NULL
+        outcome = _ffi.new("uint8_t[]", total)
+        done = 0
+        off = 0
+        hdr = self.hdr_len
+        while done < total and q.ready and q.enabled:
+            k, bad, err, slow = q.fill_rx(cdata + off, clens + done, total - done,
+                                          chdrs + 10 * done if hdrs is not None else chdrs,
+                                          hdr, self.mergeable, outcome + done)
+            if k or bad:
+                self._dirty.add(q)
+            if bad:
+                self.drops["rx_bad_address"] += bad
+                log.warning("guest RX buffer outside guest memory: guest address %#x",
+                            q._cq.err[0])
+            small = _ffi.buffer(outcome + done, k)[:].count(1)
+            if small:
+                self.drops["rx_buffer_too_small"] += small
+            off += sum(lens[done:done + k])
+            done += k
+            if err is not None:
+                self._ring_error(q, err)
+                break
+            if not slow:
+                break
+            ln = lens[done]
+            head = NO_OFFLOAD if hdrs is None else hdrs[10 * done:10 * done + 10]
+            if self._write_rx(q, head, memoryview(data)[off:off + ln]) is None:
+                break
+            off += ln
+            done += 1
+        return done
 
     def _send_with(self, length: int, fn):
         if length < MIN_FRAME or length > MAX_FRAME:
@@ -453,6 +703,17 @@ class VirtioNetDevice:
     def flush_backlog(self) -> None:
         """Move waiting frames into RX buffers the guest has posted since."""
         rxq = self._rx_queues()[0]
+        if self._backlog and _vq.USE_C and rxq.batched and rxq.ready and rxq.enabled:
+            entries = list(self._backlog)
+            heads = [h for h, _ in entries]
+            lens = array("I", [len(f) for _, f in entries])
+            plain = all(h is NO_OFFLOAD or h == NO_OFFLOAD for h in heads)
+            done = self._fill_rx(rxq, b"".join(f for _, f in entries), lens,
+                                 None if plain else b"".join(heads))
+            for _ in range(done):
+                _, frame = self._backlog.popleft()
+                self._backlog_bytes -= len(frame)
+            return
         while self._backlog and rxq.ready and rxq.enabled:
             head, frame = self._backlog[0]
             if self._write_rx(rxq, head, frame) is None:

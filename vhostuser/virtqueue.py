@@ -132,6 +132,10 @@ class Virtqueue:
         # the C walker's view of the descriptor table and its output arrays
         self._cdesc = None
         self._caddr = self._clen = self._cnread = self._cerr = None
+        # the batch helpers' queue state (struct vu_vq): the ring pointers stay; the
+        # indices are copied in and out once per batch call
+        self._cq = None
+        self._cexports: list = []
 
     # -- configuration -------------------------------------------------------------
     @property
@@ -175,6 +179,20 @@ class Virtqueue:
             self._clen = _ffi.new("uint32_t[]", n)
             self._cnread = _ffi.new("uint32_t *")
             self._cerr = _ffi.new("uint64_t[2]")
+            cavail = _ffi.from_buffer(avail)
+            cused = _ffi.from_buffer(used, require_writable=True)
+            cap = 2 * n + 64  # descriptors one RX frame's chains may hold (vu_rx_batch)
+            store = (_ffi.new("uint64_t[]", cap), _ffi.new("uint32_t[]", cap),
+                     _ffi.new("uint32_t[]", 3 * n))
+            cq = _ffi.new("struct vu_vq *")
+            cq.desc = self._cdesc
+            cq.avail = _ffi.cast("uint16_t *", cavail)
+            cq.used = _ffi.cast("uint8_t *", cused)
+            cq.n = n
+            cq.addr, cq.len, cq.chains = store
+            cq.cap = cap
+            self._cq = cq
+            self._cexports = [cavail, cused, store]
         self._memory = memory
         self._mem_gen = memory.generation
         self._shadow_avail = self.last_avail_idx
@@ -182,6 +200,11 @@ class Virtqueue:
         self.used_idx = U16.unpack_from(used, 2)[0]
 
     def unmap(self) -> None:
+        self._cq = None
+        if self._cexports:
+            _ffi.release(self._cexports[0])
+            _ffi.release(self._cexports[1])
+            self._cexports = []
         if self._cdesc is not None:
             _ffi.release(self._cdesc)
             self._cdesc = None
@@ -333,6 +356,82 @@ class Virtqueue:
         pairs = list(zip(_ffi.unpack(self._caddr, count), _ffi.unpack(self._clen, count),
                          strict=True))
         return Chain(head, pairs[:nread], pairs[nread:])
+
+    # -- batches in C (vu_tx_batch, vu_rx_batch): one call for many chains --------------
+    @property
+    def batched(self) -> bool:
+        """Whether the C batch helpers serve this queue (built, mapped, not switched off)."""
+        return USE_C and self._cq is not None
+
+    def _cq_in(self):
+        cq = self._cq
+        regs, nregs = self._memory.c_table()
+        cq.regs = regs
+        cq.nregs = nregs
+        cq.indirect_ok = self.indirect
+        cq.last_avail = self.last_avail_idx
+        cq.shadow_avail = self._shadow_avail
+        cq.used_idx = self.used_idx
+        cq.popped = cq.pushed = cq.bad = 0
+        return cq
+
+    def _cq_out(self, cq) -> None:
+        self.last_avail_idx = cq.last_avail
+        self._shadow_avail = cq.shadow_avail
+        self.used_idx = cq.used_idx
+        self.stats.popped += cq.popped
+        self.stats.used += cq.pushed
+        self._pending += cq.pushed
+
+    def _c_ring_error(self, cq) -> RingError:
+        """Mark the queue broken for the rule a batch call reports; the error to raise."""
+        code = cq.status
+        if code == _lib.VU_E_AHEAD:
+            self.mark_broken(f"avail index {cq.err[0]} is more than the queue size "
+                             f"({self.size}) ahead of {cq.err[1]}")
+            return RingError("avail index too far ahead")
+        e = _walk_error(code, cq.err, self.size)
+        self.mark_broken(str(e))
+        return RingError(str(e))
+
+    def pop_tx_batch(self, b, limit: int, hdr: int, max_total: int,
+                     want_hdr: bool) -> tuple[int, RingError | None]:
+        """Pop and walk up to `limit` chains into the TxBatch `b` (see vu_tx_batch).
+        Returns how many entries were filled and the RingError (queue marked broken)
+        that stopped the batch, if one did: the entries before it are good."""
+        if not self.ready:
+            return 0, None
+        cq = self._cq_in()
+        k = _lib.vu_tx_batch(cq, min(limit, b.size), hdr, max_total, want_hdr, b.scratch,
+                             b.scratch_size, b.heads, b.kind, b.off, b.flen, b.aux, b.vhdr)
+        self._cq_out(cq)
+        if cq.status < 0:
+            return k, self._c_ring_error(cq)
+        return k, None
+
+    def push_zero(self, heads, count: int) -> None:
+        """Push `count` used elements (heads[i], 0): TX chains done with."""
+        if count:
+            cq = self._cq_in()
+            _lib.vu_push_zero(cq, heads, count)
+            self._cq_out(cq)
+
+    def fill_rx(self, data, lens, count: int, hdrs, hdr: int, mergeable: bool,
+                outcome) -> tuple[int, int, RingError | None, bool]:
+        """Write `count` frames into RX buffers (see vu_rx_batch). Returns (frames
+        consumed, buffers outside guest memory, the RingError that stopped it or None,
+        whether the next frame needs the per-frame path)."""
+        if not self.ready:
+            return 0, 0, None, False
+        cq = self._cq_in()
+        k = _lib.vu_rx_batch(cq, hdr, mergeable, data, lens, count, hdrs, outcome)
+        self._cq_out(cq)
+        status = cq.status
+        if status == _lib.VU_RX_SLOW:
+            return k, cq.bad, None, True
+        if status < 0:
+            return k, cq.bad, self._c_ring_error(cq), False
+        return k, cq.bad, None, False
 
     # -- the used side ---------------------------------------------------------------
     def push(self, head: int, written: int) -> None:

@@ -36,12 +36,14 @@ class RecordingApp:
         dev = self.device
         if dev is None:
             return None
+        batch = []
         while True:
             try:
-                frame = self.to_guest.get_nowait()
+                batch.append(self.to_guest.get_nowait())
             except queue.Empty:
                 break
-            dev.send(frame)
+        if batch:  # one vu_rx_batch call with the C helpers; else send() on each
+            dev.send_frames(batch)
 
         def got(frame) -> None:
             data = bytes(frame)

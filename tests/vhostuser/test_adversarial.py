@@ -856,27 +856,51 @@ def test_13_four_gib_length_nothing_allocated(fe, server, sock_path, where):
 
 
 class Rewriter:
-    """Wraps one back-end queue's `pop` (which validates a chain into a local snapshot):
-    the moment it returns, the "guest" rewrites everything the chain came from. A back-end
-    that read the descriptor, the avail entry or an indirect table again after the check
-    would see the rewritten values."""
+    """Wraps one back-end queue's `pop` and `pop_tx_batch` (which validate chains into a
+    local snapshot): the moment one returns, the "guest" rewrites everything the chain
+    came from. A back-end that read the descriptor, the avail entry or an indirect table
+    again after the check would see the rewritten values. `fill_rx` (vu_rx_batch) walks
+    and writes within one C call, from its one copy of each descriptor; the rewrite then
+    comes after it, and the test checks that nothing is written afterwards."""
 
     def __init__(self, q, rewrite) -> None:
         self.q = q
         self.rewrite = rewrite
         self.orig = q.pop
+        self.orig_batch = q.pop_tx_batch
+        self.orig_fill = q.fill_rx
         self.fired = threading.Event()
         q.pop = self.pop
+        q.pop_tx_batch = self.pop_tx_batch
+        q.fill_rx = self.fill_rx
+
+    def _fire(self) -> None:
+        if not self.fired.is_set():
+            self.rewrite()
+            self.fired.set()
 
     def pop(self):
         chain = self.orig()
-        if chain is not None and not self.fired.is_set():
-            self.rewrite()
-            self.fired.set()
+        if chain is not None:
+            self._fire()
         return chain
+
+    def pop_tx_batch(self, *args):
+        got = self.orig_batch(*args)
+        if got[0]:
+            self._fire()
+        return got
+
+    def fill_rx(self, *args):
+        got = self.orig_fill(*args)
+        if got[0]:
+            self._fire()
+        return got
 
     def remove(self) -> None:
         del self.q.pop
+        del self.q.pop_tx_batch
+        del self.q.fill_rx
 
 
 @pytest.mark.parametrize("indirect", [False, True], ids=["direct", "indirect"])
