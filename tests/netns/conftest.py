@@ -223,16 +223,18 @@ def make_netns() -> Iterator[Callable[[], str]]:
 
 @pytest.fixture
 def make_link(make_netns) -> Iterator[Callable[..., Link]]:
-    """`make_link(kernel_addr=..., our_addrs=..., pcap=None)`: a namespace with a TAP up in
-    it (kernel side `kernel_addr`, None for none) and our stack running on the TAP with
-    `our_addrs` (empty for a DHCP client). `pcap`: a path to capture every frame to."""
+    """`make_link(kernel_addr=..., our_addrs=..., pcap=None, offload=True)`: a namespace
+    with a TAP up in it (kernel side `kernel_addr`, None for none) and our stack running on
+    the TAP with `our_addrs` (empty for a DHCP client). `pcap`: a path to capture every
+    frame to. `offload`: the TAP's checksum/TSO offloads (TCP as 64 KiB segments), as the
+    stack bench runs it; tests/netns/test_tap_offload.py covers offload=False too."""
     with ExitStack() as stack:
 
         def make(kernel_addr: str | None = f"{KERNEL_IP}/24",
                  our_addrs: tuple[str, ...] = (f"{OUR_IP}/24",),
-                 pcap: str | os.PathLike | None = None) -> Link:
+                 pcap: str | os.PathLike | None = None, offload: bool = True) -> Link:
             ns = make_netns()
-            tap = TapDevice(netns=ns)
+            tap = TapDevice(netns=ns, offload=offload)
             stack.callback(tap.close)
             if kernel_addr is not None:
                 tap.add_address(kernel_addr)

