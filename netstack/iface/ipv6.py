@@ -395,6 +395,18 @@ class Ipv6Layer:
                 stats["ipv6_malformed"] += 1
                 return
             stats["ipv6_fragments"] += 1
+            data_len = len(payload) - frag.header_offset - 8
+            if (frag.more and data_len % 8) or \
+                    frag.header_offset + frag.offset + data_len > 0xFFFF:
+                # RFC 8200 §4.5: Parameter Problem code 0 pointing at the Payload Length
+                # (not a multiple of 8) or at the Fragment Offset (past 65535 bytes)
+                stats["ipv6_bad_fragment"] += 1
+                if not cast:
+                    ptr = 4 if frag.more and data_len % 8 else \
+                        HEADER_LEN + frag.header_offset + 2
+                    self._icmp6_error(pkt, Icmpv6Repr.param_problem(
+                        0, ptr, quote_offending(pkt.buffer[:HEADER_LEN + len(payload)])))
+                return
             if frag.offset == 0 and not self._header_chain_whole(payload, frag):
                 # RFC 8200 §4.5 / RFC 7112 §5: the first fragment must hold every
                 # header through the upper-layer one; drop it, Parameter Problem code 3.

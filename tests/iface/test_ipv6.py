@@ -511,3 +511,17 @@ def test_reassembly_timeout_sends_time_exceeded_when_the_first_fragment_came():
     assert te.code == 1 and err[IPv6].dst == PEER and err[IPv6].src == GLOBAL
     assert raw(te.payload) == raw(first[IPv6]) and checksums_ok(err)
     assert iface.reassembler6.stats.timeouts == 3 and len(iface.reassembler6) == 0
+
+
+def test_bad_fragment_lengths_get_parameter_problem_code_0():
+    # RFC 8200 §4.5: a non-last fragment whose length is not a multiple of 8 (pointer: the
+    # Payload Length field), or one reaching past 65535 bytes (pointer: the Fragment
+    # Offset field) is dropped with Parameter Problem code 0. Both were dropped silently.
+    iface, dev, sockets = settled()
+    odd = from_peer(IPv6ExtHdrFragment(nh=58, id=31, offset=0, m=1) / Raw(b"\x80" * 13))
+    past = from_peer(IPv6ExtHdrFragment(nh=58, id=32, offset=8190, m=0) / Raw(b"q" * 64))
+    e1, e2 = feed(iface, dev, sockets, odd, past, now=2.0)
+    assert e1[ICMPv6ParamProblem].code == 0 and e1[ICMPv6ParamProblem].ptr == 4
+    assert e2[ICMPv6ParamProblem].code == 0 and e2[ICMPv6ParamProblem].ptr == 42
+    assert checksums_ok(e1) and checksums_ok(e2)
+    assert len(iface.reassembler6) == 0
