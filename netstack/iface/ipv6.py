@@ -45,6 +45,7 @@ fragmented at the source (RFC 8200 §4.5), except TCP segments the device segmen
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 from collections.abc import Callable
@@ -564,6 +565,11 @@ class Ipv6Layer:
         except Error:
             stats["ndisc_malformed"] += 1
             return
+        lladdr = msg.lladdr
+        if lladdr is not None and (lladdr[0] & 1 or lladdr == self.hardware_addr):
+            # a group MAC or ours is nobody's address: read as no option at all
+            stats["ndisc_bad_lladdr"] += 1
+            msg = dataclasses.replace(msg, lladdr=None)
         now = self._now
         if isinstance(msg, NeighborSolicit):
             self._rx_ns(ip, msg)

@@ -525,3 +525,17 @@ def test_bad_fragment_lengths_get_parameter_problem_code_0():
     assert e2[ICMPv6ParamProblem].code == 0 and e2[ICMPv6ParamProblem].ptr == 42
     assert checksums_ok(e1) and checksums_ok(e2)
     assert len(iface.reassembler6) == 0
+
+
+def test_group_or_own_mac_in_link_layer_options_is_not_learned():
+    # A source/target link-layer option naming a group MAC (or ours) replaced a good
+    # entry: unicast traffic then went to a multicast MAC (or back to ourselves).
+    iface, dev, sockets = settled()
+    for mac in ("33:33:00:00:00:01", str(MAC), "ff:ff:ff:ff:ff:ff"):
+        ns = from_peer(ICMPv6ND_NS(tgt=GLOBAL) / ICMPv6NDOptSrcLLAddr(lladdr=mac), hlim=255)
+        na = from_peer(ICMPv6ND_NA(tgt=PEER, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr=mac),
+                       hlim=255)
+        out = feed(iface, dev, sockets, ns, na, now=2.0)
+        assert all(f.dst == PEER_MAC for f in out)
+    assert iface.neighbors6.lookup(IPv6Address(PEER), 2.0) == EthernetAddress.parse(PEER_MAC)
+    assert iface.stats["ndisc_bad_lladdr"] == 6
