@@ -626,6 +626,11 @@ class Ipv6Layer:
                 log.warning("%s (ours) is advertised by %s from %s", target, ip.src_addr,
                             na.lladdr)
             return
+        if not na.router and target == self._default_router6 and target in self.neighbors6:
+            # RFC 4861 §7.2.5: no longer a router, so no longer our default router
+            log.info("default router %s says it is not a router", target)
+            self._default_router6 = None
+            self._router_expiry = float("inf")
         self._release6(self.neighbors6.advert(target, na.lladdr, self._now,
                                               solicited=na.solicited, override=na.override,
                                               router=na.router))

@@ -539,3 +539,22 @@ def test_group_or_own_mac_in_link_layer_options_is_not_learned():
         assert all(f.dst == PEER_MAC for f in out)
     assert iface.neighbors6.lookup(IPv6Address(PEER), 2.0) == EthernetAddress.parse(PEER_MAC)
     assert iface.stats["ndisc_bad_lladdr"] == 6
+
+
+def test_na_clearing_the_router_flag_removes_the_default_router():
+    # RFC 4861 §7.2.5: IsRouter going from TRUE to FALSE removes the router from the
+    # Default Router List. Our default router kept being used after saying it was a host.
+    iface, dev, sockets = settled()
+    ra = Ether(src=ROUTER_MAC, dst="33:33:00:00:00:01") / \
+        IPv6(src=ROUTER_LL, dst="ff02::1", hlim=255) / ICMPv6ND_RA(routerlifetime=600) / \
+        ICMPv6NDOptSrcLLAddr(lladdr=ROUTER_MAC)
+    feed(iface, dev, sockets, ra, now=2.0)
+    assert iface.ipv6_default_router == IPv6Address(ROUTER_LL)
+    still = Ether(src=ROUTER_MAC, dst=str(MAC)) / IPv6(src=ROUTER_LL, dst=LL, hlim=255) / \
+        ICMPv6ND_NA(tgt=ROUTER_LL, R=1, S=0, O=1)
+    feed(iface, dev, sockets, still, now=3.0)
+    assert iface.ipv6_default_router == IPv6Address(ROUTER_LL)
+    host = Ether(src=ROUTER_MAC, dst=str(MAC)) / IPv6(src=ROUTER_LL, dst=LL, hlim=255) / \
+        ICMPv6ND_NA(tgt=ROUTER_LL, R=0, S=0, O=1)
+    feed(iface, dev, sockets, host, now=4.0)
+    assert iface.ipv6_default_router is None
