@@ -333,6 +333,11 @@ ffibuilder.set_source(
             for (uint32_t i = 0; i < nread; i++) {
                 uint64_t a = q->addr[i], l = q->len[i];
                 if (skip >= l) { skip -= l; continue; }
+                if (a + (l - 1) < a) {  /* past 2^64 (a + skip must not wrap around) */
+                    q->err[0] = a; q->err[1] = l;
+                    bad = VU_E_OVERFLOW;
+                    break;
+                }
                 a += skip; l -= skip; skip = 0;
                 bad = vu_covered(q->regs, q->nregs, a, l, q->err);
                 if (bad) break;

@@ -426,21 +426,22 @@ class VirtioNetDevice:
                         continue
                 idle += 1
                 continue
-            count, err = q.pop_tx_batch(b, limit - n, self.hdr_len, MAX_FRAME + self.hdr_len,
-                                        self.csum_offload)
+            count, status = q.pop_tx_batch(b, limit - n, self.hdr_len,
+                                           MAX_FRAME + self.hdr_len, self.csum_offload)
             if count:
-                n += self._hand_tx_batch(q, b, count, handler)
+                n += self._hand_tx_batch(q, b, count, handler, status)
                 idle = 0
             else:
                 idle += 1
-            if err is not None:
-                self._ring_error(q, err)
+            if status:  # the frames before the broken chain are done with: now break
+                self._ring_error(q, q.batch_failed(status))
         return n
 
     def _hand_tx_batch(self, q: Virtqueue, b: TxBatch, count: int,
-                       handler: Callable[[memoryview], None]) -> int:
+                       handler: Callable[[memoryview], None], status: int = 0) -> int:
         """Hand a popped batch's frames to `handler`, count its drops, complete its
-        chains (all of them; if the handler raises, the ones not reached go back)."""
+        chains (all of them; if the handler raises, the ones not reached go back, and
+        so does a broken chain after them: it is met again next time)."""
         unpack = _ffi.unpack
         kinds = unpack(b.kind, count)
         offs = unpack(b.off, count)
@@ -480,6 +481,7 @@ class VirtioNetDevice:
         finally:
             if done < count:
                 q.unpop(count - done)
+                q.batch_retract(status)
             if q.ready:
                 q.push_zero(b.heads, done)
                 self._dirty.add(q)
@@ -545,14 +547,14 @@ class VirtioNetDevice:
     def send_frames(self, frames: Sequence[bytes | bytearray | memoryview]) -> int:
         """Deliver frames in order, as `send` on each would (what finds no guest buffer
         waits in the backlog); with the C helpers one vu_rx_batch call writes them all.
-        Returns how many were not dropped."""
+        Returns how many were not dropped (for a bad length, a too small buffer, a broken
+        ring or a full backlog — a drop of an older frame from the backlog counts too)."""
         rxq = self.queues[0]
+        dropped = self._frame_drops()
         if not (_vq.USE_C and rxq.batched):
-            ok = 0
             for f in frames:
-                ok += self.send(f)
-            return ok
-        dropped = self.drops.total()
+                self.send(f)
+            return max(0, len(frames) - (self._frame_drops() - dropped))
         good = []
         for f in frames:
             if MIN_FRAME <= len(f) <= MAX_FRAME:
@@ -561,6 +563,16 @@ class VirtioNetDevice:
                 self.drops["rx_bad_length"] += 1
         if not good:
             return 0
+        self._send_batch(good)
+        return max(0, len(frames) - (self._frame_drops() - dropped))
+
+    def _frame_drops(self) -> int:
+        d = self.drops
+        return d["rx_bad_length"] + d["rx_buffer_too_small"] + d["rx_no_buffer"] + d["ring_error"]
+
+    def _send_batch(self, good: list) -> None:
+        """`send_frames` for frames of valid lengths, by vu_rx_batch."""
+        rxq = self.queues[0]
         lens = array("I", [len(f) for f in good])
         if self.csum_offload:  # headers patch the frames: work on one copy of them all
             data = bytearray().join(good)
@@ -601,7 +613,6 @@ class VirtioNetDevice:
                 _, old = self._backlog.popleft()
                 self._backlog_bytes -= len(old)
                 self.drops["rx_no_buffer"] += 1
-        return max(0, len(good) - (self.drops.total() - dropped))
 
     def _fill_rx(self, q: Virtqueue, data, lens: array, hdrs: bytes | None) -> int:
         """Write frames (back to back in `data`) into RX buffers by vu_rx_batch, a frame

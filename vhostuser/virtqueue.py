@@ -383,31 +383,37 @@ class Virtqueue:
         self.stats.used += cq.pushed
         self._pending += cq.pushed
 
-    def _c_ring_error(self, cq) -> RingError:
-        """Mark the queue broken for the rule a batch call reports; the error to raise."""
-        code = cq.status
-        if code == _lib.VU_E_AHEAD:
-            self.mark_broken(f"avail index {cq.err[0]} is more than the queue size "
-                             f"({self.size}) ahead of {cq.err[1]}")
-            return RingError("avail index too far ahead")
-        e = _walk_error(code, cq.err, self.size)
-        self.mark_broken(str(e))
-        return RingError(str(e))
-
     def pop_tx_batch(self, b, limit: int, hdr: int, max_total: int,
-                     want_hdr: bool) -> tuple[int, RingError | None]:
+                     want_hdr: bool) -> tuple[int, int]:
         """Pop and walk up to `limit` chains into the TxBatch `b` (see vu_tx_batch).
-        Returns how many entries were filled and the RingError (queue marked broken)
-        that stopped the batch, if one did: the entries before it are good."""
+        Returns how many entries were filled and the status: 0, or the VU_E_* code of a
+        broken rule met after them. The caller hands the entries on and completes them
+        first (as the per-frame path would have), then calls `batch_failed(status)`,
+        or `batch_retract(status)` if it gives them back instead."""
         if not self.ready:
-            return 0, None
+            return 0, 0
         cq = self._cq_in()
         k = _lib.vu_tx_batch(cq, min(limit, b.size), hdr, max_total, want_hdr, b.scratch,
                              b.scratch_size, b.heads, b.kind, b.off, b.flen, b.aux, b.vhdr)
         self._cq_out(cq)
-        if cq.status < 0:
-            return k, self._c_ring_error(cq)
-        return k, None
+        return k, cq.status
+
+    def batch_failed(self, status: int) -> RingError:
+        """Mark the queue broken for the rule a batch call reported; the error to raise
+        (the C call leaves its arguments in the state until the next batch call)."""
+        cq = self._cq
+        if status == _lib.VU_E_AHEAD:
+            self.mark_broken(f"avail index {cq.err[0]} is more than the queue size "
+                             f"({self.size}) ahead of {cq.err[1]}")
+            return RingError("avail index too far ahead")
+        e = _walk_error(status, cq.err, self.size)
+        self.mark_broken(str(e))
+        return RingError(str(e))
+
+    def batch_retract(self, status: int) -> None:
+        """Give back the head whose walk broke a rule (it is met again next time)."""
+        if status and status != _lib.VU_E_AHEAD:
+            self.last_avail_idx = (self.last_avail_idx - 1) & 0xFFFF
 
     def push_zero(self, heads, count: int) -> None:
         """Push `count` used elements (heads[i], 0): TX chains done with."""
@@ -430,7 +436,7 @@ class Virtqueue:
         if status == _lib.VU_RX_SLOW:
             return k, cq.bad, None, True
         if status < 0:
-            return k, cq.bad, self._c_ring_error(cq), False
+            return k, cq.bad, self.batch_failed(status), False
         return k, cq.bad, None, False
 
     # -- the used side ---------------------------------------------------------------
