@@ -81,3 +81,22 @@ def test_send_on_a_real_socket_marks_it_dirty():
     assert u in sockets.dirty
     sockets.remove(1)
     assert u not in sockets.dirty
+
+
+def test_a_new_tcp_socket_learns_tso_even_when_the_count_is_unchanged():
+    """One connection closes and another opens between two polls: the new one must still
+    be told the device's TSO size (it was keyed on the number of TCP sockets)."""
+    from netstack.phy import DeviceCapabilities
+    from netstack.socket.tcp.socket import TcpSocket
+
+    iface, dev, sockets = _iface(), Dev(), SocketSet()
+    dev.caps = DeviceCapabilities(mtu=1500, tso_max=65000)
+    a = TcpSocket()
+    ha = sockets.add(a)
+    iface.poll(0.0, dev, sockets)
+    assert a._tso_max == 65000
+    sockets.remove(ha)
+    b = TcpSocket()
+    sockets.add(b)
+    iface.poll(0.01, dev, sockets)
+    assert b._tso_max == 65000 and b._mtu == 1500

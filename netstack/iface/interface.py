@@ -440,14 +440,18 @@ class Interface(Ipv6Layer):
         self._ipv6_offload = bool(getattr(caps, "ipv6_offload", False))
         # TCP segments up to tso_max cross the device whole (the guest segments them)
         self._tso_max = getattr(caps, "tso_max", None)
-        tcp = sockets.of_kind("tcp")
-        sig = (self._mtu, len(tcp), self._tso_max, self._ipv6_offload)
-        if sig != self._tcp_sig:  # a new TCP socket, MTU or TSO: tell them the sizes
+        sig = (self._mtu, self._tso_max, self._ipv6_offload)
+        fresh = sockets.fresh
+        if sig != self._tcp_sig:  # the MTU or TSO changed: tell every TCP socket
             self._tcp_sig = sig
             sockets.touch_all()
-            for sock in tcp:
-                sock.set_mtu(self._mtu)
-                sock.set_max_segment_size(self._tso_max, self._ipv6_offload)
+            fresh = sockets.of_kind("tcp")
+        if fresh:  # (and each new TCP socket once)
+            for sock in fresh:
+                if sock._set is sockets:
+                    sock.set_mtu(self._mtu)
+                    sock.set_max_segment_size(self._tso_max, self._ipv6_offload)
+            sockets.fresh = []
 
     def poll_at(self, now: float, sockets: SocketSet) -> float | None:
         """When `poll` must run next (<= now: at once), or None for "when a frame comes"."""

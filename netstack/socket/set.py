@@ -106,7 +106,7 @@ class SocketSet:
     it."""
 
     __slots__ = ("_sockets", "_by_kind", "_next", "dirty", "sched", "all_dirty", "_seq",
-                 "tcp_demux", "_demux_keys")
+                 "tcp_demux", "_demux_keys", "fresh")
 
     def __init__(self) -> None:
         self._sockets: dict[int, Socket] = {}
@@ -119,6 +119,7 @@ class SocketSet:
         # (local port, remote address, remote port) -> connection, filled by the interface
         self.tcp_demux: dict[tuple, Socket] = {}
         self._demux_keys: dict[Socket, tuple] = {}
+        self.fresh: list[Socket] = []  # TCP sockets added since the interface last looked
 
     def cache_tcp(self, key: tuple, sock: Socket) -> None:
         """Remember that segments for `key` went to `sock` (a connection); the interface
@@ -170,6 +171,8 @@ class SocketSet:
         sock._set = self
         self._seq[sock] = handle
         self.dirty.add(sock)
+        if sock.KIND == "tcp":
+            self.fresh.append(sock)
         return handle
 
     def remove(self, handle: int) -> Socket:
