@@ -412,18 +412,7 @@ class VirtioNetDevice:
         while n < limit and idle < nq:
             q = txq[self._next_tx % nq]
             self._next_tx = (self._next_tx + 1) % nq
-            if not q.serviceable or not q.batched:
-                if q.serviceable:  # not mapped for C (cannot happen once mapped): per frame
-                    got = self._pop_tx()
-                    if got is not None:
-                        frame, gq, head = got
-                        try:
-                            handler(frame)
-                        finally:
-                            self._complete(gq, head)
-                        n += 1
-                        idle = 0
-                        continue
+            if not (q.serviceable and q.batched):  # (a mapped queue always is batched)
                 idle += 1
                 continue
             count, status = q.pop_tx_batch(b, limit - n, self.hdr_len,
