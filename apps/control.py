@@ -345,11 +345,9 @@ def _in(when: float, now: float) -> float | None:
 
 
 def _neighbors(iface, now: float) -> list[dict]:
-    """The ARP table: address, MAC, seconds left. (Read from the cache's entries: it
-    has no public iterator.)"""
-    entries = getattr(iface.neighbors, "_entries", {})
+    """The ARP table: address, MAC, seconds left."""
     return [{"address": str(a), "mac": str(mac), "expires_in": _in(exp, now)}
-            for a, (mac, exp) in sorted(entries.items())]
+            for a, mac, exp in sorted(iface.neighbors.entries())]
 
 
 def _ipv6_status(stack, iface, now: float) -> dict:
@@ -368,13 +366,12 @@ def _ipv6_status(stack, iface, now: float) -> dict:
     out["link_local"] = str(iface.link_local6)
     router = iface.ipv6_default_router
     out["default_router"] = None if router is None else str(router)
-    # the cache's entries (no public iterator; state(addr) alone cannot list them)
-    for addr, e in sorted(getattr(iface.neighbors6, "_entries", {}).items()):
-        out["neighbors"].append({"address": str(addr), "state": e.state.name,
-                                 "mac": None if e.mac is None else str(e.mac),
-                                 "router": e.router, "queued": len(e.queue),
-                                 "timer_in": _in(e.timer, now)})
-    for dst, (mtu, expiry) in sorted(getattr(iface, "_pmtu", {}).items()):
+    for e in sorted(iface.neighbors6.entries(), key=lambda e: e["address"]):
+        out["neighbors"].append({"address": str(e["address"]), "state": e["state"].name,
+                                 "mac": None if e["mac"] is None else str(e["mac"]),
+                                 "router": e["router"], "queued": e["queued"],
+                                 "timer_in": _in(e["timer"], now)})
+    for dst, mtu, expiry in sorted(iface.path_mtus()):
         if expiry > now:
             out["path_mtu"].append({"destination": str(dst), "mtu": mtu,
                                     "expires_in": _in(expiry, now)})
@@ -397,7 +394,7 @@ def _stack_status(stack) -> dict:
     for handle, sock in stack.sockets.items():
         sockets.append(_socket_entry(handle, sock))
     now = time.monotonic()
-    inow = getattr(iface, "_now", now)  # the interface's clock: its timers count in it
+    inow = iface.now  # the interface's clock: its timers count in it
     leases = []
     if stack.dhcp is not None:
         for le in stack.dhcp.leases():

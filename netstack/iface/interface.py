@@ -238,6 +238,10 @@ class NeighborCache:
             return None
         return min(p.next_at for p in self._pending.values())
 
+    def entries(self) -> list[tuple[IPv4Address, EthernetAddress, float]]:
+        """(address, MAC, expiry time) of every entry, least recently used first."""
+        return [(a, mac, exp) for a, (mac, exp) in self._entries.items()]
+
     def clear(self) -> None:
         self._entries.clear()
         self._pending.clear()
@@ -344,7 +348,8 @@ class Interface(Ipv6Layer):
         self._routes.clear()
 
     def join_multicast_group(self, group: IPv4Address | IPv6Address) -> None:
-        """Receive datagrams sent to `group` (no IGMP/MLD reports are sent)."""
+        """Receive datagrams sent to `group` (IPv6: announced with an MLDv2 report; IPv4: no
+        IGMP report is sent)."""
         if isinstance(group, IPv6Address):
             self.join_ipv6_group(group)
             return
@@ -365,6 +370,11 @@ class Interface(Ipv6Layer):
     def _refresh_group_macs(self) -> None:
         self._group_macs = {bytes(multicast_mac(g)) for g in self._groups} | \
             self._group_macs6()
+
+    @property
+    def now(self) -> float:
+        """The time of the last poll: the clock the interface's timers count in."""
+        return self._now
 
     # -- polling ------------------------------------------------------------------------
     def poll(self, now: float, device, sockets: SocketSet) -> bool:

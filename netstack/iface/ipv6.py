@@ -263,6 +263,10 @@ class Ipv6Layer:
                               IPv6Address(via)))
         self._routes6.sort(key=lambda r: -r[1])
 
+    def path_mtus(self) -> list[tuple[IPv6Address, int, float]]:
+        """(destination, MTU, expiry time) learnt from Packet Too Big."""
+        return [(d, mtu, exp) for d, (mtu, exp) in self._pmtu.items()]
+
     def path_mtu(self, dst: IPv6Address) -> int:
         """The MTU towards `dst`: the link's (or the RA's), lowered by Packet Too Big."""
         mtu = self._mtu if self._ra_mtu is None else min(self._mtu, self._ra_mtu)

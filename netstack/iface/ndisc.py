@@ -235,6 +235,13 @@ class NeighborCache6:
                 at = e.timer
         return at
 
+    def entries(self) -> list[dict]:
+        """Every entry as a dict: address, state, mac (None while INCOMPLETE), router,
+        queued (datagrams waiting), timer (when its state's timer fires; inf: none)."""
+        return [{"address": a, "state": e.state, "mac": e.mac, "router": e.router,
+                 "queued": len(e.queue), "timer": e.timer}
+                for a, e in self._entries.items()]
+
     def remove(self, addr: IPv6Address) -> None:
         e = self._entries.pop(addr, None)
         if e is not None:
