@@ -32,7 +32,8 @@ QSIZE = 64
 REGIONS = [(0x0, 0x20000), (0x20000, 0x20000), (0x50000, 0x1000)]
 BOUNDARY = 0x20000
 GAP = 0x48000
-RINGS = {0: 0x1000, 1: 0x3000}  # RX, TX: desc, then avail at +0x800, used at +0x1000
+RINGS = {0: 0x1000, 1: 0x3000}  # RX, TX: desc, then avail and used at these offsets
+AVAIL_OFF, USED_OFF = 0x800, 0x1000
 DATA = 0x6000  # buffers are allocated from here
 
 MRG = bits(Feature.F_VERSION_1, Feature.NET_F_MRG_RXBUF)
@@ -55,7 +56,7 @@ class Guest:
         for i, base in RINGS.items():
             q = virtqueue.Virtqueue(i)
             q.size = QSIZE
-            q.addr = VringAddr(i, 0, base, base + 0x1000, base + 0x800, 0)
+            q.addr = VringAddr(i, 0, base, base + USED_OFF, base + AVAIL_OFF, 0)
             q.indirect = True
             q.map(self.mem)
             q.start()
@@ -102,7 +103,7 @@ class Guest:
         return head
 
     def post(self, q: int, head: int) -> None:
-        avail = RINGS[q] + 0x800
+        avail = RINGS[q] + AVAIL_OFF
         self.write(avail + 4 + 2 * (self.avail[q] % QSIZE), struct.pack("<H", head))
         self.avail[q] = (self.avail[q] + 1) & 0xFFFF
         self.write(avail + 2, struct.pack("<H", self.avail[q]))
