@@ -239,7 +239,7 @@ ffibuilder.set_source(
         int status;                     /* 0, or the VU_E_* / VU_RX_SLOW that stopped a call */
         uint64_t err[2];
         uint64_t *addr; uint32_t *len; uint32_t cap;   /* descriptor store (cap >= n) */
-        uint32_t *chains;                               /* RX: 3 words per chain, n chains */
+        uint32_t *chains;                               /* RX: 3 words per chain, cap chains */
     };
 
     #define VU_E_AHEAD (-11)            /* err: avail idx, last avail idx */

@@ -181,9 +181,12 @@ class Virtqueue:
             self._cerr = _ffi.new("uint64_t[2]")
             cavail = _ffi.from_buffer(avail)
             cused = _ffi.from_buffer(used, require_writable=True)
-            cap = 2 * n + 64  # descriptors one RX frame's chains may hold (vu_rx_batch)
+            # descriptors one RX frame's chains may hold (vu_rx_batch), and as many chains:
+            # a guest posting while we pop may give one frame more chains than the queue
+            # size, but never more than descriptors
+            cap = 2 * n + 64
             store = (_ffi.new("uint64_t[]", cap), _ffi.new("uint32_t[]", cap),
-                     _ffi.new("uint32_t[]", 3 * n))
+                     _ffi.new("uint32_t[]", 3 * cap))
             cq = _ffi.new("struct vu_vq *")
             cq.desc = self._cdesc
             cq.avail = _ffi.cast("uint16_t *", cavail)
