@@ -731,6 +731,11 @@ class VirtioNetDevice:
         room = 0
         try:
             while room < need:
+                if len(chains) >= q.size:
+                    # More buffers than the ring holds for one frame: a guest re-posting
+                    # (empty) buffers as fast as we pop them would keep us here forever.
+                    raise RingError(f"RX frame of {need} bytes still short after "
+                                    f"{len(chains)} buffers ({room} bytes)")
                 chain = q.pop()
                 if chain is None:
                     q.unpop(len(chains))

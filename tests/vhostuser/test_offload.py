@@ -251,3 +251,34 @@ def test_device_gives_guest_tso6_frames_gso_tcpv6():
     dev = _device(Feature.NET_F_GUEST_CSUM, Feature.NET_F_GUEST_TSO4, Feature.NET_F_GUEST_TSO6)
     frame = tcp6_frame(9000)
     assert NET_HDR.unpack(dev._guest_header(frame))[1] == NET_HDR_GSO_TCPV6
+
+
+def test_rx_frame_gives_up_after_a_ring_of_empty_buffers():
+    """A guest re-posting empty RX buffers as fast as we pop them must not keep one frame's
+    buffer gathering going forever: after queue-size buffers it is a ring error."""
+    from vhostuser.net import VirtioNetDevice
+
+    class Chain:
+        writable_len = 0
+        head = 0
+        writable = []
+
+    class EndlessQueue:
+        size = 8
+        pops = 0
+
+        def pop(self):
+            self.pops += 1
+            assert self.pops < 1000, "still popping"
+            return Chain()
+
+        def unpop(self, n):
+            raise AssertionError("the ring is never empty here")
+
+    dev = VirtioNetDevice(None, [None, None])  # type: ignore[arg-type]
+    dev.mergeable = True
+    errors = []
+    dev.on_error = lambda q, msg: errors.append(msg)
+    q = EndlessQueue()
+    assert dev._write_rx(q, b"\0" * 12, b"x" * 100) is None
+    assert q.pops == 8 and dev.drops["ring_error"] == 1 and "still short" in errors[0]
