@@ -10,12 +10,23 @@ slirp — QEMU's `-netdev user` (libslirp); the guest reaches the host's loopbac
 tap   — `-netdev tap,script=no,downscript=no` into a network namespace this benchmark
         creates and removes: the Linux kernel at 10.0.2.2, the same peers run inside it
         (root and `ip` needed; the guest gets 10.0.2.15/24 by hand).
+passt — passt (https://passt.top) behind `-netdev stream` on its unix socket, when the
+        `passt` binary is installed (otherwise skipped with a note). passt runs in a network
+        namespace of ours with the same peers: a veth pair there is its template interface
+        (10.0.2.15/24, default route via 10.0.2.2, which the other end holds), so its DHCP
+        gives the guest 10.0.2.15 and the gateway 10.0.2.2, which passt maps to the
+        namespace's loopback (TCP/UDP) — the host side. The namespace's
+        net.ipv4.ping_group_range lets passt's ping sockets carry the guest's echo requests
+        (root and `ip` needed). passt's own defaults otherwise, e.g. its 65520-byte MTU.
 
 The workload, timed inside the guest (the kernel's monotonic clock, read from
 /proc/timer_list: busybox `date` has no %N; the cost of two reads is measured and taken off):
 TCP download (`wget -O /dev/null .../bytes/N`), TCP upload (`wget --post-file` of a file in
 tmpfs to `/sink`), ping RTT (`ping -c 20 -i 0.2`, the average) and UDP 64-byte
-request/response rate (`vhn-udp -q -n N -s 64`, one datagram in flight). Throughput is
+request/response rate (`vhn-udp -q -n N -s 64`, one datagram in flight) and HTTP
+requests/s (a shell loop of N `wget -q -O /dev/null .../bytes/64`, a new TCP connection
+each; every request also spawns a busybox wget in the TCG guest, a cost the same for every
+backend, so the rate is a lower bound that understates the differences). Throughput is
 measured with busybox wget, never `dd | nc` (that measures nc). Results are a table of
 backend × metric with ratios to slirp, and JSON.
 
@@ -27,6 +38,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -39,15 +51,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from apps.http import CHUNK, pattern_chunks, sink
 from apps.vm import GuestError, QemuVM, vhost_user_nic_args
 
-BACKENDS = ("ours", "slirp", "tap")
+BACKENDS = ("ours", "slirp", "tap", "passt")
 GUEST_MEMORY_MB = 512  # the upload file lives in the guest's tmpfs
 # the metrics, in table order: (key, column title, format, higher is better)
 METRICS = (
     ("download_mbit_s", "down Mbit/s", "{:.1f}", True),
     ("upload_mbit_s", "up Mbit/s", "{:.1f}", True),
     ("ping_avg_ms", "ping ms", "{:.3f}", False),
+    ("http_req_per_s", "HTTP req/s", "{:.1f}", True),
     ("udp_rr_per_s", "UDP rr/s", "{:.0f}", True),
 )
+HTTP_BODY = 64  # bytes per HTTP response in the requests/s loop
 
 
 @dataclass
@@ -57,10 +71,13 @@ class BackendResult:
     upload_mbit_s: float
     ping_avg_ms: float
     udp_rr_per_s: float
+    http_req_per_s: float
     download_s: float
     upload_s: float
     udp_replies: int
     udp_sent: int
+    http_requests: int
+    http_s: float
     boot_s: float
 
 
@@ -69,7 +86,10 @@ class VmBench:
     size_mib: int
     ping_count: int
     udp_count: int
+    http_count: int = 0
     results: list[BackendResult] = field(default_factory=list)
+    # backend -> why it was not measured (e.g. passt not installed)
+    skipped: dict[str, str] = field(default_factory=dict)
     # metric -> backend -> value / slirp's value (for ping, lower is better all the same)
     ratios_to_slirp: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -205,7 +225,8 @@ def _timed(vm: QemuVM, cmd: str, timeout: float) -> tuple[float, str]:
 
 
 def run_workload(vm: QemuVM, backend: str, host: str, http_port: int, udp_port: int,
-                 size_mib: int, ping_count: int, udp_count: int, boot_s: float) -> BackendResult:
+                 size_mib: int, ping_count: int, udp_count: int, http_count: int,
+                 boot_s: float) -> BackendResult:
     """The workload against `host` from a guest whose eth0 is up; one BackendResult."""
     nbytes = size_mib << 20
     url = f"http://{host}:{http_port}"
@@ -232,11 +253,19 @@ def run_workload(vm: QemuVM, backend: str, host: str, http_port: int, udp_port: 
         raise GuestError(f"{backend}: no vhn-udp summary in {out!r}")
     replies = int(m2.group(1))
     udp_s = max(udp_s - overhead, 1e-6)
+    # HTTP requests/s: a fresh wget (and TCP connection) per request; stops at the first error
+    http_s, out = _timed(
+        vm, f"i=0; while [ $i -lt {http_count} ]; do "
+            f"wget -q -O /dev/null {url}/bytes/{HTTP_BODY} || break; i=$((i + 1)); done; "
+            f"echo requests=$i; [ $i = {http_count} ]", slow)
+    http_s = max(http_s - overhead, 1e-6)
     return BackendResult(
         backend=backend, download_mbit_s=nbytes * 8 / down_s / 1e6,
         upload_mbit_s=nbytes * 8 / up_s / 1e6, ping_avg_ms=float(m.group(1)),
-        udp_rr_per_s=replies / udp_s, download_s=round(down_s, 4), upload_s=round(up_s, 4),
-        udp_replies=replies, udp_sent=int(m2.group(2)), boot_s=round(boot_s, 2))
+        udp_rr_per_s=replies / udp_s, http_req_per_s=http_count / http_s,
+        download_s=round(down_s, 4), upload_s=round(up_s, 4),
+        udp_replies=replies, udp_sent=int(m2.group(2)), http_requests=http_count,
+        http_s=round(http_s, 4), boot_s=round(boot_s, 2))
 
 
 def _boot(vm: QemuVM) -> float:
@@ -246,7 +275,8 @@ def _boot(vm: QemuVM) -> float:
     return time.monotonic() - t0
 
 
-def bench_ours(size_mib: int, ping_count: int, udp_count: int) -> BackendResult:
+def bench_ours(size_mib: int, ping_count: int, udp_count: int,
+              http_count: int) -> BackendResult:
     with tempfile.TemporaryDirectory(prefix="vhostnet-benchvm-") as d:
         path = os.path.join(d, "vhost.sock")
         proc = start_ours(path)
@@ -254,19 +284,20 @@ def bench_ours(size_mib: int, ping_count: int, udp_count: int) -> BackendResult:
             with QemuVM(nic_args=vhost_user_nic_args(path), memory_mb=GUEST_MEMORY_MB) as vm:
                 boot_s = _boot(vm)
                 return run_workload(vm, "ours", "10.0.2.2", 80, 7, size_mib, ping_count,
-                                    udp_count, boot_s)
+                                    udp_count, http_count, boot_s)
         finally:
             stop_process(proc)
 
 
-def bench_slirp(size_mib: int, ping_count: int, udp_count: int) -> BackendResult:
+def bench_slirp(size_mib: int, ping_count: int, udp_count: int,
+               http_count: int) -> BackendResult:
     peers = HostPeers()
     try:
         nic = ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
         with QemuVM(nic_args=nic, memory_mb=GUEST_MEMORY_MB) as vm:
             boot_s = _boot(vm)
             return run_workload(vm, "slirp", "10.0.2.2", peers.http_port, peers.udp_port,
-                                size_mib, ping_count, udp_count, boot_s)
+                                size_mib, ping_count, udp_count, http_count, boot_s)
     finally:
         peers.close()
 
@@ -275,7 +306,8 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
-def bench_tap(size_mib: int, ping_count: int, udp_count: int) -> BackendResult:
+def bench_tap(size_mib: int, ping_count: int, udp_count: int,
+             http_count: int) -> BackendResult:
     """`-netdev tap` into a network namespace of our own, where the Linux kernel answers at
     10.0.2.2 and `python -m apps.benchvm peers` runs the host-side HTTP server and UDP echo.
     QEMU creates the TAP in our namespace; once it holds it, the TAP moves to the new one."""
@@ -285,10 +317,7 @@ def bench_tap(size_mib: int, ping_count: int, udp_count: int) -> BackendResult:
     peers = None
     try:
         _ip("-n", ns, "link", "set", "lo", "up")
-        peers = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m",
-                                  "apps.benchvm", "peers"],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        http_port, udp_port = map(int, peers.stdout.readline().split()[1:3])
+        peers, http_port, udp_port = _ns_peers(ns)
         nic = ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
                "-device", "virtio-net-pci,netdev=n0"]
         with QemuVM(nic_args=nic, memory_mb=GUEST_MEMORY_MB) as vm:
@@ -300,7 +329,7 @@ def bench_tap(size_mib: int, ping_count: int, udp_count: int) -> BackendResult:
             vm.run_ok("ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0")
             boot_s = time.monotonic() - t0
             return run_workload(vm, "tap", "10.0.2.2", http_port, udp_port, size_mib,
-                                ping_count, udp_count, boot_s)
+                                ping_count, udp_count, http_count, boot_s)
     finally:
         if peers is not None:
             peers.stdin.close()
@@ -308,14 +337,98 @@ def bench_tap(size_mib: int, ping_count: int, udp_count: int) -> BackendResult:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-RUNNERS = {"ours": bench_ours, "slirp": bench_slirp, "tap": bench_tap}
+def _ns_peers(ns: str) -> tuple[subprocess.Popen, int, int]:
+    """`python -m apps.benchvm peers` inside namespace `ns`: (process, HTTP port, UDP port)."""
+    peers = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m",
+                              "apps.benchvm", "peers"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = peers.stdout.readline().split()
+    if len(line) != 3:
+        stop_process(peers)
+        raise RuntimeError(f"the peers in namespace {ns} did not start")
+    return peers, int(line[1]), int(line[2])
+
+
+def passt_missing() -> str | None:
+    """Why the passt backend cannot run here, or None."""
+    if shutil.which("passt") is None:
+        return "passt is not installed (apt-get install passt; https://passt.top)"
+    if os.geteuid() != 0:
+        return "needs root (a network namespace of its own)"
+    return None
+
+
+def bench_passt(size_mib: int, ping_count: int, udp_count: int,
+                http_count: int) -> BackendResult:
+    """passt in a network namespace of our own (see the module docstring), QEMU connected to
+    its unix socket with `-netdev stream`; the peers run in the same namespace."""
+    tag = f"vhnb{os.getpid() % 100000}"
+    ns, veth, peer = f"{tag}pns", f"{tag}a", f"{tag}b"
+    _ip("netns", "add", ns)
+    peers = passt = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="vhostnet-benchvm-") as d:
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "link", "add", veth, "type", "veth", "peer", "name", peer)
+            _ip("-n", ns, "addr", "add", "10.0.2.15/24", "dev", veth)
+            _ip("-n", ns, "addr", "add", "10.0.2.2/32", "dev", peer)
+            _ip("-n", ns, "link", "set", veth, "up")
+            _ip("-n", ns, "link", "set", peer, "up")
+            _ip("-n", ns, "route", "add", "default", "via", "10.0.2.2", "dev", veth)
+            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+                            "net.ipv4.ping_group_range=0 2147483647"],
+                           check=True, capture_output=True)
+            peers, http_port, udp_port = _ns_peers(ns)
+            sock, log = os.path.join(d, "passt.sock"), os.path.join(d, "passt.log")
+            with open(log, "w") as logf:
+                # -f: foreground, -1: exit when QEMU goes, -4: IPv4 only, --runas: the socket
+                # lives in our private directory
+                passt = subprocess.Popen(
+                    ["ip", "netns", "exec", ns, "passt", "-f", "-e", "-q", "-1", "-4",
+                     "--runas", "0:0", "-s", sock],
+                    stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 10
+            while not os.path.exists(sock):
+                if passt.poll() is not None or time.monotonic() > deadline:
+                    with open(log) as f:
+                        msg = "".join(ln for ln in f if "syslog" not in ln)
+                    raise RuntimeError(f"passt did not listen on {sock}: {msg[-2000:]}")
+                time.sleep(0.05)
+            nic = ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}",
+                   "-device", "virtio-net-pci,netdev=n0"]
+            with QemuVM(nic_args=nic, memory_mb=GUEST_MEMORY_MB) as vm:
+                boot_s = _boot(vm)
+                return run_workload(vm, "passt", "10.0.2.2", http_port, udp_port, size_mib,
+                                    ping_count, udp_count, http_count, boot_s)
+    finally:
+        for proc in (passt, peers):
+            if proc is not None:
+                if proc.stdin is not None:
+                    proc.stdin.close()
+                stop_process(proc)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+RUNNERS = {"ours": bench_ours, "slirp": bench_slirp, "tap": bench_tap, "passt": bench_passt}
+# backend -> a function telling why it cannot run here (None: it can); such backends are
+# skipped with that note instead of failing the run
+PREREQUISITES = {"passt": passt_missing}
 
 
 def bench_vm(size_mib: int = 100, backends=BACKENDS, ping_count: int = 20,
-             udp_count: int = 2000) -> VmBench:
-    out = VmBench(size_mib, ping_count, udp_count)
+             udp_count: int = 2000, http_count: int = 500) -> VmBench:
+    """Each backend in turn, in a fresh guest; a backend whose PREREQUISITES say it cannot
+    run here (passt not installed) is left out with the reason in `skipped`."""
+    unknown = [b for b in backends if b not in RUNNERS]
+    if unknown:
+        raise ValueError(f"unknown backend(s) {', '.join(unknown)}; of {', '.join(BACKENDS)}")
+    out = VmBench(size_mib, ping_count, udp_count, http_count)
     for name in backends:
-        out.results.append(RUNNERS[name](size_mib, ping_count, udp_count))
+        why = PREREQUISITES.get(name, lambda: None)()
+        if why is not None:
+            out.skipped[name] = why
+            continue
+        out.results.append(RUNNERS[name](size_mib, ping_count, udp_count, http_count))
     base = next((r for r in out.results if r.backend == "slirp"), None)
     if base is not None:
         for key, _, _, _ in METRICS:
@@ -327,7 +440,8 @@ def bench_vm(size_mib: int = 100, backends=BACKENDS, ping_count: int = 20,
 
 def print_vm(res: VmBench) -> None:
     print(f"vm: TCG guest, {res.size_mib} MiB each way, ping x{res.ping_count}, "
-          f"UDP 64 B x{res.udp_count}; (x.xx) = ratio to slirp")
+          f"UDP 64 B x{res.udp_count}, HTTP GET of {HTTP_BODY} B x{res.http_count} (a wget "
+          f"each); (x.xx) = ratio to slirp")
     cols = [title for _, title, _, _ in METRICS]
     print(f"{'backend':<8} " + " ".join(f"{c:>18}" for c in cols))
     for r in res.results:
@@ -339,6 +453,8 @@ def print_vm(res: VmBench) -> None:
                 cell += f" ({ratio:.2f})"
             cells.append(f"{cell:>18}")
         print(f"{r.backend:<8} " + " ".join(cells))
+    for name, why in res.skipped.items():
+        print(f"{name:<8} skipped: {why}")
 
 
 def main() -> int:
