@@ -64,10 +64,12 @@ def rx_bytes(vm: QemuVM) -> int:
 
 
 def start_big_download(vm: QemuVM) -> None:
-    """A 200 MB wget in the background; waits until bytes flow."""
+    """A 50 GB wget in the background (longer than its `timeout 20` at any speed the
+    guest reaches: 200 MB once finished before the backend could be stopped); waits until
+    bytes flow."""
     # under `timeout 20`: a receiver whose peer vanished sends nothing, so no RST from a
     # restarted stack may ever end it, and this busybox wget has no read timeout (-T)
-    vm.run_ok("(timeout 20 wget -O /dev/null http://10.0.2.2/bytes/200000000 "
+    vm.run_ok("(timeout 20 wget -O /dev/null http://10.0.2.2/bytes/50000000000 "
               ">/tmp/big.log 2>&1 &)")
     base = rx_bytes(vm)
     wait_for(lambda: rx_bytes(vm) > base + 2 * MiB, 60, "the download to get going")
