@@ -21,7 +21,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 bench: install
-	$(VENV)/bin/vhostnet bench
+	$(VENV)/bin/vhostnet bench all --json bench-results.json
 
 clean:
 	rm -rf build *.egg-info netstack/_fast.* vhostuser/_fast.* .pytest_cache

@@ -205,6 +205,7 @@ BENCHMARKS = """benchmarks (WHAT):
 
 examples:
   vhostnet bench                          # ring, 2 s per measurement
+  vhostnet bench all --json bench.json    # everything, one JSON (make bench; a few minutes)
   vhostnet bench ring --sizes 64,1500 --seconds 1 --json ring.json
   vhostnet bench stack --no-tap
   vhostnet bench vm --smoke --backends ours,slirp
@@ -216,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vhostnet bench", description=__doc__, epilog=BENCHMARKS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="?", default="ring", metavar="WHAT",
-                   choices=["ring", "vm", "stack", "memory", "backend"],
-                   help="ring (default), stack, memory or vm: see below")
+                   choices=["ring", "vm", "stack", "memory", "all", "backend"],
+                   help="ring (default), stack, memory, vm, or all of them in turn (what "
+                        "`make bench` runs): see below")
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=2.0, help="per measurement (default 2)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -247,7 +249,25 @@ def main(argv: list[str] | None = None) -> int:
         mode, path, size = args.rest
         run_backend(mode, path, int(size))
         return 0
-    if args.what == "vm":
+    if args.what == "all":
+        out = {}
+        for part in ("ring", "stack", "memory", "vm"):
+            print(f"== {part}", flush=True)
+            out.update(_run(part, args, argv))
+            print(flush=True)
+    else:
+        out = _run(args.what, args, argv)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**out, "machine": os.uname().nodename,
+                       "time": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=2)
+        print(f"results written to {args.json}")
+    return 0
+
+
+def _run(what: str, args: argparse.Namespace, argv: list[str] | None) -> dict:
+    """Run one benchmark, print its table, return its results for the JSON."""
+    if what == "vm":
         from apps.benchvm import bench_vm, print_vm
 
         given = argv or sys.argv  # --smoke's defaults yield to explicit options
@@ -257,12 +277,12 @@ def main(argv: list[str] | None = None) -> int:
                       udp_count=200 if args.smoke else 2000, http_count=http_count)
         print_vm(vm)
         out = {"vm": asdict(vm)}
-    elif args.what == "stack":
+    elif what == "stack":
         from apps.benchstack import bench_stack, print_stack
 
         out = {"stack": bench_stack(args.seconds, tap=not args.no_tap)}
         print_stack(out["stack"])
-    elif args.what == "memory":
+    elif what == "memory":
         from apps.benchstack import bench_memory, print_memory
 
         out = {"memory": bench_memory(args.seconds, args.connections)}
@@ -275,11 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             results = bench_ring(args.seconds, sizes)
         print_ring(results)
         out = {"ring": [asdict(r) for r in results]}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**out, "machine": os.uname().nodename,
-                       "time": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=2)
-    return 0
+    return out
 
 
 if __name__ == "__main__":

@@ -54,3 +54,18 @@ def test_options_before_the_benchmark_reach_it(monkeypatch):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--nonsense"])
     assert exc.value.code == 2
+
+
+def test_bench_all_runs_every_part_into_one_json(tmp_path):
+    """`make bench` = `vhostnet bench all --json`: every benchmark in turn, one JSON (a quick
+    version here: short ring and stack, 50 connections, the VM smoke on our backend)."""
+    import json
+
+    from apps.bench import main
+
+    out = tmp_path / "all.json"
+    assert main(["all", "--seconds", "0.3", "--sizes", "64", "--no-tap", "--connections", "50",
+                 "--smoke", "--backends", "ours", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert {"ring", "stack", "memory", "vm", "machine", "time"} <= set(data)
+    assert data["ring"] and data["vm"]
