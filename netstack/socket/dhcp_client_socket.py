@@ -36,6 +36,7 @@ import math
 from collections.abc import Callable
 
 from netstack.socket.dhcp_client import Configured, Deconfigured, DhcpClient, Event, State
+from netstack.socket.set import touches
 from netstack.socket.udp import UdpSocket
 from netstack.wire import Error as WireError
 from netstack.wire.dhcpv4 import CLIENT_PORT, SERVER_PORT, DhcpPacket, DhcpRepr
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 _UDP = int(IpProtocol.UDP)
 
 
+@touches("reset")
 class DhcpClientSocket(UdpSocket):
     """UDP port 68 on every address, driving a DhcpClient for `iface`.
 
