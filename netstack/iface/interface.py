@@ -878,19 +878,7 @@ class Interface(Ipv6Layer):
         total = len(datagram)
         if total <= self._mtu or (datagram[9] == _TCP and self._tso_max
                                   and total - IP_HEADER_LEN <= self._tso_max + 60):
-            tx = device.transmit(now)
-            if tx is None:
-                stats["tx_device_busy_dropped"] += 1
-                return
-
-            def whole(buf: memoryview) -> None:
-                buf[0:6] = mac
-                buf[6:12] = hw
-                buf[12:14] = _ETHERTYPE_IPV4
-                buf[14:] = datagram
-
-            tx.consume(ETH_HEADER_LEN + total, whole)
-            self._emitted += 1
+            self._send_whole(mac, _ETHERTYPE_IPV4, datagram)
             return
         if datagram[6] & 0x40:
             stats["tx_too_big_dont_fragment"] += 1
@@ -924,6 +912,23 @@ class Interface(Ipv6Layer):
             tx.consume(ETH_HEADER_LEN + IP_HEADER_LEN + len(piece), frag)
             self._emitted += 1
             stats["tx_fragments"] += 1
+
+    def _send_whole(self, mac: EthernetAddress, ethertype: bytes, datagram) -> None:
+        """One frame: Ethernet header + a whole datagram (IPv4 or IPv6) to `mac`."""
+        tx = self._device.transmit(self._now)
+        if tx is None:
+            self.stats["tx_device_busy_dropped"] += 1
+            return
+        hw = self.hardware_addr
+
+        def whole(buf: memoryview) -> None:
+            buf[0:6] = mac
+            buf[6:12] = hw
+            buf[12:14] = ethertype
+            buf[14:] = datagram
+
+        tx.consume(ETH_HEADER_LEN + len(datagram), whole)
+        self._emitted += 1
 
     def _arp_requests(self, now: float) -> None:
         for addr in self.neighbors.due(now):

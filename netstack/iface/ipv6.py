@@ -931,19 +931,7 @@ class Ipv6Layer:
         mtu = self.path_mtu(IPv6Address(bytes(datagram[24:40])))
         if total <= mtu or (datagram[6] == _TCP and self._ipv6_offload and self._tso_max
                             and total - HEADER_LEN - 60 <= self._tso_max):
-            tx = device.transmit(now)
-            if tx is None:
-                stats["tx_device_busy_dropped"] += 1
-                return
-
-            def whole(buf: memoryview) -> None:
-                buf[0:6] = mac
-                buf[6:12] = hw
-                buf[12:14] = _ETHERTYPE_IPV6
-                buf[14:] = datagram
-
-            tx.consume(ETH_HEADER_LEN + total, whole)
-            self._emitted += 1
+            self._send_whole(mac, _ETHERTYPE_IPV6, datagram)
             return
         chunk = (mtu - HEADER_LEN - 8) // 8 * 8
         if chunk <= 0:
