@@ -3,7 +3,10 @@
 ring — the Python front-end (vhostuser.frontend) against our backend over the real rings,
 in two processes: frames/s and Gbit/s per frame size and direction, and the backend's CPU
 time per frame (its process CPU time / frames, read from /proc, so a slow front-end does
-not hide a slow backend). The backend runs `python -m apps.bench backend MODE` with a
+not hide a slow backend). The front-end drives the rings with its batched C path
+(TxBatch/RxBatch: N frames per call, one avail idx store and at most one kick per batch;
+RX frames checked against what the source sends on a sample of calls) unless
+`--ring-frontend python` asks for the per-frame Python path (send_frames/recv_packets). The backend runs `python -m apps.bench backend MODE` with a
 RawFrameApp: `sink` drops what the guest sends, `source` fills every RX buffer the guest
 posts with frames of the asked size.
 
@@ -21,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from array import array
 from dataclasses import asdict, dataclass
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -50,6 +54,7 @@ class RingResult:
     frames_per_s: float
     gbit_per_s: float
     backend_cpu_us_per_frame: float
+    frontend: str = "c"  # "c": TxBatch/RxBatch; "python": send_frames/recv_packets
 
 
 # -- the backend side (a subprocess) ----------------------------------------------------
@@ -107,25 +112,46 @@ def _start_backend(mode: str, path: str, size: int) -> subprocess.Popen:
     return proc
 
 
-def ring_guest_to_backend(size: int, seconds: float) -> RingResult:
-    from vhostuser.frontend import NetFrontend
+def _source_frame(size: int) -> bytes:
+    """What `run_backend("source", ...)` sends."""
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+def ring_guest_to_backend(size: int, seconds: float, frontend: str = "c") -> RingResult:
+    """Frames of `size` bytes to the sink, 256 (16 above 1514 bytes) per batch: with the
+    C path as many as there are free buffers per call, the ring kept full; with the
+    Python path one batch at a time, each waited for."""
+    from vhostuser.frontend import GuestMemoryArea, MiB, NetFrontend
 
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "bench.sock")
         proc = _start_backend("sink", path, size)
         try:
-            fe = NetFrontend(path, queue_size=1024)
+            fe = NetFrontend(path, queue_size=1024, memory=GuestMemoryArea(((0, 64 * MiB),)))
             fe.connect()
             fe.start()
             frame = bytes(size)
             batch = 256 if size <= 1514 else 16
             frames = 0
+            if frontend == "c":
+                buf = size + fe.hdr_len
+                tx = fe.tx_batch(buf, max(1, min(1024, RX_BUFFER_BUDGET // buf)))
+                data, lens = frame * batch, array("I", [size] * batch)
             cpu0 = _cpu_seconds(proc.pid)
             t0 = time.perf_counter()
-            while time.perf_counter() - t0 < seconds:
-                fe.send_frames([frame] * batch)
-                fe.wait_tx_done(timeout=5)
-                frames += batch
+            if frontend == "c":
+                while time.perf_counter() - t0 < seconds:
+                    tx.reap()
+                    n = tx.send(data, lens)
+                    frames += n
+                    if not n:  # ring full: sleep until 3/4 of it is done
+                        tx.wait(0.002)
+                tx.flush(timeout=5)
+            else:
+                while time.perf_counter() - t0 < seconds:
+                    fe.send_frames([frame] * batch)
+                    fe.wait_tx_done(timeout=5)
+                    frames += batch
             dt = time.perf_counter() - t0
             cpu = _cpu_seconds(proc.pid) - cpu0
             fe.close()
@@ -133,17 +159,23 @@ def ring_guest_to_backend(size: int, seconds: float) -> RingResult:
             proc.terminate()
             proc.wait(5)
     return RingResult("guest->backend", size, frames, dt, frames / dt,
-                      frames * size * 8 / dt / 1e9, cpu / frames * 1e6)
+                      frames * size * 8 / dt / 1e9, cpu / frames * 1e6, frontend)
 
 
 RX_BUFFER = 4096  # the default: MRG_RXBUF merges frames over several such buffers
 RX_BUFFER_BUDGET = 40 << 20  # bytes of RX buffers posted at most (the guest has 64 MiB)
 
 
-def ring_backend_to_guest(size: int, seconds: float, rx_buffer: int | None = None) -> RingResult:
+RX_SAMPLE_EVERY = 64  # the C path copies and checks one frame every this many calls
+
+
+def ring_backend_to_guest(size: int, seconds: float, rx_buffer: int | None = None,
+                          frontend: str = "c") -> RingResult:
     """Frames from the backend into RX buffers of 4 KiB (merged with MRG_RXBUF), or with
     `rx_buffer`, of that many bytes plus the virtio-net header each (65536: one buffer per
-    64 KiB frame, as a Linux guest with big buffers posts)."""
+    64 KiB frame, as a Linux guest with big buffers posts). The C path counts frames and
+    bytes (each frame's length must be `size`) and compares one frame's contents with the
+    source's every RX_SAMPLE_EVERY calls; the Python path copies every frame."""
     from vhostuser.frontend import GuestMemoryArea, MiB, NetFrontend
 
     with tempfile.TemporaryDirectory() as d:
@@ -157,12 +189,30 @@ def ring_backend_to_guest(size: int, seconds: float, rx_buffer: int | None = Non
             cpu0 = _cpu_seconds(proc.pid)
             t0 = time.perf_counter()
             if rx_buffer is None:
-                fe.post_rx_buffers(512, size=RX_BUFFER)
+                buf, count = RX_BUFFER, 512
             else:
                 buf = rx_buffer + fe.hdr_len
-                fe.post_rx_buffers(max(1, min(512, RX_BUFFER_BUDGET // buf)), size=buf)
-            while time.perf_counter() - t0 < seconds:
-                frames += len(fe.recv_packets(timeout=2))
+                count = max(1, min(512, RX_BUFFER_BUDGET // buf))
+            if frontend == "c":
+                rx = fe.rx_batch(buf, count)
+                want, calls = _source_frame(size), 0
+                while time.perf_counter() - t0 < seconds:
+                    sample = calls % RX_SAMPLE_EVERY == 0
+                    n, got = rx.reap(1, size) if sample else rx.reap()
+                    calls += 1
+                    if got and got[0] != want:
+                        raise RuntimeError(f"backend->guest {size}: a frame differs from "
+                                           "what the source sent")
+                    frames += n
+                    if not n:
+                        rx.wait(0.002)
+                if fe.counters.rx_bytes != frames * size:
+                    raise RuntimeError(f"backend->guest {size}: {fe.counters.rx_bytes} bytes "
+                                       f"in {frames} frames")
+            else:
+                fe.post_rx_buffers(count, size=buf)
+                while time.perf_counter() - t0 < seconds:
+                    frames += len(fe.recv_packets(timeout=2))
             dt = time.perf_counter() - t0
             cpu = _cpu_seconds(proc.pid) - cpu0
             fe.close()
@@ -170,15 +220,16 @@ def ring_backend_to_guest(size: int, seconds: float, rx_buffer: int | None = Non
             proc.terminate()
             proc.wait(5)
     return RingResult("backend->guest", size, frames, dt, frames / dt,
-                      frames * size * 8 / dt / 1e9, cpu / max(frames, 1) * 1e6)
+                      frames * size * 8 / dt / 1e9, cpu / max(frames, 1) * 1e6, frontend)
 
 
 def bench_ring(seconds: float, sizes=(64, 1500, 65536),
-               rx_buffer: int | None = None) -> list[RingResult]:
+               rx_buffer: int | None = None, frontend: str = "c") -> list[RingResult]:
+    """`frontend`: "c" (the batched TxBatch/RxBatch path) or "python" (per frame)."""
     out = []
     for size in sizes:
-        out.append(ring_guest_to_backend(size, seconds))
-        out.append(ring_backend_to_guest(size, seconds, rx_buffer))
+        out.append(ring_guest_to_backend(size, seconds, frontend))
+        out.append(ring_backend_to_guest(size, seconds, rx_buffer, frontend))
     return out
 
 
@@ -240,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ring: the guest posts RX buffers of BYTES plus the virtio-net header "
                         "(65536: one buffer per 64 KiB frame, as a Linux guest with big "
                         "buffers); default 4 KiB buffers, big frames merged over several")
+    p.add_argument("--ring-frontend", choices=["c", "python"], default="c",
+                   help="ring: the front-end's data path: c (default; batched, C helpers, "
+                        "so the backend is what is measured) or python (per frame, the "
+                        "old path, for comparison)")
     return p
 
 
@@ -289,10 +344,12 @@ def _run(what: str, args: argparse.Namespace, argv: list[str] | None) -> dict:
         print_memory(out["memory"])
     else:
         sizes = [int(s) for s in args.sizes.split(",")]
+        kw = {}  # only what differs from bench_ring's defaults
         if args.rx_buffer:
-            results = bench_ring(args.seconds, sizes, rx_buffer=args.rx_buffer)
-        else:
-            results = bench_ring(args.seconds, sizes)
+            kw["rx_buffer"] = args.rx_buffer
+        if args.ring_frontend != "c":
+            kw["frontend"] = args.ring_frontend
+        results = bench_ring(args.seconds, sizes, **kw)
         print_ring(results)
         out = {"ring": [asdict(r) for r in results]}
     return out

@@ -32,6 +32,14 @@ is mapped; avail/used indices copied in and out once per call), check every rule
 Python path checks, and stop a batch at the first broken one with `status` set (the
 same VU_E_* codes, plus VU_E_AHEAD: the avail index more than the queue size ahead).
 
+The front-end side (`fe_*`, for vhostuser/frontend.py's TxBatch and RxBatch, which play
+the guest driver in tests and the ring benchmark) keeps a fixed buffer behind each of its
+descriptors, written once by `fe_setup()`: `fe_tx_send()` copies N frames (with their
+virtio_net_hdr) into free buffers and publishes them with one avail idx store and at most
+one kick (EVENT_IDX aware), `fe_tx_reap()` frees what the device used, `fe_rx_reap()`
+reads every used RX buffer (merging by num_buffers, checking ids, lengths and headers),
+copies or only counts the frames, and reposts the buffers in one publish.
+
 The region table (`struct vu_region`) is built by memory.py from the mapped regions; the
 pointers stay valid while the buffers exported to cffi are (memory.py releases them before
 it unmaps).
@@ -86,6 +94,30 @@ ffibuilder.cdef(
     int vu_rx_batch(struct vu_vq *q, uint32_t hdr, int mergeable, const uint8_t *data,
                     const uint32_t *lens, uint32_t nframes, const uint8_t *hdrs,
                     uint8_t *outcome);
+    struct fe_vq {
+        uint8_t *desc; uint8_t *avail; uint8_t *used;
+        uint32_t n; int event_idx; int kick_fd;
+        uint16_t avail_idx, last_used;
+        uint8_t **host; uint32_t nbufs, buf_len, hdr_len;
+        uint16_t *free_ids; uint32_t nfree;
+        uint8_t *busy;
+        uint32_t rx_want, rx_got, rx_copy;
+        uint64_t rx_len, rx_out_start;
+        uint64_t frames, bytes, buffers, kicks, kicks_suppressed;
+        int status; uint64_t err[2];
+    };
+    #define FE_E_AHEAD ...
+    #define FE_E_ID ...
+    #define FE_E_LEN ...
+    #define FE_E_RUNT ...
+    #define FE_E_NUM_BUFFERS ...
+    #define FE_E_TOO_BIG ...
+    void fe_setup(struct fe_vq *q, const uint64_t *gpa, int writable);
+    int fe_tx_send(struct fe_vq *q, const uint8_t *data, const uint32_t *lens,
+                   uint32_t count, const uint8_t *hdr);
+    int fe_tx_reap(struct fe_vq *q);
+    int fe_rx_reap(struct fe_vq *q, int mergeable, uint8_t *out, uint64_t out_cap,
+                   uint32_t *out_lens, uint32_t max_out, uint32_t *nout);
     """
 )
 ffibuilder.set_source(
@@ -500,6 +532,261 @@ ffibuilder.set_source(
             data += lens[i];
         }
         return (int)nframes;
+    }
+
+
+    /* ---- Front-end (driver) side: vhostuser/frontend.py's TxBatch and RxBatch -------
+       Descriptor i (< nbufs) is fixed to buffer i (host[i], nbufs <= n), written once
+       by fe_setup; a batch only copies bytes, sets lengths and publishes avail entries
+       with one avail idx store and at most one kick (EVENT_IDX or NO_NOTIFY). `busy[i]`
+       says the device owns descriptor i, so a used id the driver never made available
+       is refused (FE_E_ID) instead of corrupting the free list. */
+    #include <unistd.h>
+
+    struct fe_vq {
+        uint8_t *desc; uint8_t *avail; uint8_t *used;
+        uint32_t n; int event_idx; int kick_fd;
+        uint16_t avail_idx, last_used;
+        uint8_t **host; uint32_t nbufs, buf_len, hdr_len;
+        uint16_t *free_ids; uint32_t nfree;
+        uint8_t *busy;
+        uint32_t rx_want, rx_got, rx_copy;   /* the RX frame being merged */
+        uint64_t rx_len, rx_out_start;
+        uint64_t frames, bytes, buffers, kicks, kicks_suppressed;
+        int status; uint64_t err[2];
+    };
+
+    #define FE_E_AHEAD (-1)        /* err: used idx, last reaped */
+    #define FE_E_ID (-2)           /* err: id */
+    #define FE_E_LEN (-3)          /* err: length, buffer size */
+    #define FE_E_RUNT (-4)         /* err: length */
+    #define FE_E_NUM_BUFFERS (-5)
+    #define FE_E_TOO_BIG (-6)      /* err: frame index, frame length */
+
+    static uint16_t fe_ld16(const uint8_t *p)
+    {
+        return __atomic_load_n((const uint16_t *)p, __ATOMIC_ACQUIRE);
+    }
+
+    static void fe_st16(uint8_t *p, uint16_t v)
+    {
+        __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELEASE);
+    }
+
+    static void fe_setup(struct fe_vq *q, const uint64_t *gpa, int writable)
+    {
+        for (uint32_t i = 0; i < q->nbufs; i++) {
+            uint8_t *d = q->desc + 16ull * i;
+            uint16_t flags = writable ? F_WRITE : 0, nxt = 0;
+            memcpy(d, &gpa[i], 8);
+            memcpy(d + 8, &q->buf_len, 4);
+            memcpy(d + 12, &flags, 2);
+            memcpy(d + 14, &nxt, 2);
+            q->free_ids[i] = (uint16_t)(q->nbufs - 1 - i);  /* pops 0 first */
+            q->busy[i] = 0;
+        }
+        q->nfree = q->nbufs;
+    }
+
+    /* Store the avail idx (entries before it), then kick if the device asked for it. */
+    static void fe_publish(struct fe_vq *q, uint16_t old)
+    {
+        fe_st16(q->avail + 2, q->avail_idx);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);  /* idx before avail_event / flags */
+        int kick;
+        if (q->event_idx) {
+            uint16_t ev = fe_ld16(q->used + 4 + 8ull * q->n);
+            kick = (uint16_t)(q->avail_idx - ev - 1) < (uint16_t)(q->avail_idx - old);
+        } else {
+            kick = !(fe_ld16(q->used) & 1);  /* VIRTQ_USED_F_NO_NOTIFY */
+        }
+        if (kick) {
+            uint64_t one = 1;
+            if (write(q->kick_fd, &one, 8) == 8)
+                q->kicks++;
+        } else {
+            q->kicks_suppressed++;
+        }
+    }
+
+    static int fe_tx_send(struct fe_vq *q, const uint8_t *data, const uint32_t *lens,
+                          uint32_t count, const uint8_t *hdr)
+    {
+        uint16_t old = q->avail_idx;
+        uint32_t i;
+        for (i = 0; i < count && q->nfree; i++) {
+            uint32_t len = lens[i];
+            if (len > q->buf_len - q->hdr_len) {
+                q->status = FE_E_TOO_BIG;
+                q->err[0] = i; q->err[1] = len;
+                break;
+            }
+            uint16_t id = q->free_ids[--q->nfree];
+            uint8_t *p = q->host[id];
+            if (hdr)
+                memcpy(p, hdr, q->hdr_len);
+            else
+                memset(p, 0, q->hdr_len);
+            memcpy(p + q->hdr_len, data, len);
+            uint32_t total = q->hdr_len + len;
+            memcpy(q->desc + 16ull * id + 8, &total, 4);
+            q->busy[id] = 1;
+            memcpy(q->avail + 4 + 2ull * (q->avail_idx % q->n), &id, 2);
+            q->avail_idx++;
+            q->frames++;
+            q->bytes += len;
+            data += len;
+        }
+        if (q->avail_idx != old)
+            fe_publish(q, old);
+        return (int)i;
+    }
+
+    /* Take one used entry's id (checked) or set status; -1 on error. */
+    static int fe_used_id(struct fe_vq *q, uint32_t *len)
+    {
+        const uint8_t *e = q->used + 4 + 8ull * (q->last_used % q->n);
+        uint32_t id;
+        memcpy(&id, e, 4);
+        memcpy(len, e + 4, 4);
+        if (id >= q->nbufs || !q->busy[id]) {
+            q->status = FE_E_ID;
+            q->err[0] = id;
+            return -1;
+        }
+        return (int)id;
+    }
+
+    static int fe_used_end(struct fe_vq *q, uint16_t *end)
+    {
+        *end = fe_ld16(q->used + 2);  /* acquire: idx before the entries it covers */
+        if ((uint16_t)(*end - q->last_used) > q->n) {
+            q->status = FE_E_AHEAD;
+            q->err[0] = *end; q->err[1] = q->last_used;
+            return -1;
+        }
+        return 0;
+    }
+
+    /* Free completed TX buffers; asks (EVENT_IDX) for a call once 3/4 of what is still in
+       flight is done (Linux's virtqueue_enable_cb_delayed). Returns the count or -1. */
+    static int fe_tx_reap(struct fe_vq *q)
+    {
+        uint16_t end;
+        int done = 0;
+        if (fe_used_end(q, &end))
+            return -1;
+        while (q->last_used != end) {
+            uint32_t len;
+            int id = fe_used_id(q, &len);
+            if (id < 0)
+                return -1;
+            q->busy[id] = 0;
+            q->free_ids[q->nfree++] = (uint16_t)id;
+            q->last_used++;
+            done++;
+        }
+        if (q->event_idx) {
+            uint32_t inflight = q->nbufs - q->nfree;
+            fe_st16(q->avail + 4 + 2ull * q->n, (uint16_t)(q->last_used + inflight * 3 / 4));
+        }
+        return done;
+    }
+
+    /* Reap used RX buffers, merging frames by num_buffers (MRG_RXBUF) even across calls;
+       copy whole frames that start in this call into `out` (back to back, lengths in
+       out_lens) while max_out and out_cap allow, count all of them (frames, bytes after
+       the header, buffers), and make every buffer available again with one avail idx
+       store. Re-arms used_event and looks once more before returning. Returns the frames
+       completed, or -1 with status set (the buffers reaped before are reposted). */
+    static int fe_rx_reap(struct fe_vq *q, int mergeable, uint8_t *out, uint64_t out_cap,
+                          uint32_t *out_lens, uint32_t max_out, uint32_t *nout)
+    {
+        uint16_t old = q->avail_idx, end;
+        uint64_t out_pos = 0;
+        int frames = 0, rc = 0;
+        *nout = 0;
+        if (q->rx_want)
+            q->rx_copy = 0;  /* started in an earlier call: counted, not copied */
+        for (int pass = 0; pass < 2 && rc == 0; pass++) {
+            if (fe_used_end(q, &end)) {
+                rc = -1;
+                break;
+            }
+            while (q->last_used != end) {
+                uint32_t len;
+                int id = fe_used_id(q, &len);
+                if (id < 0) {
+                    rc = -1;
+                    break;
+                }
+                if (len > q->buf_len) {
+                    q->status = FE_E_LEN;
+                    q->err[0] = len; q->err[1] = q->buf_len;
+                    rc = -1;
+                    break;
+                }
+                const uint8_t *p = q->host[id];
+                uint32_t skip = 0;
+                if (!q->rx_want) {
+                    if (len < q->hdr_len) {
+                        q->status = FE_E_RUNT;
+                        q->err[0] = len;
+                        rc = -1;
+                        break;
+                    }
+                    uint16_t want = 1;
+                    if (mergeable)
+                        memcpy(&want, p + 10, 2);
+                    if (!want) {
+                        q->status = FE_E_NUM_BUFFERS;
+                        rc = -1;
+                        break;
+                    }
+                    q->rx_want = want;
+                    q->rx_got = 0;
+                    q->rx_len = 0;
+                    q->rx_copy = out && *nout < max_out;
+                    q->rx_out_start = out_pos;
+                    skip = q->hdr_len;
+                }
+                uint32_t piece = len - skip;
+                if (q->rx_copy) {
+                    if (out_pos + piece > out_cap) {
+                        q->rx_copy = 0;  /* too big for what is left: counted only */
+                        out_pos = q->rx_out_start;
+                    } else {
+                        memcpy(out + out_pos, p + skip, piece);
+                        out_pos += piece;
+                    }
+                }
+                q->rx_len += piece;
+                q->rx_got++;
+                q->buffers++;
+                q->last_used++;
+                /* repost: descriptor id still points at its buffer, full length */
+                uint16_t id16 = (uint16_t)id;
+                memcpy(q->avail + 4 + 2ull * (q->avail_idx % q->n), &id16, 2);
+                q->avail_idx++;
+                if (q->rx_got == q->rx_want) {
+                    if (q->rx_copy)
+                        out_lens[(*nout)++] = (uint32_t)q->rx_len;
+                    q->frames++;
+                    q->bytes += q->rx_len;
+                    frames++;
+                    q->rx_want = 0;
+                }
+            }
+            if (q->event_idx) {
+                fe_st16(q->avail + 4 + 2ull * q->n, q->last_used);
+                __atomic_thread_fence(__ATOMIC_SEQ_CST);  /* used_event before idx */
+            }
+            if (fe_ld16(q->used + 2) == q->last_used)
+                break;
+        }
+        if (q->avail_idx != old)
+            fe_publish(q, old);
+        return rc ? rc : frames;
     }
 
     /* RFC 1071 sum of big-endian 16-bit words added to `sum`, folded to 16 bits. */

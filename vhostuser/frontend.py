@@ -24,6 +24,11 @@ Legal order of calls::
     fe.stop()           # GET_VRING_BASE on every ring
     fe.close()
 
+The batched data path (`fe.tx_batch()`, `fe.rx_batch()`: `TxBatch`, `RxBatch`) takes a
+queue over with a fixed buffer behind each descriptor and works it through the C helpers
+(`fe_*` in vhostuser/_fast_build.py): N frames per call, one avail idx store and at most
+one kick per batch, so the ring benchmark measures the back-end and not this driver.
+
 Every request can also be sent on its own (`set_vring_num`, `get_config`, ...), and
 `send`/`request`/`send_raw` send anything at all, malformed bytes included.
 """
@@ -37,9 +42,11 @@ import select
 import socket
 import struct
 import time
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from vhostuser._fast import ffi as _ffi
 from vhostuser._fast import lib as _fast
 from vhostuser.errors import ProtocolError, VhostUserError
 from vhostuser.features import (
@@ -87,7 +94,9 @@ __all__ = [
     "NetCounters",
     "NetFrontend",
     "RingFull",
+    "RxBatch",
     "RxPacket",
+    "TxBatch",
     "VhostUserFrontend",
     "Virtqueue",
     "vring_need_event",
@@ -1074,6 +1083,27 @@ class NetFrontend(VhostUserFrontend):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.counters = NetCounters()
         self._rx_partial: dict[int, list[tuple[bytes, int]]] = {}  # qp -> pieces so far
+        self._batches: list[_BatchRing] = []
+
+    def _drop_vqs(self) -> None:
+        for b in list(self._batches):
+            b.detach()
+        super()._drop_vqs()
+
+    def tx_batch(
+        self, buf_size: int = 2048, count: int | None = None, queue_pair: int = 0
+    ) -> TxBatch:
+        """Take TX queue `queue_pair` over with `count` (default: queue size) buffers of
+        `buf_size` bytes, header included, for `TxBatch.send`. The queue must be idle."""
+        return TxBatch(self, self.tx_vq(queue_pair), buf_size, count)
+
+    def rx_batch(
+        self, buf_size: int | None = None, count: int | None = None, queue_pair: int = 0
+    ) -> RxBatch:
+        """Take RX queue `queue_pair` over with `count` (default: queue size) buffers of
+        `buf_size` (RX_BUFFER_SIZE) bytes, all posted at once, for `RxBatch.reap`."""
+        size = self.RX_BUFFER_SIZE if buf_size is None else buf_size
+        return RxBatch(self, self.rx_vq(queue_pair), size, count)
 
     @property
     def hdr_len(self) -> int:
@@ -1310,3 +1340,272 @@ def _split_lengths(total: int, split: int | Sequence[int] | None) -> list[int]:
     if rest < 0:
         raise ValueError(f"split {list(split)} is longer than the {total} bytes")
     return lengths + ([rest] if rest else [])
+
+
+# ---------------------------------------------------------------------------------------
+# The batched data path: fixed buffers, C helpers
+
+_FE_ERRORS = {  # status -> message with err[0], err[1]
+    _fast.FE_E_AHEAD: "used.idx {0} is more than the queue size past the last reaped {1}",
+    _fast.FE_E_ID: "device used id {0}, which is not a buffer it was given",
+    _fast.FE_E_LEN: "device wrote {0} bytes into a {1}-byte buffer",
+    _fast.FE_E_RUNT: "used length {0} is shorter than the virtio-net header",
+    _fast.FE_E_NUM_BUFFERS: "num_buffers is 0",
+    _fast.FE_E_TOO_BIG: "frame {0} of {1} bytes does not fit a buffer",
+}
+
+
+class _BatchRing:
+    """A virtqueue taken over by the C helpers: descriptor i < count always points at
+    buffer i (one allocation each, so `detach()` can hand them to the Python path as
+    ordinary chains). While attached, the Virtqueue's own methods must not be used on
+    this queue (its free list is emptied so they fail with RingFull)."""
+
+    writable = False
+
+    def __init__(self, fe: NetFrontend, vq: Virtqueue, buf_size: int, count: int | None) -> None:
+        count = vq.size if count is None else count
+        if not 1 <= count <= vq.size:
+            raise ValueError(f"{count} buffers do not fit queue {vq.index} of {vq.size}")
+        if buf_size <= fe.hdr_len or buf_size >= 1 << 32:
+            raise ValueError(f"buffers of {buf_size} bytes cannot hold a frame")
+        if vq.in_flight or vq.pending or vq.num_free != vq.size:
+            raise FrontendError(f"queue {vq.index} is in use: {vq.in_flight} chains in flight")
+        self.fe = fe
+        self.vq = vq
+        self.buf_size = buf_size
+        self.count = count
+        self.gpas: list[int] = []
+        self._views: dict[int, object] = {}  # id(mmap) -> cffi buffer (released on detach)
+        try:
+            for _ in range(count):
+                self.gpas.append(fe.mem.alloc(buf_size, 64))
+            q = _ffi.new("struct fe_vq *")
+            self._keep = [
+                _ffi.new("uint8_t *[]", count),
+                _ffi.new("uint16_t[]", count),
+                _ffi.new("uint8_t[]", count),
+            ]
+            q.host, q.free_ids, q.busy = self._keep
+            for k, gpa in enumerate(self.gpas):
+                q.host[k] = self._host(gpa, buf_size)
+            q.desc = self._host(vq.desc_gpa, 16 * vq.size)
+            q.avail = self._host(vq.avail_gpa, 6 + 2 * vq.size)
+            q.used = self._host(vq.used_gpa, 6 + 8 * vq.size)
+        except BaseException:
+            self._release()
+            raise
+        q.n = vq.size
+        q.event_idx = vq.event_idx
+        q.kick_fd = vq.kick_fd
+        q.avail_idx = vq.avail_idx
+        q.last_used = vq.last_used
+        q.nbufs = count
+        q.buf_len = buf_size
+        q.hdr_len = fe.hdr_len
+        self.q = q
+        self._saved_free = vq.free_heads
+        vq.free_heads = []
+        _fast.fe_setup(q, _ffi.new("uint64_t[]", self.gpas), self.writable)
+        fe._batches.append(self)
+        self._seen = (0, 0)  # (kicks, kicks_suppressed) already counted
+
+    def _host(self, gpa: int, length: int) -> object:
+        mm, off = self.fe.mem.locate(gpa, length)
+        view = self._views.get(id(mm))
+        if view is None:
+            view = self._views[id(mm)] = _ffi.from_buffer("uint8_t[]", mm, True)
+        return view + off
+
+    def _check(self, rc: int) -> int:
+        if rc < 0:
+            q = self.q
+            why = _FE_ERRORS.get(q.status, f"error {q.status}").format(q.err[0], q.err[1])
+            q.status = 0
+            raise FrontendError(f"queue {self.vq.index}: {why}")
+        return rc
+
+    def _sync_counters(self) -> None:
+        """Add the kicks the C side counted since last time to fe.counters and the vq's."""
+        q, c = self.q, self.fe.counters
+        kicks, supp = self._seen
+        self._seen = (q.kicks, q.kicks_suppressed)
+        c.kicks += q.kicks - kicks
+        c.kicks_suppressed += q.kicks_suppressed - supp
+        self.vq.kicks += q.kicks - kicks
+        self.vq.kicks_suppressed += q.kicks_suppressed - supp
+
+    @property
+    def in_flight(self) -> int:
+        """Buffers the device owns."""
+        return self.count - self.q.nfree
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until the device signals the call eventfd (or `timeout`); True if it did."""
+        r, _, _ = select.select([self.vq.call_fd], [], [], timeout)
+        if r and self.vq.drain_call():
+            self.fe.counters.calls += 1
+            return True
+        return False
+
+    def detach(self) -> None:
+        """Give the queue back to the Python path: indices copied back, buffers the
+        device still owns become ordinary chains (their tokens as post_rx_buffers and
+        send_frame make them), the others are freed."""
+        if self not in self.fe._batches:
+            return
+        self.fe._batches.remove(self)
+        q, vq = self.q, self.vq
+        self._sync_counters()
+        vq.avail_idx = q.avail_idx
+        vq.last_used = q.last_used
+        free = set(self._saved_free)
+        for k, gpa in enumerate(self.gpas):
+            if q.busy[k]:
+                free.discard(k)
+                token = (gpa, self.buf_size) if self.writable else [gpa]
+                vq.chains[k] = _Chain(1, None, token)
+            else:
+                self.fe.mem.free(gpa)
+        vq.free_heads = sorted(free, reverse=True)
+        self.gpas = []
+        self._release()
+
+    def _release(self) -> None:
+        for view in self._views.values():
+            _ffi.release(view)
+        self._views = {}
+        if self.gpas and self.fe.mem.regions:
+            for gpa in self.gpas:
+                self.fe.mem.free(gpa)
+        self.gpas = []
+
+
+class TxBatch(_BatchRing):
+    """TX (guest -> device) in batches: `send` copies N frames into free buffers and
+    publishes them at once; `reap` frees the ones the device used. Legal order::
+
+        tx = fe.tx_batch(buf_size=2048)
+        n = tx.send(b"".join(frames), array("I", map(len, frames)))  # n <= len(frames)
+        tx.reap(); tx.wait(0.01); tx.flush(timeout=1.0)
+        tx.detach()   # or fe.close()
+    """
+
+    def send(
+        self, data: bytes | bytearray | memoryview, lens: Sequence[int], hdr: bytes | None = None
+    ) -> int:
+        """Put as many of the frames (back to back in `data`, lengths in `lens`, an
+        `array('I')` best) as there are free buffers, each after `hdr` (zeros: no
+        offload); one publish, a kick if the device wants one. Returns how many."""
+        if hdr is not None and len(hdr) != self.fe.hdr_len:
+            raise ValueError(f"virtio_net_hdr must be {self.fe.hdr_len} bytes, got {len(hdr)}")
+        if isinstance(lens, array):
+            lens_c = _ffi.from_buffer("uint32_t[]", lens)
+        else:
+            lens_c = _ffi.new("uint32_t[]", list(lens))
+        if sum(lens) > len(data):
+            raise ValueError(f"lengths add up to {sum(lens)}, more than {len(data)} bytes")
+        q = self.q
+        bytes0 = q.bytes
+        placed = _fast.fe_tx_send(q, _ffi.from_buffer(data), lens_c, len(lens),
+                                  _ffi.NULL if hdr is None else hdr)
+        c = self.fe.counters
+        c.tx_frames += placed
+        c.tx_bytes += q.bytes - bytes0
+        self._sync_counters()
+        if q.status:  # FE_E_TOO_BIG: the frames before it went out
+            q.status = 0
+            raise FrontendError(
+                f"queue {self.vq.index}: frame {placed} of {lens[placed]} bytes does not fit "
+                f"a {self.buf_size}-byte buffer with the header"
+            )
+        return placed
+
+    def reap(self) -> int:
+        """Free the buffers the device used; returns how many."""
+        done = self._check(_fast.fe_tx_reap(self.q))
+        self.fe.counters.tx_completed += done
+        return done
+
+    def flush(self, timeout: float = 1.0) -> None:
+        """Wait until the device has used every buffer given to it."""
+        deadline = time.monotonic() + timeout
+        while self.reap() >= 0 and self.in_flight:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FrontendError(f"TX not done after {timeout} s: {self.in_flight} in flight")
+            self.wait(min(left, NetFrontend.POLL_INTERVAL))
+
+
+class RxBatch(_BatchRing):
+    """RX (device -> guest) in batches: every buffer is posted at once; `reap` reads all
+    used buffers, merges frames by num_buffers (MRG_RXBUF), copies up to `max_out` whole
+    frames (or none: only counted) and reposts the buffers in one publish."""
+
+    writable = True
+
+    def __init__(self, fe: NetFrontend, vq: Virtqueue, buf_size: int, count: int | None) -> None:
+        super().__init__(fe, vq, buf_size, count)
+        self.mergeable = fe.has_feature(Feature.NET_F_MRG_RXBUF)
+        self._out = bytearray(0)
+        self._out_lens = _ffi.new("uint32_t[]", 1)
+        self._nout = _ffi.new("uint32_t *")
+        q = self.q
+        old = q.avail_idx
+        for k in range(self.count):  # post them all: one avail idx store, one kick
+            _U16.pack_into(vq._avail[0], vq._avail[1] + 4 + 2 * ((old + k) % vq.size), k)
+            q.busy[k] = 1
+        q.nfree = 0
+        vq.avail_idx = (old + self.count) & 0xFFFF
+        vq.pending = []
+        _fence()
+        vq._put16(vq._avail, 2, vq.avail_idx)
+        _fence()
+        q.avail_idx = vq.avail_idx
+        want = (vring_need_event(vq.avail_event, vq.avail_idx, old) if vq.event_idx
+                else not vq.used_flags & VIRTQ_USED_F_NO_NOTIFY)
+        if want:
+            vq.kick()
+            fe.counters.kicks += 1
+        fe.counters.rx_posted += self.count
+
+    def reap(self, max_out: int = 0, out_size: int = 0) -> tuple[int, list[bytes]]:
+        """(frames completed, the first `max_out` of them as bytes when their bytes fit
+        `out_size` together); every used buffer is reposted."""
+        if max_out and (len(self._out) < out_size or len(self._out_lens) < max_out):
+            self._out = bytearray(out_size)
+            self._out_lens = _ffi.new("uint32_t[]", max_out)
+        q = self.q
+        buffers = q.buffers
+        bytes0 = q.bytes
+        out = _ffi.from_buffer(self._out) if max_out else _ffi.NULL
+        n = _fast.fe_rx_reap(q, self.mergeable, out, len(self._out) if max_out else 0,
+                             self._out_lens, max_out, self._nout)
+        c = self.fe.counters
+        used = q.buffers - buffers
+        c.rx_buffers += used
+        c.rx_posted += used
+        c.rx_bytes += q.bytes - bytes0
+        self._sync_counters()
+        self._check(n)
+        c.rx_frames += n
+        frames = []
+        pos = 0
+        for k in range(self._nout[0]):
+            ln = self._out_lens[k]
+            frames.append(bytes(self._out[pos:pos + ln]))
+            pos += ln
+        return n, frames
+
+    def recv(self, timeout: float = 1.0, max_frames: int = 256,
+             out_size: int = 1 << 20) -> list[bytes]:
+        """Wait up to `timeout` for frames and return (up to `max_frames` of) them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            n, frames = self.reap(max_frames, out_size)
+            if n:
+                return frames
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return []
+            self.wait(min(left, NetFrontend.POLL_INTERVAL))
