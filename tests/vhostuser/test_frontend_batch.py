@@ -159,3 +159,19 @@ def test_tx_batch_event_idx_suppresses_kicks(pair):  # noqa: F811
     tx.send(*_pack([frame_of(60)] * 2))  # the device has not caught up: no second kick
     assert (fe.counters.kicks, fe.counters.kicks_suppressed) == (1, 1)
     assert len(dev.tx()) == 4
+
+
+def test_bench_ring_takes_either_frontend(monkeypatch):
+    """`--ring-frontend python` reaches bench_ring; both paths measure something."""
+    import apps.bench
+    from apps.bench import main, ring_backend_to_guest, ring_guest_to_backend
+
+    seen = {}
+    monkeypatch.setattr(apps.bench, "bench_ring", lambda seconds, sizes, **kw: seen.update(kw)
+                        or [])
+    assert main(["ring", "--seconds", "0.1", "--ring-frontend", "python"]) == 0
+    assert seen == {"frontend": "python"}
+    for frontend in ("c", "python"):
+        for r in (ring_guest_to_backend(1500, 0.1, frontend),
+                  ring_backend_to_guest(1500, 0.1, 2048, frontend)):
+            assert r.frames > 0 and r.frontend == frontend
