@@ -2,14 +2,15 @@
 our router advertisements: SLAAC in the advertised prefix, the default route via our
 link-local address, our neighbour entry with our MAC, ping6 to both our addresses (1400- and
 4000-byte ones too, the latter fragmented both ways), AAAA answers from our DNS server over
-IPv6, wget over IPv6 down and up by SHA-256, and our stack's own client connecting to the
-guest's SLAAC (and link-local) address.
+IPv6, wget over IPv6 down and up by SHA-256, UDP over IPv6 (the guest's vhn-udp to our echo
+and udpserver apps, 4000-byte datagrams fragmented both ways; our stack's UDP socket to the
+guest's vhn-udp echo server), and our stack's own client connecting to the guest's SLAAC (and
+link-local) address.
 
 One VM for the module, IPv6 only until the last test (which leases IPv4 too and asks our
 DNS server for the AAAA record over IPv4). Not testable with this guest's busybox: stateless
 DHCPv6 and RDNSS (no DHCPv6 client applet, and nothing reads the RA's DNS option into
-/etc/resolv.conf), so DNS is asked of fd00:10:0:2::3 by name on the command line; UDP over
-IPv6 to our echo apps (busybox nc has no UDP mode and vhn-udp is IPv4-only).
+/etc/resolv.conf), so DNS is asked of fd00:10:0:2::3 by name on the command line.
 """
 
 from __future__ import annotations
@@ -204,6 +205,64 @@ def test_large_ping6_fragmented(slaac_vm, served6):
     # 4048-byte packets on a 1500 MTU: three fragments each way per echo
     assert stats["ipv6_fragments"] - frags_in >= 9, dict(stats)
     assert stats["tx_fragments"] - frags_out >= 9, dict(stats)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_udp_over_ipv6_to_our_apps(slaac_vm, served6):
+    """The guest's vhn-udp to our UDP echo (7) and udpserver (5555, answers `response_` +
+    data) over IPv6, at our global and link-local addresses; a 200-datagram flood; and
+    4000-byte datagrams, which the guest sends in fragments and we answer in fragments."""
+    vm = slaac_vm
+    out = vm.run_ok(f"echo -n hello6 | vhn-udp {OUR_GLOBAL} 5555")
+    assert out == "response_hello6", out
+    out = vm.run_ok(f"echo -n ping6 | vhn-udp {OUR_GLOBAL} 7")
+    assert out == "ping6", out
+    out = vm.run_ok(f"echo -n link-local | vhn-udp {OUR_LINK_LOCAL}%eth0 7")
+    assert out == "link-local", out
+    out = vm.run_ok(f"vhn-udp -q -n 200 -s 1400 {OUR_GLOBAL} 7", timeout=60)
+    assert out.strip() == "200/200 replies", out
+
+    stats = served6.stack.iface.stats
+    frags_in, frags_out = stats["ipv6_fragments"], stats["tx_fragments"]
+    big = b"x" * 4000
+    out = vm.run_ok(f"vhn-udp -s 4000 {OUR_GLOBAL} 7 | sha256sum", timeout=30)
+    assert out.split()[0] == _sha256(big), out
+    out = vm.run_ok(f"vhn-udp -s 4000 {OUR_GLOBAL} 5555 | sha256sum", timeout=30)
+    assert out.split()[0] == _sha256(b"response_" + big), out
+    out, took = timed(vm, f"vhn-udp -q -n 20 -s 4000 {OUR_GLOBAL} 7", timeout=60)
+    print(f"\n20 x 4000-byte UDP echoes over IPv6: {took:.2f} s")
+    assert out.strip() == "20/20 replies", out
+    # 4048-byte packets on a 1500 MTU: three fragments each way, for 22 datagrams
+    assert stats["ipv6_fragments"] - frags_in >= 66, dict(stats)
+    assert stats["tx_fragments"] - frags_out >= 66, dict(stats)
+
+
+def test_our_stack_udp_to_the_guest_echo_server_over_ipv6(slaac_vm, served6):
+    """Our stack's UdpSocket to the guest's vhn-udp echo server (bound to ::) at its SLAAC
+    address: small and 4000-byte datagrams come back whole; the guest saw our global
+    address."""
+    vm = slaac_vm
+    vm.run_ok("rm -f /tmp/udp6.out; (vhn-udp -l 9007 -c 3 -v > /tmp/udp6.out 2>&1 &) ; "
+              "for i in $(seq 50); do grep -q listening /tmp/udp6.out && break; sleep 0.1; "
+              "done; cat /tmp/udp6.out")
+    sent = [b"hello guest over ipv6", b"", bytes(range(256)) * 16 + b"tail"]
+    sock = served6.stack.runtime.udp_bind(("::", 0))
+    try:
+        sock.settimeout(10)
+        for data in sent:
+            sock.send_to(data, (GUEST_SLAAC, 9007))
+            got, src = sock.recv_from(65536)
+            assert (got, src.host, src.port) == (data, GUEST_SLAAC, 9007)
+        ours = sock.local_addr().port
+    finally:
+        sock.close()
+    out = vm.run_ok("sleep 0.3; cat /tmp/udp6.out; killall vhn-udp 2>/dev/null; true")
+    lines = out.strip().splitlines()
+    assert lines[0] == "listening on 9007" and lines[-1] == "echoed 3 datagrams", out
+    assert lines[1:-1] == [f"{OUR_GLOBAL} {ours} {len(d)}" for d in sent], out
 
 
 def _guest_httpd(vm) -> str:
