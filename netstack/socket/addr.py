@@ -101,3 +101,15 @@ def source_for(bound: IpAddress, v6only: bool, dst: IpAddress) -> IpAddress | No
     if bound.version != dst.version:
         raise Unaddressable(f"cannot send from {bound} to {dst}")
     return bound
+
+
+def endpoint(value) -> tuple[IpAddress, int]:
+    """Normalise `(addr, port)` (addr as IPv4Address/IPv6Address, str or None, which is
+    0.0.0.0) to an endpoint tuple; Unaddressable for anything else."""
+    try:
+        host, port = value
+    except (TypeError, ValueError):
+        raise Unaddressable(f"not an (address, port) pair: {value!r}") from None
+    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+        raise Unaddressable(f"bad port {port!r}")
+    return (parse_addr(host), port)

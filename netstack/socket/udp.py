@@ -24,7 +24,14 @@ import random
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
-from netstack.socket.addr import IpAddress, local_matches, overlaps, parse_addr, source_for, unmap
+from netstack.socket.addr import (
+    IpAddress,
+    endpoint,
+    local_matches,
+    overlaps,
+    source_for,
+    unmap,
+)
 from netstack.socket.errors import AddrInUse, BufferFull, TooLarge, Unaddressable
 from netstack.socket.set import PacketBuffer, Socket, SocketSet, touches
 from netstack.wire.ethernet import EthernetAddress
@@ -40,18 +47,6 @@ MAX_PAYLOAD_V6 = 65535 - HEADER_LEN  # the IPv6 payload length excludes the fixe
 
 _UDP = int(IpProtocol.UDP)
 _rng = random.Random()
-
-
-def endpoint(value) -> Endpoint:
-    """Normalise `(addr, port)` (addr as IPv4Address/IPv6Address, str or None, which is
-    0.0.0.0) to an Endpoint."""
-    try:
-        host, port = value
-    except (TypeError, ValueError):
-        raise Unaddressable(f"not an (address, port) pair: {value!r}") from None
-    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
-        raise Unaddressable(f"bad port {port!r}")
-    return (parse_addr(host), port)
 
 
 @dataclass(frozen=True, slots=True)

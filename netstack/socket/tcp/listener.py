@@ -37,6 +37,7 @@ import os
 from collections import deque
 from hashlib import blake2s
 
+from netstack.socket.addr import endpoint as _endpoint
 from netstack.socket.addr import local_matches
 from netstack.socket.errors import Unaddressable
 from netstack.socket.set import Socket, touches
@@ -48,7 +49,6 @@ from netstack.socket.tcp.socket import (
     IPV6_TCP_HEADERS,
     InvalidState,
     TcpSocket,
-    _endpoint,
     _local_bind,
     rst_reply,
 )

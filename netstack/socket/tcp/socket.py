@@ -49,7 +49,8 @@ from __future__ import annotations
 
 import random
 
-from netstack.socket.addr import ANY4, ANY6, local_matches, overlaps, parse_addr, source_for, unmap
+from netstack.socket.addr import ANY4, ANY6, local_matches, overlaps, source_for, unmap
+from netstack.socket.addr import endpoint as _ep
 from netstack.socket.errors import AddrInUse, SocketError, Unaddressable
 from netstack.socket.set import Socket, touches
 from netstack.socket.tcp.assembler import Assembler
@@ -85,16 +86,6 @@ _rng = random.Random()
 
 class InvalidState(SocketError):
     """The operation is not possible in the socket's current state."""
-
-
-def _endpoint(value):
-    try:
-        host, port = value
-    except (TypeError, ValueError):
-        raise Unaddressable(f"not an (address, port) pair: {value!r}") from None
-    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
-        raise Unaddressable(f"bad port {port!r}")
-    return (parse_addr(host), port)
 
 
 def _headers_len(addr) -> int:
@@ -378,7 +369,7 @@ class TcpSocket(Socket):
             raise InvalidState(f"listen in {self.state}")
         if v6only is not None:
             self.v6only = v6only
-        ep = _endpoint((None, endpoint)) if isinstance(endpoint, int) else _endpoint(endpoint)
+        ep = _ep((None, endpoint)) if isinstance(endpoint, int) else _ep(endpoint)
         ep = _local_bind(ep, self.v6only)
         if ep[1] == 0:
             raise Unaddressable("listen needs a port")
@@ -396,10 +387,10 @@ class TcpSocket(Socket):
         IPv4-mapped address: over IPv4)."""
         if self.state is not State.CLOSED:
             raise InvalidState(f"connect in {self.state}")
-        local = _endpoint(local_endpoint) if not isinstance(local_endpoint, int) else \
-            _endpoint((None, local_endpoint))
+        local = _ep(local_endpoint) if not isinstance(local_endpoint, int) else \
+            _ep((None, local_endpoint))
         local = _local_bind(local, self.v6only)
-        remote = _endpoint(remote_endpoint)
+        remote = _ep(remote_endpoint)
         remote = (unmap(remote[0]), remote[1])
         if remote[1] == 0 or remote[0].is_unspecified:
             raise Unaddressable(f"cannot connect to {remote[0]}:{remote[1]}")
