@@ -58,27 +58,55 @@ class RingResult:
 
 
 # -- the backend side (a subprocess) ----------------------------------------------------
-def run_backend(mode: str, socket_path: str, size: int) -> None:
+def run_backend(mode: str, socket_path: str, size: int, path: str = "c") -> None:
+    """Serve one front-end after another as `sink` (counts and drops what the guest
+    sends) or `source` (fills every RX buffer with `size`-byte frames). `path`: the ring
+    code, "c" (the batched C helpers) or "python" (the per-frame Python path). On
+    SIGTERM prints one JSON line of counts: frames and bytes the guest sent us, frames
+    delivered to it, ring errors (a queue declared broken)."""
+    import vhostuser.virtqueue as virtqueue
     from vhostuser.server import VhostUserServer, install_signal_handlers
 
+    if path not in ("c", "python"):
+        raise ValueError(f"ring path {path!r}: c or python")
+    virtqueue.USE_C = virtqueue.HAVE_C and path == "c"
     frame = bytes(range(256)) * (size // 256 + 1)
     frame = frame[:size]
     batch = [frame] * (64 if size <= 1514 else 1)
+    counts = {"guest_tx_frames": 0, "guest_tx_bytes": 0, "guest_rx_frames": 0,
+              "ring_errors": 0}
 
-    class Source:
+    class Sink:
         device = None
 
         def attach(self, device) -> None:
             self.device = device
 
         def detach(self) -> None:
+            dev = self.device
             self.device = None
+            if dev is not None:
+                counts["guest_rx_frames"] += dev.stats["guest_rx_frames"]
+                counts["ring_errors"] += dev.drops["ring_error"]
 
+        def _drain(self, dev) -> None:
+            def one(f) -> None:
+                counts["guest_tx_frames"] += 1
+                counts["guest_tx_bytes"] += len(f)
+
+            dev.drain_tx(one)
+
+        def poll(self, now):
+            if self.device is not None:
+                self._drain(self.device)
+            return None
+
+    class Source(Sink):
         def poll(self, now):
             dev = self.device
             if dev is None:
                 return None
-            dev.drain_tx(lambda f: None)
+            self._drain(dev)
             rxq = dev.queues[0]
             # fill every buffer, a batch per call; the frames left in the backlog ask for
             # the next kick
@@ -87,13 +115,8 @@ def run_backend(mode: str, socket_path: str, size: int) -> None:
                     break
             return None
 
-    class Sink(Source):
-        def poll(self, now):
-            if self.device is not None:
-                self.device.drain_tx(lambda f: None)
-            return None
-
-    server = VhostUserServer(socket_path=socket_path, app=Source() if mode == "source" else Sink())
+    app = Source() if mode == "source" else Sink()
+    server = VhostUserServer(socket_path=socket_path, app=app)
     if threading.current_thread() is threading.main_thread():
         install_signal_handlers(server)
     print("ready", flush=True)
@@ -101,15 +124,30 @@ def run_backend(mode: str, socket_path: str, size: int) -> None:
         server.serve_forever()
     finally:
         server.close()
+        if app.device is not None:
+            app.detach()
+        print(json.dumps(counts), flush=True)
 
 
 # -- the front-end side -----------------------------------------------------------------
-def _start_backend(mode: str, path: str, size: int) -> subprocess.Popen:
+def _start_backend(mode: str, path: str, size: int, ring: str = "c") -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "backend", mode, path,
-                             str(size)], stdout=subprocess.PIPE, text=True)
+                             str(size), ring], stdout=subprocess.PIPE, text=True)
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError("benchmark backend did not start")
     return proc
+
+
+def _stop_backend(proc: subprocess.Popen) -> dict:
+    """SIGTERM the backend; its counts (see run_backend)."""
+    proc.terminate()
+    out, _ = proc.communicate(timeout=10)
+    lines = out.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise RuntimeError(f"benchmark backend exited ({proc.returncode}) without its "
+                           "counts") from None
 
 
 def _source_frame(size: int) -> bytes:
@@ -117,15 +155,19 @@ def _source_frame(size: int) -> bytes:
     return (bytes(range(256)) * (size // 256 + 1))[:size]
 
 
-def ring_guest_to_backend(size: int, seconds: float, frontend: str = "c") -> RingResult:
+def ring_guest_to_backend(size: int, seconds: float, frontend: str = "c",
+                          backend: str = "c") -> RingResult:
     """Frames of `size` bytes to the sink, 256 (16 above 1514 bytes) per batch: with the
     C path as many as there are free buffers per call, the ring kept full; with the
-    Python path one batch at a time, each waited for."""
+    Python path one batch at a time, each waited for. Every frame sent must have reached
+    the sink (its count and bytes), and no queue may have been declared broken.
+    `backend`: the backend's ring path, "c" or "python"."""
     from vhostuser.frontend import GuestMemoryArea, MiB, NetFrontend
 
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "bench.sock")
-        proc = _start_backend("sink", path, size)
+        proc = _start_backend("sink", path, size, backend)
+        counts = None
         try:
             fe = NetFrontend(path, queue_size=1024, memory=GuestMemoryArea(((0, 64 * MiB),)))
             fe.connect()
@@ -155,11 +197,25 @@ def ring_guest_to_backend(size: int, seconds: float, frontend: str = "c") -> Rin
             dt = time.perf_counter() - t0
             cpu = _cpu_seconds(proc.pid) - cpu0
             fe.close()
+            counts = _stop_backend(proc)
         finally:
-            proc.terminate()
-            proc.wait(5)
+            if counts is None:
+                proc.kill()
+                proc.wait(5)
+    _check_counts(f"guest->backend {size}", counts, frames, frames * size)
     return RingResult("guest->backend", size, frames, dt, frames / dt,
                       frames * size * 8 / dt / 1e9, cpu / frames * 1e6, frontend)
+
+
+def _check_counts(what: str, counts: dict, frames: int, nbytes: int) -> None:
+    """The sink got exactly what the front-end sent, and no queue broke."""
+    if counts["ring_errors"]:
+        raise RuntimeError(f"{what}: the backend declared a queue broken "
+                           f"({counts['ring_errors']} ring errors)")
+    got = (counts["guest_tx_frames"], counts["guest_tx_bytes"])
+    if got != (frames, nbytes):
+        raise RuntimeError(f"{what}: sent {frames} frames ({nbytes} bytes), the backend "
+                           f"counted {got[0]} ({got[1]} bytes)")
 
 
 RX_BUFFER = 4096  # the default: MRG_RXBUF merges frames over several such buffers
@@ -170,7 +226,7 @@ RX_SAMPLE_EVERY = 64  # the C path copies and checks one frame every this many c
 
 
 def ring_backend_to_guest(size: int, seconds: float, rx_buffer: int | None = None,
-                          frontend: str = "c") -> RingResult:
+                          frontend: str = "c", backend: str = "c") -> RingResult:
     """Frames from the backend into RX buffers of 4 KiB (merged with MRG_RXBUF), or with
     `rx_buffer`, of that many bytes plus the virtio-net header each (65536: one buffer per
     64 KiB frame, as a Linux guest with big buffers posts). The C path counts frames and
@@ -180,7 +236,8 @@ def ring_backend_to_guest(size: int, seconds: float, rx_buffer: int | None = Non
 
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "bench.sock")
-        proc = _start_backend("source", path, size)
+        proc = _start_backend("source", path, size, backend)
+        counts = None
         try:
             fe = NetFrontend(path, queue_size=1024, memory=GuestMemoryArea(((0, 64 * MiB),)))
             fe.connect()
@@ -216,20 +273,29 @@ def ring_backend_to_guest(size: int, seconds: float, rx_buffer: int | None = Non
             dt = time.perf_counter() - t0
             cpu = _cpu_seconds(proc.pid) - cpu0
             fe.close()
+            counts = _stop_backend(proc)
         finally:
-            proc.terminate()
-            proc.wait(5)
+            if counts is None:
+                proc.kill()
+                proc.wait(5)
+    if counts["ring_errors"]:
+        raise RuntimeError(f"backend->guest {size}: the backend declared a queue broken")
+    if counts["guest_rx_frames"] < frames:
+        raise RuntimeError(f"backend->guest {size}: {frames} frames received, the backend "
+                           f"delivered {counts['guest_rx_frames']}")
     return RingResult("backend->guest", size, frames, dt, frames / dt,
                       frames * size * 8 / dt / 1e9, cpu / max(frames, 1) * 1e6, frontend)
 
 
 def bench_ring(seconds: float, sizes=(64, 1500, 65536),
-               rx_buffer: int | None = None, frontend: str = "c") -> list[RingResult]:
-    """`frontend`: "c" (the batched TxBatch/RxBatch path) or "python" (per frame)."""
+               rx_buffer: int | None = None, frontend: str = "c",
+               backend: str = "c") -> list[RingResult]:
+    """`frontend`: "c" (the batched TxBatch/RxBatch path) or "python" (per frame);
+    `backend`: the backend's ring path, the same two."""
     out = []
     for size in sizes:
-        out.append(ring_guest_to_backend(size, seconds, frontend))
-        out.append(ring_backend_to_guest(size, seconds, rx_buffer, frontend))
+        out.append(ring_guest_to_backend(size, seconds, frontend, backend))
+        out.append(ring_backend_to_guest(size, seconds, rx_buffer, frontend, backend))
     return out
 
 
@@ -295,14 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ring: the front-end's data path: c (default; batched, C helpers, "
                         "so the backend is what is measured) or python (per frame, the "
                         "old path, for comparison)")
+    p.add_argument("--ring-backend", choices=["c", "python"], default="c",
+                   help="ring: the backend's data path: c (default; the batched C helpers) "
+                        "or python (the per-frame Python path they replace)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.what == "backend":
-        mode, path, size = args.rest
-        run_backend(mode, path, int(size))
+        mode, path, size, *ring = args.rest
+        run_backend(mode, path, int(size), *ring)
         return 0
     if args.what == "all":
         out = {}
@@ -349,6 +418,8 @@ def _run(what: str, args: argparse.Namespace, argv: list[str] | None) -> dict:
             kw["rx_buffer"] = args.rx_buffer
         if args.ring_frontend != "c":
             kw["frontend"] = args.ring_frontend
+        if args.ring_backend != "c":
+            kw["backend"] = args.ring_backend
         results = bench_ring(args.seconds, sizes, **kw)
         print_ring(results)
         out = {"ring": [asdict(r) for r in results]}

@@ -7,6 +7,13 @@ checksums (virtio NEEDS_CSUM) when the guest's offloads meet a stack that wants 
 then re-read the avail index (virtio 1.2 §2.7.10); on x86 that store→load order needs an
 mfence that pure Python cannot emit.
 
+`vu_ld16()`/`vu_st16()` read and write the ring words both sides touch at once (avail and
+used idx, flags, avail/used event) as single 16-bit atomic accesses with acquire/release
+order. `struct.pack_into` cannot: it zeroes the field first and then stores it byte by
+byte, so a driver polling used.idx saw 0 (or a torn value) and took entries it did not
+own (virtio 1.2 §2.7.13.3 has the device update idx only after the ring entries; the
+driver reads idx as one value).
+
 The ring helpers, where a profile of the ring benchmark showed Python's per-frame cost:
 
 - `vu_walk()` walks one descriptor chain (direct or through an indirect table) with every
@@ -51,6 +58,8 @@ ffibuilder = FFI()
 ffibuilder.cdef(
     """
     void vu_fence(void);
+    uint16_t vu_ld16(uintptr_t p);
+    void vu_st16(uintptr_t p, uint16_t v);
     uint32_t vu_csum_partial(const uint8_t *buf, size_t len, uint32_t sum);
 
     struct vu_region { uint64_t gpa; uint64_t size; uint8_t *host; };
@@ -126,6 +135,20 @@ ffibuilder.set_source(
     #include <stdint.h>
     #include <string.h>
     static void vu_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+    /* A ring word the other side reads or writes while we do (an idx, flags, a used or
+       avail event): one 16-bit access, acquire on load, release on store. Python's
+       struct.pack_into zeroes the field and then writes it byte by byte, and unpack_from
+       reads it byte by byte: the other side can see 0 or half of two values. */
+    static uint16_t vu_ld16(uintptr_t p)
+    {
+        return __atomic_load_n((const uint16_t *)p, __ATOMIC_ACQUIRE);
+    }
+
+    static void vu_st16(uintptr_t p, uint16_t v)
+    {
+        __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELEASE);
+    }
 
     struct vu_region { uint64_t gpa; uint64_t size; uint8_t *host; };
 

@@ -272,6 +272,16 @@ class GuestMemoryArea:
         r = self.region_at(gpa)
         return r.uaddr + (gpa - r.gpa)
 
+    def host_address(self, gpa: int, length: int) -> int:
+        """Our virtual address of `length` bytes at `gpa` (in one region), for the C
+        helpers; valid while the region is."""
+        mm, off = self.locate(gpa, length)
+        buf = _ffi.from_buffer(mm)
+        try:
+            return int(_ffi.cast("uintptr_t", buf)) + off
+        finally:
+            _ffi.release(buf)
+
     def locate(self, gpa: int, length: int) -> tuple[mmap.mmap, int]:
         """(mapping, offset) of `length` bytes at `gpa`, which must lie in one region."""
         r = self.region_at(gpa)
@@ -413,6 +423,10 @@ class Virtqueue:
         self._desc = mem.locate(self.desc_gpa, 16 * size)
         self._avail = mem.locate(self.avail_gpa, 6 + 2 * size)
         self._used = mem.locate(self.used_gpa, 6 + 8 * size)
+        # the words the device reads or writes while we do go through vu_ld16/vu_st16
+        # (one atomic 16-bit access each; struct.pack_into zeroes first and tears)
+        self._avail_p = mem.host_address(self.avail_gpa, 6 + 2 * size)
+        self._used_p = mem.host_address(self.used_gpa, 6 + 8 * size)
         for gpa, n in (
             (self.desc_gpa, 16 * size),
             (self.avail_gpa, 6 + 2 * size),
@@ -451,39 +465,41 @@ class Virtqueue:
         return len(self.chains)
 
     # -- raw ring fields ----------------------------------------------------------------
-    def _get16(self, part: tuple[mmap.mmap, int], off: int) -> int:
-        return _U16.unpack_from(part[0], part[1] + off)[0]
+    @staticmethod
+    def _get16(base: int, off: int) -> int:
+        return _fast.vu_ld16(base + off)
 
-    def _put16(self, part: tuple[mmap.mmap, int], off: int, v: int) -> None:
-        _U16.pack_into(part[0], part[1] + off, v & 0xFFFF)
+    @staticmethod
+    def _put16(base: int, off: int, v: int) -> None:
+        _fast.vu_st16(base + off, v & 0xFFFF)
 
     @property
     def avail_flags(self) -> int:
-        return self._get16(self._avail, 0)
+        return self._get16(self._avail_p, 0)
 
     @avail_flags.setter
     def avail_flags(self, v: int) -> None:
-        self._put16(self._avail, 0, v)
+        self._put16(self._avail_p, 0, v)
 
     @property
     def used_event(self) -> int:
-        return self._get16(self._avail, 4 + 2 * self.size)
+        return self._get16(self._avail_p, 4 + 2 * self.size)
 
     @used_event.setter
     def used_event(self, v: int) -> None:
-        self._put16(self._avail, 4 + 2 * self.size, v)
+        self._put16(self._avail_p, 4 + 2 * self.size, v)
 
     @property
     def used_flags(self) -> int:
-        return self._get16(self._used, 0)
+        return self._get16(self._used_p, 0)
 
     @property
     def used_idx(self) -> int:
-        return self._get16(self._used, 2)
+        return self._get16(self._used_p, 2)
 
     @property
     def avail_event(self) -> int:
-        return self._get16(self._used, 4 + 8 * self.size)
+        return self._get16(self._used_p, 4 + 8 * self.size)
 
     def read_desc(self, i: int) -> tuple[int, int, int, int]:
         """(addr, len, flags, next) of descriptor `i` (for tests)."""
@@ -554,11 +570,11 @@ class Virtqueue:
             return False
         old = self.avail_idx
         for head in self.pending:
-            self._put16(self._avail, 4 + 2 * (self.avail_idx % self.size), head)
+            self._put16(self._avail_p, 4 + 2 * (self.avail_idx % self.size), head)
             self.avail_idx = (self.avail_idx + 1) & 0xFFFF
         self.pending.clear()
         _fence()  # ring entries before idx
-        self._put16(self._avail, 2, self.avail_idx)
+        self._put16(self._avail_p, 2, self.avail_idx)
         _fence()  # idx before reading avail_event / flags
         if self.event_idx:
             return vring_need_event(self.avail_event, self.avail_idx, old)
@@ -1559,7 +1575,7 @@ class RxBatch(_BatchRing):
         vq.avail_idx = (old + self.count) & 0xFFFF
         vq.pending = []
         _fence()
-        vq._put16(vq._avail, 2, vq.avail_idx)
+        vq._put16(vq._avail_p, 2, vq.avail_idx)
         _fence()
         q.avail_idx = vq.avail_idx
         want = (vring_need_event(vq.avail_event, vq.avail_idx, old) if vq.event_idx

@@ -45,6 +45,15 @@ except ImportError:  # pragma: no cover - only without the C build
         with _fence_lock:
             pass
 
+# Ring words the driver reads while we write them (used idx, used flags, avail_event) and
+# words it writes while we read them (avail idx, flags, used_event) are accessed as one
+# 16-bit value: vu_ld16/vu_st16 (atomic, acquire/release), or without the C build a
+# memoryview cast to "H" (one 2-byte load or store in CPython). Never struct.pack_into:
+# it zeroes the field and then writes it byte by byte, so a driver polling used.idx saw
+# 0 (or half of the new value) and reaped entries it did not own — DPDK's virtio-user
+# then freed descriptors twice and published more than the queue size (virtio 1.2
+# §2.7.8: idx only increases, and entries are written before it).
+
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +64,6 @@ USE_C = HAVE_C
 DESC = struct.Struct("<QIHH")  # addr, len, flags, next
 DESC_SIZE = 16
 USED_ELEM = struct.Struct("<II")
-U16 = struct.Struct("<H")
 MAX_QUEUE_SIZE = 32768  # virtio: Queue Size ≤ 32768
 
 
@@ -126,6 +134,9 @@ class Virtqueue:
         self._desc: memoryview | None = None
         self._avail: memoryview | None = None  # cast to u16
         self._used: memoryview | None = None  # raw bytes
+        self._used16: memoryview | None = None  # the same, cast to u16 (no C build)
+        self._pa = 0  # host addresses of the avail and used rings (for vu_ld16/vu_st16)
+        self._pu = 0
         self._shadow_avail = 0
         self._signalled_used: int | None = None
         self._pending = 0  # used entries pushed but not yet published
@@ -173,6 +184,7 @@ class Virtqueue:
         avail = memory.uva(a.avail, 6 + 2 * n)
         used = memory.uva(a.used, 6 + 8 * n)
         self._desc, self._avail, self._used = desc, avail.cast("H"), used
+        self._used16 = used.cast("H")
         if HAVE_C:
             self._cdesc = _ffi.from_buffer(desc)
             self._caddr = _ffi.new("uint64_t[]", n)
@@ -191,6 +203,11 @@ class Virtqueue:
             cq.desc = self._cdesc
             cq.avail = _ffi.cast("uint16_t *", cavail)
             cq.used = _ffi.cast("uint8_t *", cused)
+            self._pa = int(_ffi.cast("uintptr_t", cavail))
+            self._pu = int(_ffi.cast("uintptr_t", cused))
+            if self._pa % 2 or self._pu % 4:  # a region mapped at an odd offset
+                self.unmap()
+                raise RingError(f"queue {self.index}: rings misaligned in our mapping")
             cq.n = n
             cq.addr, cq.len, cq.chains = store
             cq.cap = cap
@@ -200,10 +217,11 @@ class Virtqueue:
         self._mem_gen = memory.generation
         self._shadow_avail = self.last_avail_idx
         # the driver saw exactly what the used ring says (we may be a restarted backend)
-        self.used_idx = U16.unpack_from(used, 2)[0]
+        self.used_idx = self._used16[1]
 
     def unmap(self) -> None:
         self._cq = None
+        self._pa = self._pu = 0
         if self._cexports:
             _ffi.release(self._cexports[0])
             _ffi.release(self._cexports[1])
@@ -211,10 +229,10 @@ class Virtqueue:
         if self._cdesc is not None:
             _ffi.release(self._cdesc)
             self._cdesc = None
-        for v in (self._desc, self._avail, self._used):
+        for v in (self._desc, self._avail, self._used16, self._used):
             if v is not None:
                 v.release()
-        self._desc = self._avail = self._used = None
+        self._desc = self._avail = self._used = self._used16 = None
         self._memory = None
 
     def is_stale(self, memory: GuestMemory) -> bool:
@@ -255,16 +273,30 @@ class Virtqueue:
         self.broken = True
         self.stats.errors += 1
 
+    # -- ring words shared with the driver (see the note at the top) --------------------
+    def _avail_word(self, i: int) -> int:
+        """u16 number `i` of the avail ring (0 flags, 1 idx, 2 + size used_event)."""
+        if self._pa:
+            return _lib.vu_ld16(self._pa + 2 * i)
+        return self._avail[i]
+
+    def _set_used_word(self, i: int, value: int) -> None:
+        """u16 number `i` of the used ring (0 flags, 1 idx, 2 + 4 * size avail_event)."""
+        if self._pu:
+            _lib.vu_st16(self._pu + 2 * i, value)
+        else:
+            self._used16[i] = value
+
     # -- the avail side --------------------------------------------------------------
     def avail_idx(self) -> int:
-        return self._avail[1]
+        return self._avail_word(1)
 
     def has_avail(self) -> bool:
         if not self.ready:
             return False
         if self.last_avail_idx != self._shadow_avail:
             return True
-        self._shadow_avail = self._avail[1]
+        self._shadow_avail = self._avail_word(1)
         return self._shadow_avail != self.last_avail_idx
 
     def pop(self) -> Chain | None:
@@ -274,7 +306,7 @@ class Virtqueue:
             return None
         last = self.last_avail_idx
         if last == self._shadow_avail:
-            self._shadow_avail = self._avail[1]
+            self._shadow_avail = self._avail_word(1)
             if last == self._shadow_avail:
                 return None
         n = self.size
@@ -452,12 +484,12 @@ class Virtqueue:
         self.stats.used += 1
 
     def publish(self) -> bool:
-        """Make pushed elements visible (elements are written before the index: x86 keeps
-        stores in order, and every struct call is a compiler barrier). Returns whether
-        anything was published."""
+        """Make pushed elements visible: one release store of the used idx after the
+        elements (virtio 1.2 §2.7.8: len and the buffer are written before idx). Returns
+        whether anything was published."""
         if not self._pending or self._used is None:
             return False
-        U16.pack_into(self._used, 2, self.used_idx)
+        self._set_used_word(1, self.used_idx)
         self._pending = 0
         return True
 
@@ -472,9 +504,9 @@ class Virtqueue:
             self._signalled_used = new
             if old is None:
                 return True
-            used_event = self._avail[2 + self.size]
+            used_event = self._avail_word(2 + self.size)
             return vring_need_event(used_event, new, old)
-        return not (self._avail[0] & VIRTQ_AVAIL_F_NO_INTERRUPT)
+        return not (self._avail_word(0) & VIRTQ_AVAIL_F_NO_INTERRUPT)
 
     def enable_notification(self) -> bool:
         """Ask for a kick when the driver makes more buffers available than we have seen
@@ -484,18 +516,18 @@ class Virtqueue:
         the fence, or a kick sent in between would be lost)."""
         if not self.ready:
             return False
-        seen = self._avail[1]
+        seen = self._avail_word(1)
         self._shadow_avail = seen
         if self.event_idx:
-            U16.pack_into(self._used, 4 + 8 * self.size, seen)
+            self._set_used_word(2 + 4 * self.size, seen)
         else:
-            U16.pack_into(self._used, 0, 0)
+            self._set_used_word(0, 0)
         fence()
-        return self._avail[1] != seen
+        return self._avail_word(1) != seen
 
     def disable_notification(self) -> None:
         if self.ready and not self.event_idx:
-            U16.pack_into(self._used, 0, VIRTQ_USED_F_NO_NOTIFY)
+            self._set_used_word(0, VIRTQ_USED_F_NO_NOTIFY)
 
 
 def _walk_error(code: int, err, n: int) -> Exception:

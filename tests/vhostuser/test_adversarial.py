@@ -138,9 +138,9 @@ def raw_chain(vq: Virtqueue, descs) -> int:
 
 def raw_avail(vq: Virtqueue, head: int, *, idx: int | None = None, kick: bool = True) -> None:
     """Put `head` in the next avail slot and publish (or publish `idx` as given)."""
-    vq._put16(vq._avail, 4 + 2 * (vq.avail_idx % vq.size), head)
+    vq._put16(vq._avail_p, 4 + 2 * (vq.avail_idx % vq.size), head)
     vq.avail_idx = (vq.avail_idx + 1) & 0xFFFF
-    vq._put16(vq._avail, 2, vq.avail_idx if idx is None else idx)
+    vq._put16(vq._avail_p, 2, vq.avail_idx if idx is None else idx)
     if kick:
         vq.kick()
 
@@ -925,7 +925,7 @@ def test_14_tx_descriptor_rewritten_after_check(fe, server, sock_path, indirect)
             fe.mem.write(table, entry)
         else:
             vq._write_desc(head, evil_gpa, 0xFFFF_0000, VIRTQ_DESC_F_NEXT, head)
-        vq._put16(vq._avail, 4, other)  # and the avail entry
+        vq._put16(vq._avail_p, 4, other)  # and the avail entry
 
     rw = Rewriter(be.queues[1], rewrite)
     try:
