@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench stress clean
 
 install:
 	@bash ci/install.sh
@@ -22,6 +22,13 @@ lint: install
 
 bench: install
 	$(VENV)/bin/vhostnet bench all --json bench-results.json
+
+# The data path under full load (about 25 min): DPDK's testpmd against our rings 30 s
+# per case, the two-process race, `bench ring` 50 times. STRESS_ARGS narrows it,
+# e.g. STRESS_ARGS="race --seconds 300".
+STRESS_ARGS ?=
+stress: install
+	$(PY) -m apps.stress $(STRESS_ARGS)
 
 clean:
 	rm -rf build *.egg-info netstack/_fast.* vhostuser/_fast.* .pytest_cache

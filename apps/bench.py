@@ -60,10 +60,13 @@ class RingResult:
 # -- the backend side (a subprocess) ----------------------------------------------------
 def run_backend(mode: str, socket_path: str, size: int, path: str = "c") -> None:
     """Serve one front-end after another as `sink` (counts and drops what the guest
-    sends) or `source` (fills every RX buffer with `size`-byte frames). `path`: the ring
+    sends), `source` (fills every RX buffer with `size`-byte frames) or `echo` (sends
+    every frame back). `path`: the ring
     code, "c" (the batched C helpers) or "python" (the per-frame Python path). On
-    SIGTERM prints one JSON line of counts: frames and bytes the guest sent us, frames
-    delivered to it, ring errors (a queue declared broken)."""
+    SIGTERM prints one JSON line of counts: frames and bytes the guest sent us (and in
+    `source` mode how many differ from the frame it sends: a guest forwarding what it
+    receives sends them back), frames given to the device for the guest, RX used
+    entries written, ring errors (a queue declared broken) and the drops by reason."""
     import vhostuser.virtqueue as virtqueue
     from vhostuser.server import VhostUserServer, install_signal_handlers
 
@@ -74,7 +77,7 @@ def run_backend(mode: str, socket_path: str, size: int, path: str = "c") -> None
     frame = frame[:size]
     batch = [frame] * (64 if size <= 1514 else 1)
     counts = {"guest_tx_frames": 0, "guest_tx_bytes": 0, "guest_rx_frames": 0,
-              "ring_errors": 0}
+              "rx_used": 0, "mismatched": 0, "ring_errors": 0, "drops": {}}
 
     class Sink:
         device = None
@@ -87,7 +90,10 @@ def run_backend(mode: str, socket_path: str, size: int, path: str = "c") -> None
             self.device = None
             if dev is not None:
                 counts["guest_rx_frames"] += dev.stats["guest_rx_frames"]
+                counts["rx_used"] += sum(q.stats.used for q in dev.queues[0::2])
                 counts["ring_errors"] += dev.drops["ring_error"]
+                for k, v in dev.drops.items():
+                    counts["drops"][k] = counts["drops"].get(k, 0) + v
 
         def _drain(self, dev) -> None:
             def one(f) -> None:
@@ -102,6 +108,18 @@ def run_backend(mode: str, socket_path: str, size: int, path: str = "c") -> None
             return None
 
     class Source(Sink):
+        """Fills the guest's RX buffers; checks that what comes back (a guest that
+        forwards what it receives) is the frame it sent."""
+
+        def _drain(self, dev) -> None:
+            def one(f) -> None:
+                counts["guest_tx_frames"] += 1
+                counts["guest_tx_bytes"] += len(f)
+                if f != frame:
+                    counts["mismatched"] += 1
+
+            dev.drain_tx(one)
+
         def poll(self, now):
             dev = self.device
             if dev is None:
@@ -115,7 +133,30 @@ def run_backend(mode: str, socket_path: str, size: int, path: str = "c") -> None
                     break
             return None
 
-    app = Source() if mode == "source" else Sink()
+    class Echo(Sink):
+        """Sends every frame the guest sends straight back, a batch at a time."""
+
+        def poll(self, now):
+            dev = self.device
+            if dev is None:
+                return None
+            out: list[bytes] = []
+
+            def one(f) -> None:
+                counts["guest_tx_frames"] += 1
+                counts["guest_tx_bytes"] += len(f)
+                out.append(bytes(f))
+
+            # no more than the backlog holds: what the guest has no buffer for waits
+            while not dev.has_backlog and dev.drain_tx(one, limit=128):
+                dev.send_frames(out)
+                out.clear()
+            return None
+
+    apps_by_mode = {"sink": Sink, "source": Source, "echo": Echo}
+    if mode not in apps_by_mode:
+        raise ValueError(f"backend mode {mode!r}: one of {', '.join(apps_by_mode)}")
+    app = apps_by_mode[mode]()
     server = VhostUserServer(socket_path=socket_path, app=app)
     if threading.current_thread() is threading.main_thread():
         install_signal_handlers(server)
@@ -299,6 +340,42 @@ def bench_ring(seconds: float, sizes=(64, 1500, 65536),
     return out
 
 
+@dataclass
+class DpdkResult:
+    direction: str  # "guest->backend" (testpmd txonly) or "backend->guest" (rxonly)
+    frame_size: int
+    vhostnet_frames_per_s: float
+    dpdk_vhost_frames_per_s: float
+    ratio: float
+
+
+def bench_dpdk(seconds: float, sizes=(64, 1500)) -> list[DpdkResult]:
+    """testpmd's virtio-user port (mergeable RX buffers, its default) against our
+    backend (a sink or a source, C ring path) and against DPDK's vhost PMD in a second
+    testpmd, one after the other in the same run; frames/s as testpmd counts them."""
+    from apps.dpdk import run_dpdk_vhost, run_vhostnet
+
+    out = []
+    for size in sizes:
+        for mode, direction in (("txonly", "guest->backend"), ("rxonly", "backend->guest")):
+            ours = run_vhostnet(mode, size, seconds)
+            problems = ours.problems()
+            if problems:
+                raise RuntimeError(f"dpdk {direction} {size}: " + "; ".join(problems))
+            ref = run_dpdk_vhost(mode, size, seconds)
+            out.append(DpdkResult(direction, size, ours.frames_per_s, ref.frames_per_s,
+                                  ours.frames_per_s / ref.frames_per_s))
+    return out
+
+
+def print_dpdk(results: list[DpdkResult]) -> None:
+    print(f"{'dpdk virtio-user':<16} {'size':>6} {'vhostnet/s':>11} {'DPDK vhost/s':>13} "
+          f"{'ratio':>6}")
+    for r in results:
+        print(f"{r.direction:<16} {r.frame_size:>6} {r.vhostnet_frames_per_s:>11.0f} "
+              f"{r.dpdk_vhost_frames_per_s:>13.0f} {r.ratio:>6.2f}")
+
+
 def print_ring(results: list[RingResult]) -> None:
     print(f"{'ring':<16} {'size':>6} {'frames/s':>10} {'Gbit/s':>8} {'backend µs/frame':>17}")
     for r in results:
@@ -314,6 +391,9 @@ BENCHMARKS = """benchmarks (WHAT):
           skips it)
   memory  resident memory of `vhostnet serve` idle and attached, and of the stack
           holding --connections TCP connections open
+  dpdk    DPDK's testpmd with its virtio-user port (a C virtio driver) against our
+          backend and against DPDK's own vhost PMD in the same run: frames/s and the
+          ratio, at 64 and 1500 B (--sizes) both ways; needs dpdk-testpmd (dpdk-dev)
   vm      a Linux guest under TCG: TCP download/upload, ping RTT, UDP request rate and
           HTTP requests/s, timed inside the guest, on our backend, QEMU's slirp, a TAP and
           passt when installed (--backends); ratios to slirp. HTTP requests/s is a loop of
@@ -324,6 +404,7 @@ examples:
   vhostnet bench                          # ring, 2 s per measurement
   vhostnet bench all --json bench.json    # everything, one JSON (make bench; a few minutes)
   vhostnet bench ring --sizes 64,1500 --seconds 1 --json ring.json
+  vhostnet bench dpdk --seconds 5
   vhostnet bench stack --no-tap
   vhostnet bench vm --smoke --backends ours,slirp
 """
@@ -334,13 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vhostnet bench", description=__doc__, epilog=BENCHMARKS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="?", default="ring", metavar="WHAT",
-                   choices=["ring", "vm", "stack", "memory", "all", "backend"],
-                   help="ring (default), stack, memory, vm, or all of them in turn (what "
-                        "`make bench` runs): see below")
+                   choices=["ring", "dpdk", "vm", "stack", "memory", "all", "backend"],
+                   help="ring (default), dpdk, stack, memory, vm, or all of them in turn "
+                        "(what `make bench` runs): see below")
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=2.0, help="per measurement (default 2)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--sizes", default="64,1500,65536", help="frame sizes (default 64,1500,65536)")
+    p.add_argument("--sizes", help="frame sizes (default 64,1500,65536; dpdk: 64,1500)")
     p.add_argument("--size-mib", type=int, default=100,
                    help="vm: MiB each way (default 100; 2 with --smoke)")
     p.add_argument("--backends", default="ours,slirp,tap,passt",
@@ -375,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.what == "all":
         out = {}
-        for part in ("ring", "stack", "memory", "vm"):
+        for part in ("ring", "dpdk", "stack", "memory", "vm"):
             print(f"== {part}", flush=True)
             out.update(_run(part, args, argv))
             print(flush=True)
@@ -406,13 +487,23 @@ def _run(what: str, args: argparse.Namespace, argv: list[str] | None) -> dict:
 
         out = {"stack": bench_stack(args.seconds, tap=not args.no_tap)}
         print_stack(out["stack"])
+    elif what == "dpdk":
+        from apps.dpdk import testpmd_path
+
+        if testpmd_path() is None:
+            print("dpdk: skipped, dpdk-testpmd is not installed (apt-get install dpdk-dev)")
+            return {"dpdk": None}
+        sizes = _sizes(args.sizes, (64, 1500))
+        results = bench_dpdk(args.seconds, sizes)
+        print_dpdk(results)
+        out = {"dpdk": [asdict(r) for r in results]}
     elif what == "memory":
         from apps.benchstack import bench_memory, print_memory
 
         out = {"memory": bench_memory(args.seconds, args.connections)}
         print_memory(out["memory"])
     else:
-        sizes = [int(s) for s in args.sizes.split(",")]
+        sizes = _sizes(args.sizes, (64, 1500, 65536))
         kw = {}  # only what differs from bench_ring's defaults
         if args.rx_buffer:
             kw["rx_buffer"] = args.rx_buffer
@@ -424,6 +515,19 @@ def _run(what: str, args: argparse.Namespace, argv: list[str] | None) -> dict:
         print_ring(results)
         out = {"ring": [asdict(r) for r in results]}
     return out
+
+
+def _sizes(text: str | None, default: tuple[int, ...]) -> list[int]:
+    if text is None:
+        return list(default)
+    try:
+        sizes = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"vhostnet bench: --sizes {text!r}: comma-separated byte counts, "
+                         "e.g. 64,1500") from None
+    if any(not 60 <= n <= 65536 for n in sizes):
+        raise SystemExit(f"vhostnet bench: --sizes {text!r}: each size must be 60..65536")
+    return sizes
 
 
 if __name__ == "__main__":

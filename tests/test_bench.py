@@ -34,7 +34,7 @@ def test_help_names_every_benchmark_and_option(capsys):
         assert exc.value.code == 0
         out = capsys.readouterr().out
         assert out.startswith("usage: vhostnet bench")
-        for word in ("ring ", "stack ", "memory ", "vm ", "frames/s", "--seconds", "--sizes",
+        for word in ("ring ", "dpdk ", "stack ", "memory ", "vm ", "frames/s", "--seconds", "--sizes",
                      "--connections", "--no-tap", "--smoke", "examples:"):
             assert word in out, word
     main_help = subprocess.run([sys.executable, "-m", "apps.cli", "--help"],
@@ -67,8 +67,14 @@ def test_bench_all_runs_every_part_into_one_json(tmp_path):
     assert main(["all", "--seconds", "0.3", "--sizes", "64", "--no-tap", "--connections", "50",
                  "--smoke", "--backends", "ours", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert {"ring", "stack", "memory", "vm", "machine", "time"} <= set(data)
+    assert {"ring", "dpdk", "stack", "memory", "vm", "machine", "time"} <= set(data)
     assert data["ring"] and data["vm"]
+    from apps.dpdk import testpmd_path
+
+    if testpmd_path() is not None:  # one size both ways, ours against DPDK's vhost
+        assert {(r["direction"], r["frame_size"]) for r in data["dpdk"]} == {
+            ("guest->backend", 64), ("backend->guest", 64)}
+        assert all(r["ratio"] > 0 for r in data["dpdk"])
 
 
 @pytest.mark.parametrize("backend", ["c", "python"])
@@ -83,3 +89,11 @@ def test_ring_holds_at_full_rate_with_big_frames(backend):
     for _ in range(3):
         r = ring_guest_to_backend(65536, 0.7, backend=backend)
         assert r.frames > 0
+
+
+@pytest.mark.parametrize("sizes", ["64,abc", "10", "70000"])
+def test_bad_sizes_are_one_line_errors(sizes):
+    p = subprocess.run([sys.executable, "-m", "apps.cli", "bench", "ring", "--sizes", sizes],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0
+    assert "--sizes" in p.stderr and "Traceback" not in p.stderr

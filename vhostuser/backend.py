@@ -65,6 +65,10 @@ DEFAULT_FEATURES = bits(
     Feature.NET_F_GUEST_ANNOUNCE,
     Feature.F_ANY_LAYOUT,
     Feature.PROTOCOL_FEATURES,
+    # We use buffers in the order they were made available on every path (virtio 1.2
+    # §2.7.9) and still write a used element for each, which IN_ORDER allows; drivers
+    # that take it (DPDK's virtio-user) switch to their in-order paths.
+    Feature.F_IN_ORDER,
 )
 # Checksum and TCP segmentation offloads (IPv4 and IPv6): the stack takes and gives 64 KiB
 # TCP segments with the checksum left to whoever delivers them (see offload.py).
