@@ -103,7 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             server = VhostUserServer(socket_path=path, connect_path=args.connect, fd=args.fd,
                                      config=BackendConfig(queue_pairs=args.queues, mtu=args.mtu),
-                                     app=RawFrameApp(show))
+                                     app=RawFrameApp(show if args.log_frames else None))
             if ctl is not None:
                 try:
                     control = ControlServer(server, server.app, ctl)

@@ -86,7 +86,11 @@ ffibuilder.cdef(
         uint64_t err[2];
         uint64_t *addr; uint32_t *len; uint32_t cap;
         uint32_t *chains;
+        uint64_t tx_bytes; uint32_t tx_drops, tx_csum;
+        uint64_t rx_bytes; uint32_t rx_small;
     };
+    void vu_enter(struct vu_vq *q, uint16_t last_avail, uint16_t shadow_avail,
+                  uint16_t used_idx);
     #define VU_E_AHEAD ...
     #define VU_RX_SLOW ...
     #define VU_TX_WRITABLE ...
@@ -100,9 +104,15 @@ ffibuilder.cdef(
                     uint32_t *heads, int32_t *kind, uint64_t *off, uint32_t *flen,
                     uint64_t *aux, uint8_t *vhdr);
     void vu_push_zero(struct vu_vq *q, const uint32_t *heads, uint32_t count);
+    int vu_tx_discard(struct vu_vq *q, uint32_t max, uint32_t hdr, uint64_t max_total,
+                      uint8_t *scratch, uint64_t scratch_size, uint32_t batch,
+                      uint32_t *heads, int32_t *kind, uint64_t *off, uint32_t *flen,
+                      uint64_t *aux, uint8_t *vhdr, uint64_t *drops);
     int vu_rx_batch(struct vu_vq *q, uint32_t hdr, int mergeable, const uint8_t *data,
                     const uint32_t *lens, uint32_t nframes, const uint8_t *hdrs,
                     uint8_t *outcome);
+    uint32_t vu_lens_check(const uint32_t *lens, uint32_t n, uint32_t lo, uint32_t hi,
+                           uint64_t *total);
     struct fe_vq {
         uint8_t *desc; uint8_t *avail; uint8_t *used;
         uint32_t n; int event_idx; int kick_fd;
@@ -295,7 +305,24 @@ ffibuilder.set_source(
         uint64_t err[2];
         uint64_t *addr; uint32_t *len; uint32_t cap;   /* descriptor store (cap >= n) */
         uint32_t *chains;                               /* RX: 3 words per chain, cap chains */
+        /* vu_tx_batch's summary of the entries it filled: frame bytes, drops (kind < 0)
+           and frames whose header asks for NEEDS_CSUM (with want_hdr) */
+        uint64_t tx_bytes; uint32_t tx_drops, tx_csum;
+        /* vu_rx_batch: bytes of the frames consumed, and how many of them were dropped
+           for a too small buffer */
+        uint64_t rx_bytes; uint32_t rx_small;
     };
+
+    /* The queue's indices, copied in before a batch call (Python keeps them between
+       calls); the counters the calls add to start at 0. */
+    static void vu_enter(struct vu_vq *q, uint16_t last_avail, uint16_t shadow_avail,
+                         uint16_t used_idx)
+    {
+        q->last_avail = last_avail;
+        q->shadow_avail = shadow_avail;
+        q->used_idx = used_idx;
+        q->popped = q->pushed = q->bad = 0;
+    }
 
     #define VU_E_AHEAD (-11)            /* err: avail idx, last avail idx */
     #define VU_RX_SLOW (-12)            /* the frame needs more descriptors than the store */
@@ -340,19 +367,36 @@ ffibuilder.set_source(
             vu_push(q, heads[i], 0);
     }
 
+    /* The summary of entries [0, k): bytes of the frames, drops, NEEDS_CSUM headers. */
+    static void vu_tx_summary(struct vu_vq *q, uint32_t k, const int32_t *kind,
+                              const uint32_t *flen, const uint8_t *vhdr, int want_hdr)
+    {
+        for (uint32_t i = 0; i < k; i++) {
+            if (kind[i] < 0) {
+                q->tx_drops++;
+                continue;
+            }
+            q->tx_bytes += flen[i];
+            if (want_hdr && (vhdr[10ull * i] & 1))
+                q->tx_csum++;
+        }
+    }
+
     /* Pop up to `max` TX chains. Each entry: its head, and in kind[] where the frame (the
        bytes after the `hdr`-byte virtio_net_hdr) is: a region index (off = offset in that
        region, zero copy), nregs (off = offset in scratch, gathered), or a VU_TX_* drop. With
        want_hdr the first 10 header bytes go to vhdr[10 i]. Returns the entries filled; a
-       broken ring rule stops the batch with q->status set. */
-    static int vu_tx_batch(struct vu_vq *q, uint32_t max, uint32_t hdr, uint64_t max_total,
-                           int want_hdr, uint8_t *scratch, uint64_t scratch_size,
-                           uint32_t *heads, int32_t *kind, uint64_t *off, uint32_t *flen,
-                           uint64_t *aux, uint8_t *vhdr)
+       broken ring rule stops the batch with q->status set. vu_tx_batch adds the
+       summary (tx_bytes, tx_drops, tx_csum). */
+    static int vu_tx_walk(struct vu_vq *q, uint32_t max, uint32_t hdr, uint64_t max_total,
+                          int want_hdr, uint8_t *scratch, uint64_t scratch_size,
+                          uint32_t *heads, int32_t *kind, uint64_t *off, uint32_t *flen,
+                          uint64_t *aux, uint8_t *vhdr)
     {
         uint64_t used_scratch = 0;
         uint32_t k = 0;
         q->status = 0;
+        q->tx_bytes = 0; q->tx_drops = 0; q->tx_csum = 0;
         while (k < max) {
             uint32_t head, nread = 0;
             int rc = vu_pop_head(q, &head);
@@ -454,6 +498,52 @@ ffibuilder.set_source(
         return (int)k;
     }
 
+    static int vu_tx_batch(struct vu_vq *q, uint32_t max, uint32_t hdr, uint64_t max_total,
+                           int want_hdr, uint8_t *scratch, uint64_t scratch_size,
+                           uint32_t *heads, int32_t *kind, uint64_t *off, uint32_t *flen,
+                           uint64_t *aux, uint8_t *vhdr)
+    {
+        int k = vu_tx_walk(q, max, hdr, max_total, want_hdr, scratch, scratch_size, heads,
+                           kind, off, flen, aux, vhdr);
+        vu_tx_summary(q, (uint32_t)k, kind, flen, vhdr, want_hdr);
+        return k;
+    }
+
+    /* Pop, check and give back up to `max` TX chains, `batch` at a time (the arrays
+       are vu_tx_batch's, of `batch` entries): a sink that looks at no frame. Each
+       batch is pushed before the next is popped. Frames' bytes go to q->tx_bytes,
+       drops by kind to drops[-kind - 1] (6 counters), their total to q->tx_drops. Returns the chains completed;
+       a broken ring rule stops it with q->status set (the chains before it are
+       completed). */
+    static int vu_tx_discard(struct vu_vq *q, uint32_t max, uint32_t hdr, uint64_t max_total,
+                             uint8_t *scratch, uint64_t scratch_size, uint32_t batch,
+                             uint32_t *heads, int32_t *kind, uint64_t *off, uint32_t *flen,
+                             uint64_t *aux, uint8_t *vhdr, uint64_t *drops)
+    {
+        uint32_t total = 0, bad = 0;
+        uint64_t bytes = 0;
+        q->status = 0;
+        while (total < max) {
+            uint32_t want = max - total < batch ? max - total : batch;
+            int k = vu_tx_walk(q, want, hdr, max_total, 0, scratch, scratch_size, heads,
+                               kind, off, flen, aux, vhdr);
+            for (int i = 0; i < k; i++) {
+                if (kind[i] < 0) {
+                    drops[-kind[i] - 1]++;
+                    bad++;
+                } else
+                    bytes += flen[i];
+            }
+            vu_push_zero(q, heads, (uint32_t)k);
+            total += (uint32_t)k;
+            if (q->status || k == 0)
+                break;
+        }
+        q->tx_bytes = bytes;
+        q->tx_drops = bad;
+        return (int)total;
+    }
+
     /* Copy [pos, pos+n) of (header hb[0:hdr] then frame) to guest-physical a (checked). */
     static void vu_write(const struct vu_region *regs, uint32_t nregs, uint64_t a,
                          uint64_t n, const uint8_t *hb, uint32_t hdr, const uint8_t *frame,
@@ -481,16 +571,51 @@ ffibuilder.set_source(
 
     /* Write frames (back to back in data, lens[i] bytes each; hdrs: 10 header bytes per
        frame, or NULL for none) with their virtio_net_hdr into the guest's RX buffers, as
-       VirtioNetDevice._write_rx does one by one. outcome[i]: 0 delivered, 1 dropped (one
-       buffer too small without MRG_RXBUF). Returns how many frames were consumed; stops
+       VirtioNetDevice._write_rx does one by one. outcome[i] (if not NULL): 0 delivered, 1
+       dropped (one buffer too small without MRG_RXBUF; counted in q->rx_small). Returns how many frames were consumed; stops
        when the guest has posted too little (those chains given back), on a broken ring
        rule (q->status), or with VU_RX_SLOW for a frame whose chains overflow the store. */
+    /* Start the loads the next chains will need while this one is served: the
+       descriptor two heads ahead, the buffer of the next head (its descriptor was
+       asked for one step earlier). Lines the driver just wrote live in the other
+       CPU's cache; fetched one by one they cost more than the copy. Only heads
+       already published (below shadow_avail) are read; a prefetch never faults, and
+       the address is taken only inside a region. */
+    static void vu_prefetch(const struct vu_vq *q, int write)
+    {
+        uint16_t ahead = (uint16_t)(q->shadow_avail - q->last_avail);
+        if (ahead > 2) {
+            uint16_t h = __atomic_load_n(&q->avail[2 + ((uint16_t)(q->last_avail + 2)
+                                                        & (q->n - 1))], __ATOMIC_RELAXED);
+            if (h < q->n)
+                __builtin_prefetch(q->desc + 16ull * h);
+        }
+        if (ahead > 1) {
+            uint16_t h = __atomic_load_n(&q->avail[2 + ((uint16_t)(q->last_avail + 1)
+                                                        & (q->n - 1))], __ATOMIC_RELAXED);
+            if (h < q->n) {
+                uint64_t a;
+                memcpy(&a, q->desc + 16ull * h, 8);
+                const struct vu_region *r = vu_find(q->regs, q->nregs, a);
+                if (r) {
+                    if (write)
+                        __builtin_prefetch(r->host + (a - r->gpa), 1);
+                    else
+                        __builtin_prefetch(r->host + (a - r->gpa), 0);
+                }
+            }
+        }
+    }
+
     static int vu_rx_batch(struct vu_vq *q, uint32_t hdr, int mergeable, const uint8_t *data,
                            const uint32_t *lens, uint32_t nframes, const uint8_t *hdrs,
                            uint8_t *outcome)
     {
         q->status = 0;
+        q->rx_bytes = 0;
+        q->rx_small = 0;
         for (uint32_t i = 0; i < nframes; i++) {
+            vu_prefetch(q, 1);
             uint64_t need = (uint64_t)hdr + lens[i], room = 0;
             uint32_t nch = 0, slots = 0;
             while (room < need) {
@@ -522,7 +647,10 @@ ffibuilder.set_source(
             }
             if (room < need) {
                 vu_push(q, q->chains[0], 0);
-                outcome[i] = 1;
+                if (outcome)
+                    outcome[i] = 1;
+                q->rx_small++;
+                q->rx_bytes += lens[i];
                 data += lens[i];
                 continue;
             }
@@ -551,10 +679,26 @@ ffibuilder.set_source(
                 }
                 vu_push(q, q->chains[3 * c], (uint32_t)(pos - start));
             }
-            outcome[i] = 0;
+            if (outcome)
+                outcome[i] = 0;
+            q->rx_bytes += lens[i];
             data += lens[i];
         }
         return (int)nframes;
+    }
+
+    /* How many of n lengths lie outside [lo, hi]; their sum in *total. */
+    static uint32_t vu_lens_check(const uint32_t *lens, uint32_t n, uint32_t lo, uint32_t hi,
+                                  uint64_t *total)
+    {
+        uint32_t bad = 0;
+        uint64_t sum = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            sum += lens[i];
+            bad += lens[i] < lo || lens[i] > hi;
+        }
+        *total = sum;
+        return bad;
     }
 
 

@@ -81,7 +81,7 @@ class NetCapabilities:
     ipv6_offload: bool = False
 
 
-TX_BATCH = 128  # chains popped per vu_tx_batch call
+TX_BATCH = 256  # chains popped per vu_tx_batch call (a whole ring of 256)
 TX_SCRATCH = 512 << 10  # gathered frames of one batch (≥ MAX_FRAME + header)
 NET_HDR_F_NEEDS_CSUM = 1
 
@@ -103,6 +103,35 @@ class TxBatch:
         self.scratch_size = scratch_size
         self.scratch_view = memoryview(_ffi.buffer(self.scratch))
         self.vhdr_view = memoryview(_ffi.buffer(self.vhdr))
+
+
+class TxFrames:
+    """The frames of one TX batch, for `drain_tx_batches` handlers: `len()` frames of
+    `nbytes` bytes in all; iterating gives each as a view (into guest memory or the
+    batch's scratch), valid during the handler call only. The views are made only when
+    iterated: a handler that only counts touches no frame."""
+
+    __slots__ = ("nbytes", "_count", "_make", "_frames")
+
+    def __init__(self, count: int, nbytes: int, make: Callable[[], list]) -> None:
+        self._count = count
+        self.nbytes = nbytes
+        self._make = make
+        self._frames: list | None = None
+
+    @classmethod
+    def of(cls, frames: list) -> TxFrames:
+        out = cls(len(frames), sum(map(len, frames)), list)
+        out._frames = frames
+        return out
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self):
+        if self._frames is None:
+            self._frames = self._make()
+        return iter(self._frames)
 
 
 TSO_MAX = 65000  # TCP payload per segment handed to a GUEST_TSO4/6 guest (IP total ≤ 64 KiB)
@@ -173,6 +202,58 @@ class TxToken:
         return self._dev._send_with(length, fn)
 
 
+class _Chunk:
+    """Frames for RX buffers: back to back in `data`, lengths in `lens` (array 'I'), and
+    10 virtio_net_hdr bytes each in `hdrs` (None: no offload for any); the frames before
+    `first` (`off` bytes) are done with. A batch that did not fit waits in the backlog
+    as one chunk (its own copy of the bytes), written into the guest's buffers a chunk
+    per C call, not a frame per Python step."""
+
+    __slots__ = ("data", "lens", "hdrs", "first", "off", "_c")
+
+    def __init__(self, data, lens: array, hdrs: bytes | None) -> None:
+        self.data = data
+        self.lens = lens
+        self.hdrs = hdrs
+        self.first = 0
+        self.off = 0
+        self._c = None  # cffi pointers to data, lens, hdrs (made once)
+
+    @property
+    def left(self) -> int:
+        return len(self.lens) - self.first
+
+    def pointers(self):
+        c = self._c
+        if c is None:
+            from_buffer, cast = _ffi.from_buffer, _ffi.cast
+            c = self._c = (
+                cast("uint8_t *", from_buffer(self.data)),
+                cast("uint32_t *", from_buffer(self.lens)),
+                cast("uint8_t *", from_buffer(self.hdrs)) if self.hdrs is not None
+                else _ffi.NULL)
+        return c
+
+    def header(self, i: int) -> bytes:
+        return NO_OFFLOAD if self.hdrs is None else bytes(self.hdrs[10 * i:10 * i + 10])
+
+    def frames(self) -> list[tuple[bytes, bytes]]:
+        """(header, frame) per frame left."""
+        out, o = [], self.off
+        mv = memoryview(self.data)
+        for i in range(self.first, len(self.lens)):
+            ln = self.lens[i]
+            out.append((self.header(i), bytes(mv[o:o + ln])))
+            o += ln
+        return out
+
+    def rest(self) -> _Chunk:
+        """The frames left, in a chunk that owns a copy of them."""
+        end = self.off + sum(self.lens[self.first:])
+        return _Chunk(bytes(memoryview(self.data)[self.off:end]), self.lens[self.first:],
+                      None if self.hdrs is None else bytes(self.hdrs[10 * self.first:]))
+
+
 class VirtioNetDevice:
     """The frame side of one vhost-user net device (all its queue pairs)."""
 
@@ -192,7 +273,9 @@ class VirtioNetDevice:
         self.on_frame: FrameHook | None = None
         self.stats: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
-        self._backlog: deque[tuple[bytes, bytearray]] = deque()
+        # frames waiting for RX buffers, in chunks of frames back to back (see _Chunk)
+        self._backlog: deque[_Chunk] = deque()
+        self._backlog_frames = 0
         self._backlog_bytes = 0
         self._dirty: set[Virtqueue] = set()
         self._pending_rx: _Done | None = None  # an RxToken not consumed yet
@@ -200,7 +283,9 @@ class VirtioNetDevice:
         self._injected: deque[bytes] = deque()  # frames "from the guest" we made (RARP)
         self.on_error: Callable[[Virtqueue, str], None] | None = None
         self._txq = queues[1::2]
+        self._rxq0 = queues[0]
         self._txb: TxBatch | None = None
+        self._discard_drops = None  # uint64_t[6]: discard_tx's drops by kind
 
     # -- configuration -------------------------------------------------------------
     def set_features(self, features: int) -> None:
@@ -398,10 +483,97 @@ class VirtioNetDevice:
             n += 1
         return n
 
-    def _drain_tx_batched(self, handler: Callable[[memoryview], None], limit: int) -> int:
+    def drain_tx_batches(self, handler: Callable[[TxFrames], None],
+                         limit: int = 1 << 30) -> int:
+        """`drain_tx` a batch at a time: `handler` gets each batch of waiting guest
+        frames as a TxFrames (up to TX_BATCH frames, their count and bytes known without
+        touching them); the buffers go back to the guest after the call. Returns the
+        frames handed. Without the C helpers the batches come from the per-frame path."""
+        if not (_vq.USE_C and _ffi is not None):
+            frames: list = []
+            n = self.drain_tx(frames.append, limit)  # views valid until the next pop
+            if frames:
+                handler(TxFrames.of([bytes(f) for f in frames]))
+            return n
+        if self._pending_rx is not None:
+            self._pending_rx.complete(self)
+            self._pending_rx = None
+        n = 0
+        if self._injected:
+            frames = []
+            while n < limit and self._injected:
+                frames.append(self._injected.popleft())
+                n += 1
+            handler(TxFrames.of(frames))
+        return n + self._drain_tx_batched(None, limit - n, handler)
+
+    def discard_tx(self, limit: int = 8192) -> int:
+        """Give every waiting guest frame's buffer straight back, counted (frames and
+        bytes in `stats`, drops by reason) but never handed to Python: a sink at ring
+        speed (`vhostnet serve --raw`, the benchmarks), checked as strictly as
+        `drain_tx`; at most `limit` frames a call (the loop comes back for the rest: a
+        guest reposting as fast as we complete cannot keep us here). With a frame hook
+        (capture) or without the C helpers the frames go
+        through `drain_tx_batches` instead, so the hook still sees them. Returns the
+        frames taken (not counting drops), as `drain_tx`."""
+        if self.on_frame is not None or not (_vq.USE_C and _ffi is not None):
+            return self.drain_tx_batches(lambda frames: None, limit)
+        if self._pending_rx is not None:
+            self._pending_rx.complete(self)
+            self._pending_rx = None
+        n = 0
+        while n < limit and self._injected:
+            self._injected.popleft()
+            n += 1
+        b = self._txb
+        if b is None:
+            b = self._txb = TxBatch()
+        drops = self._discard_drops
+        if drops is None:
+            drops = self._discard_drops = _ffi.new("uint64_t[6]")
+        for q in self._txq:
+            if n >= limit:
+                break
+            if not (q.serviceable and q.batched and q.has_avail()):
+                continue
+            count, bad, nbytes, status = q.discard_tx(b, limit - n, self.hdr_len,
+                                                      MAX_FRAME + self.hdr_len, drops)
+            if count:
+                self._dirty.add(q)
+                if not q.enabled:
+                    self.drops["tx_queue_disabled"] += count
+                else:
+                    self.stats["guest_tx_frames"] += count - bad
+                    self.stats["guest_tx_bytes"] += nbytes
+                    if bad:
+                        self._count_discard_drops(drops)
+                    n += count - bad
+            if bad:
+                for i in range(6):
+                    drops[i] = 0
+            if status:  # the chains before the broken one are completed: now break
+                self._ring_error(q, q.batch_failed(status))
+        return n
+
+    def _count_discard_drops(self, drops) -> None:
+        lib = _lib
+        for kind, name in ((lib.VU_TX_WRITABLE, "tx_writable_descriptor"),
+                           (lib.VU_TX_TOO_LONG, "tx_too_long"), (lib.VU_TX_RUNT, "tx_runt"),
+                           (lib.VU_TX_BAD_HEADER, "tx_bad_offload"),
+                           (lib.VU_TX_NO_REGION, "tx_bad_address"),
+                           (lib.VU_TX_OVERFLOW, "tx_bad_address")):
+            k = drops[-kind - 1]
+            if k:
+                self.drops[name] += k
+                if name == "tx_bad_address":
+                    log.warning("%d guest TX buffers outside guest memory dropped", k)
+
+    def _drain_tx_batched(self, handler: Callable[[memoryview], None] | None, limit: int,
+                          batch_handler: Callable[[TxFrames], None] | None = None) -> int:
         """`drain_tx` by vu_tx_batch: per queue (round-robin) one C call pops and walks a
         batch of chains; frames go to `handler` as views (into guest memory, or into the
-        batch's scratch when gathered); one C call pushes the batch's used elements."""
+        batch's scratch when gathered), or as one TxFrames to `batch_handler`; one C
+        call pushes the batch's used elements."""
         b = self._txb
         if b is None:
             b = self._txb = TxBatch()
@@ -412,13 +584,16 @@ class VirtioNetDevice:
         while n < limit and idle < nq:
             q = txq[self._next_tx % nq]
             self._next_tx = (self._next_tx + 1) % nq
-            if not (q.serviceable and q.batched):  # (a mapped queue always is batched)
-                idle += 1
+            if not (q.serviceable and q.batched and q.has_avail()):
+                idle += 1  # (a mapped queue always is batched)
                 continue
             count, status = q.pop_tx_batch(b, limit - n, self.hdr_len,
                                            MAX_FRAME + self.hdr_len, self.csum_offload)
             if count:
-                n += self._hand_tx_batch(q, b, count, handler, status)
+                if batch_handler is not None:
+                    n += self._hand_tx_frames(q, b, count, batch_handler, status)
+                else:
+                    n += self._hand_tx_batch(q, b, count, handler, status)
                 idle = 0
             else:
                 idle += 1
@@ -427,10 +602,12 @@ class VirtioNetDevice:
         return n
 
     def _hand_tx_batch(self, q: Virtqueue, b: TxBatch, count: int,
-                       handler: Callable[[memoryview], None], status: int = 0) -> int:
+                       handler: Callable[[memoryview], None], status: int = 0,
+                       before_push: Callable[[], None] | None = None) -> int:
         """Hand a popped batch's frames to `handler`, count its drops, complete its
         chains (all of them; if the handler raises, the ones not reached go back, and
-        so does a broken chain after them: it is met again next time)."""
+        so does a broken chain after them: it is met again next time). `before_push`
+        runs after the last frame, while the views are still valid."""
         unpack = _ffi.unpack
         kinds = unpack(b.kind, count)
         offs = unpack(b.off, count)
@@ -467,6 +644,8 @@ class VirtioNetDevice:
                     if hook is not None:
                         hook("guest-tx", memoryview(frame))
                     handler(frame)
+            if before_push is not None:
+                before_push()
         finally:
             if done < count:
                 q.unpop(count - done)
@@ -477,6 +656,39 @@ class VirtioNetDevice:
             self.stats["guest_tx_frames"] += handed
             self.stats["guest_tx_bytes"] += nbytes
         return handed
+
+    def _hand_tx_frames(self, q: Virtqueue, b: TxBatch, count: int,
+                        handler: Callable[[TxFrames], None], status: int = 0) -> int:
+        """`_hand_tx_batch` for a batch handler: one TxFrames call for the batch. A batch
+        with nothing to do per frame (no drop, no checksum to complete, no frame hook)
+        costs a few C-speed list operations, whatever its size."""
+        cq = q._cq
+        if (self.on_frame is not None or not q.enabled or cq.tx_drops
+                or (self.csum_offload and cq.tx_csum)):
+            frames: list = []
+            handed = self._hand_tx_batch(q, b, count, frames.append, status,
+                                         lambda: handler(TxFrames.of(frames)))
+            return handed
+        nbytes = cq.tx_bytes
+        views = self.memory.c_views()
+
+        def make() -> list:
+            unpack = _ffi.unpack
+            scratch = b.scratch_view
+            nregs = len(views)
+            return [(views[k] if k < nregs else scratch)[o:o + ln]
+                    for k, o, ln in zip(unpack(b.kind, count), unpack(b.off, count),
+                                        unpack(b.flen, count), strict=True)]
+
+        try:
+            handler(TxFrames(count, nbytes, make))
+        finally:
+            if q.ready:
+                q.push_zero(b.heads, count)
+                self._dirty.add(q)
+            self.stats["guest_tx_frames"] += count
+            self.stats["guest_tx_bytes"] += nbytes
+        return count
 
     def _tx_batch_drop(self, kind: int, b: TxBatch, i: int) -> None:
         lib = _lib
@@ -507,11 +719,11 @@ class VirtioNetDevice:
     def transmit(self, now: float = 0.0) -> TxToken | None:
         """netstack Device: room for a frame to the guest, or None when the link is down
         (no RX queue started) or the backlog is full."""
-        if len(self._backlog) >= RX_BACKLOG_FRAMES:
+        if self._backlog_frames >= RX_BACKLOG_FRAMES:
             self.flush_backlog()
-            if len(self._backlog) >= RX_BACKLOG_FRAMES:
+            if self._backlog_frames >= RX_BACKLOG_FRAMES:
                 return None
-        if not self._rx_queues()[0].started:
+        if not self._rxq0.started:
             return None
         return TxToken(self)
 
@@ -552,16 +764,6 @@ class VirtioNetDevice:
                 self.drops["rx_bad_length"] += 1
         if not good:
             return 0
-        self._send_batch(good)
-        return max(0, len(frames) - (self._frame_drops() - dropped))
-
-    def _frame_drops(self) -> int:
-        d = self.drops
-        return d["rx_bad_length"] + d["rx_buffer_too_small"] + d["rx_no_buffer"] + d["ring_error"]
-
-    def _send_batch(self, good: list) -> None:
-        """`send_frames` for frames of valid lengths, by vu_rx_batch."""
-        rxq = self.queues[0]
         lens = array("I", [len(f) for f in good])
         if self.csum_offload:  # headers patch the frames: work on one copy of them all
             data = bytearray().join(good)
@@ -575,8 +777,84 @@ class VirtioNetDevice:
         else:
             data = good[0] if len(good) == 1 else b"".join(good)
             hdrs = None
-        self.stats["guest_rx_frames"] += len(good)
-        self.stats["guest_rx_bytes"] += sum(lens)
+        self._send_batch(data, lens, hdrs)
+        return max(0, len(frames) - (self._frame_drops() - dropped))
+
+    def send_packed(self, data: bytes | bytearray | memoryview, lens: array,
+                    hdrs: bytes | None = None) -> int:
+        """Deliver frames that lie back to back in `data` (lengths in `lens`, an
+        `array('I')`), each complete as it is (checksums filled: no offload header is
+        made for them) or with its first 10 virtio_net_hdr bytes in `hdrs`. What finds
+        no guest buffer waits in the backlog. The same as `send_frames` without a Python
+        step per frame: with the C helpers one call writes the whole batch. Returns how
+        many were not dropped, as `send_frames`."""
+        count = len(lens)
+        if not count:
+            return 0
+        if not isinstance(lens, array) or lens.itemsize != 4:
+            lens = array("I", lens)
+        total = _ffi.new("uint64_t *") if _lib is not None else None
+        if total is not None:
+            bad = _lib.vu_lens_check(_ffi.from_buffer("uint32_t[]", lens), count, MIN_FRAME, MAX_FRAME,
+                                     total)
+            nbytes = total[0]
+        else:  # pragma: no cover - only without the C build
+            bad = sum(not MIN_FRAME <= n <= MAX_FRAME for n in lens)
+            nbytes = sum(lens)
+        if nbytes > len(data) or (hdrs is not None and len(hdrs) != 10 * count):
+            raise ValueError(f"{count} frames of {nbytes} bytes (headers: "
+                             f"{None if hdrs is None else len(hdrs)}) in {len(data)} bytes")
+        rxq = self.queues[0]
+        if bad or not (_vq.USE_C and rxq.batched):
+            # per frame: the Python path, or lengths to refuse one by one
+            dropped = self._frame_drops()
+            mv = memoryview(data)
+            o = 0
+            good: list = []
+            heads: list = []
+            for i, ln in enumerate(lens):
+                if MIN_FRAME <= ln <= MAX_FRAME:
+                    good.append(mv[o:o + ln])
+                    heads.append(NO_OFFLOAD if hdrs is None else hdrs[10 * i:10 * i + 10])
+                else:
+                    self.drops["rx_bad_length"] += 1
+                o += ln
+            if good and _vq.USE_C and rxq.batched:
+                self._send_batch(b"".join(good), array("I", map(len, good)),
+                                 None if hdrs is None else b"".join(heads))
+            else:
+                for head, f in zip(heads, good, strict=True):
+                    self._send_one(head, f)
+            return max(0, count - (self._frame_drops() - dropped))
+        dropped = self._frame_drops()
+        self._send_batch(data, lens, hdrs, nbytes)
+        return max(0, count - (self._frame_drops() - dropped))
+
+    def _send_one(self, head: bytes, frame) -> None:
+        """One frame with a header of our own (the Python path of send_packed)."""
+        self.stats["guest_rx_frames"] += 1
+        self.stats["guest_rx_bytes"] += len(frame)
+        if self.on_frame is not None:
+            self.on_frame("guest-rx", memoryview(frame))
+        self._backlog_push(bytes(frame), array("I", [len(frame)]),
+                           None if head == NO_OFFLOAD else bytes(head))
+        self.flush_backlog()
+        self._trim_backlog()
+
+    def _frame_drops(self) -> int:
+        d = self.drops
+        return d["rx_bad_length"] + d["rx_buffer_too_small"] + d["rx_no_buffer"] + d["ring_error"]
+
+    def _send_batch(self, data, lens: array, hdrs: bytes | None,
+                    nbytes: int | None = None) -> None:
+        """Frames of valid lengths (`nbytes` in all), back to back in `data`, by
+        vu_rx_batch; what does not fit waits in the backlog as one chunk."""
+        rxq = self.queues[0]
+        count = len(lens)
+        if nbytes is None:
+            nbytes = sum(lens)
+        self.stats["guest_rx_frames"] += count
+        self.stats["guest_rx_bytes"] += nbytes
         if self.on_frame is not None:
             mv = memoryview(data)
             o = 0
@@ -585,69 +863,101 @@ class VirtioNetDevice:
                 o += ln
         if self._backlog:
             self.flush_backlog()
-        done = 0
+        chunk = _Chunk(data, lens, hdrs)
         if not self._backlog and rxq.ready and rxq.enabled:
-            done = self._fill_rx(rxq, data, lens, hdrs)
-        if done < len(good):
-            mv = memoryview(data)
-            o = sum(lens[:done])
-            for i in range(done, len(good)):
-                ln = lens[i]
-                head = NO_OFFLOAD if hdrs is None else hdrs[10 * i:10 * i + 10]
-                self._backlog.append((head, bytearray(mv[o:o + ln])))
-                self._backlog_bytes += ln
-                o += ln
-            while (len(self._backlog) > RX_BACKLOG_FRAMES
-                   or self._backlog_bytes > RX_BACKLOG_BYTES):
-                _, old = self._backlog.popleft()
-                self._backlog_bytes -= len(old)
-                self.drops["rx_no_buffer"] += 1
+            self._fill_chunk(rxq, chunk)
+        if chunk.left:
+            self._backlog_add(chunk.rest())
+            self._trim_backlog()
 
-    def _fill_rx(self, q: Virtqueue, data, lens: array, hdrs: bytes | None) -> int:
-        """Write frames (back to back in `data`) into RX buffers by vu_rx_batch, a frame
-        the C store cannot hold by `_write_rx`. Returns how many were consumed (written,
-        or dropped for a too small buffer); the rest wait for more buffers."""
+    # -- the backlog: frames waiting for RX buffers ------------------------------------
+    def _backlog_push(self, data: bytes, lens: array, hdrs: bytes | None) -> None:
+        self._backlog_add(_Chunk(data, lens, hdrs))
+
+    def _backlog_add(self, chunk: _Chunk) -> None:
+        self._backlog.append(chunk)
+        self._backlog_frames += chunk.left
+        self._backlog_bytes += len(chunk.data) - chunk.off
+
+    def _backlog_done(self, k: int, nbytes: int) -> None:
+        """`k` frames (`nbytes`) of the first chunk went to the guest, or were dropped."""
+        self._backlog_frames -= k
+        self._backlog_bytes -= nbytes
+        if not self._backlog[0].left:
+            self._backlog.popleft()
+
+    def _trim_backlog(self) -> None:
+        """Drop the oldest frames past RX_BACKLOG_FRAMES / RX_BACKLOG_BYTES (counted)."""
+        while (self._backlog_frames > RX_BACKLOG_FRAMES
+               or self._backlog_bytes > RX_BACKLOG_BYTES):
+            c = self._backlog[0]
+            frames, nbytes, k, gone = self._backlog_frames, self._backlog_bytes, 0, 0
+            for i in range(c.first, len(c.lens)):
+                if frames <= RX_BACKLOG_FRAMES and nbytes <= RX_BACKLOG_BYTES:
+                    break
+                ln = c.lens[i]
+                frames -= 1
+                nbytes -= ln
+                gone += ln
+                k += 1
+            c.first += k
+            c.off += gone
+            self._backlog_done(k, gone)
+            self.drops["rx_no_buffer"] += k
+
+    def backlog_entries(self) -> list[tuple[bytes, bytes]]:
+        """The frames waiting for RX buffers, oldest first, as (header, frame)."""
+        return [e for c in self._backlog for e in c.frames()]
+
+    @property
+    def backlog_frames(self) -> int:
+        return self._backlog_frames
+
+    def _fill_chunk(self, q: Virtqueue, chunk: _Chunk) -> tuple[int, int]:
+        """Write the chunk's frames into RX buffers by vu_rx_batch (a frame the C store
+        cannot hold by `_write_rx`) and move its start past them. Returns how many were
+        consumed (written, or dropped for a too small buffer) and their bytes; the rest
+        wait for more buffers."""
+        cdata, clens, chdrs = chunk.pointers()
+        lens, hdrs = chunk.lens, chunk.hdrs
         total = len(lens)
-        cdata = _ffi.cast("uint8_t *", _ffi.from_buffer(data))
-        clens = _ffi.cast("uint32_t *", _ffi.from_buffer(lens))
-        chdrs = _ffi.cast("uint8_t *", _ffi.from_buffer(hdrs)) if hdrs is not None else _ffi.NULL
-        outcome = _ffi.new("uint8_t[]", total)
-        done = 0
-        off = 0
+        done = first = chunk.first
+        off = off0 = chunk.off
         hdr = self.hdr_len
         while done < total and q.ready and q.enabled:
             k, bad, err, slow = q.fill_rx(cdata + off, clens + done, total - done,
                                           chdrs + 10 * done if hdrs is not None else chdrs,
-                                          hdr, self.mergeable, outcome + done)
+                                          hdr, self.mergeable)
+            cq = q._cq
             if k or bad:
                 self._dirty.add(q)
             if bad:
                 self.drops["rx_bad_address"] += bad
                 log.warning("guest RX buffer outside guest memory: guest address %#x",
-                            q._cq.err[0])
-            small = _ffi.buffer(outcome + done, k)[:].count(1)
-            if small:
-                self.drops["rx_buffer_too_small"] += small
-            off += sum(lens[done:done + k])
-            done += k
+                            cq.err[0])
+            if k:  # (the summary of the call that consumed them)
+                if cq.rx_small:
+                    self.drops["rx_buffer_too_small"] += cq.rx_small
+                off += cq.rx_bytes
+                done += k
             if err is not None:
                 self._ring_error(q, err)
                 break
             if not slow:
                 break
             ln = lens[done]
-            head = NO_OFFLOAD if hdrs is None else hdrs[10 * done:10 * done + 10]
-            if self._write_rx(q, head, memoryview(data)[off:off + ln]) is None:
+            if self._write_rx(q, chunk.header(done), memoryview(chunk.data)[off:off + ln]) is None:
                 break
             off += ln
             done += 1
-        return done
+        chunk.first, chunk.off = done, off
+        return done - first, off - off0
 
     def _send_with(self, length: int, fn):
         if length < MIN_FRAME or length > MAX_FRAME:
             self.drops["rx_bad_length"] += 1
             return fn(memoryview(bytearray(length)))
-        rxq = self._rx_queues()[0]
+        rxq = self._rxq0
         hdr = self.hdr_len
         # Fast path: no backlog and one buffer big enough: let fn write into guest memory.
         if not self._backlog and rxq.ready and rxq.enabled:
@@ -681,13 +991,10 @@ class VirtioNetDevice:
         result = fn(memoryview(buf))
         head = self._guest_header(buf)
         self._after_write(memoryview(buf))
-        self._backlog.append((head, buf))
-        self._backlog_bytes += length
+        self._backlog_push(bytes(buf), array("I", [length]),
+                           None if head == NO_OFFLOAD else head)
         self.flush_backlog()
-        while len(self._backlog) > RX_BACKLOG_FRAMES or self._backlog_bytes > RX_BACKLOG_BYTES:
-            _, dropped = self._backlog.popleft()
-            self._backlog_bytes -= len(dropped)
-            self.drops["rx_no_buffer"] += 1
+        self._trim_backlog()
         return result
 
     def _after_write(self, frame: memoryview) -> None:
@@ -701,25 +1008,26 @@ class VirtioNetDevice:
         return bool(self._backlog)
 
     def flush_backlog(self) -> None:
-        """Move waiting frames into RX buffers the guest has posted since."""
-        rxq = self._rx_queues()[0]
-        if self._backlog and _vq.USE_C and rxq.batched and rxq.ready and rxq.enabled:
-            entries = list(self._backlog)
-            heads = [h for h, _ in entries]
-            lens = array("I", [len(f) for _, f in entries])
-            plain = all(h is NO_OFFLOAD or h == NO_OFFLOAD for h in heads)
-            done = self._fill_rx(rxq, b"".join(f for _, f in entries), lens,
-                                 None if plain else b"".join(heads))
-            for _ in range(done):
-                _, frame = self._backlog.popleft()
-                self._backlog_bytes -= len(frame)
-            return
+        """Move waiting frames into RX buffers the guest has posted since: a chunk per
+        vu_rx_batch call with the C helpers, else frame by frame."""
+        rxq = self._rxq0
         while self._backlog and rxq.ready and rxq.enabled:
-            head, frame = self._backlog[0]
-            if self._write_rx(rxq, head, frame) is None:
+            c = self._backlog[0]
+            if _vq.USE_C and rxq.batched:
+                done, nbytes = self._fill_chunk(rxq, c)
+            else:
+                done = nbytes = 0
+                for head, frame in c.frames():
+                    if self._write_rx(rxq, head, frame) is None:
+                        break
+                    done += 1
+                    nbytes += len(frame)
+                c.first += done
+                c.off += nbytes
+            if done:
+                self._backlog_done(done, nbytes)
+            if c.left:
                 break
-            self._backlog.popleft()
-            self._backlog_bytes -= len(frame)
 
     def _write_rx(self, q: Virtqueue, head: bytes, frame) -> _Outcome | None:
         """Scatter the header and one frame into guest RX buffers (several with
@@ -831,6 +1139,7 @@ class VirtioNetDevice:
 
     def reset(self) -> None:
         self._backlog.clear()
+        self._backlog_frames = 0
         self._backlog_bytes = 0
         self._dirty.clear()
         self._pending_rx = None

@@ -54,7 +54,9 @@ class App(Protocol):
 
 class RawFrameApp:
     """The simplest App: hands every frame the guest sends to `handler(frame, device)`,
-    which may answer with `device.send(...)`. Used by `vhostnet serve --raw` and tests."""
+    which may answer with `device.send(...)`; without a handler it only counts them
+    (`VirtioNetDevice.discard_tx`: no frame reaches Python). Used by `vhostnet serve
+    --raw` and tests."""
 
     def __init__(self, handler: Callable[[bytes, VirtioNetDevice], None] | None = None):
         self.handler = handler
@@ -70,6 +72,9 @@ class RawFrameApp:
     def poll(self, now: float) -> float | None:
         dev = self.device
         if dev is None:
+            return None
+        if self.handler is None:
+            self.frames += dev.discard_tx(limit=4096)
             return None
 
         def one(frame: memoryview) -> None:
@@ -401,16 +406,26 @@ class VhostUserServer:
             for q in conn.backend.queues:
                 if not q.ready:
                     continue
+                # While a queue has work we come back to it ourselves: its notifications
+                # stay off (used.flags NO_NOTIFY; with EVENT_IDX avail_event is left
+                # behind), so a busy driver makes no kick syscall per batch. Only a
+                # queue found idle is armed, and looked at once more after arming.
                 if q.index % 2:  # TX: frames left unread, or new ones since we looked
                     if not q.serviceable:
                         continue  # not enabled yet: left alone until SET_VRING_ENABLE
+                    if q.has_avail():
+                        q.disable_notification()
+                        more = True
                     # enable_notification arms avail_event at the index it reads; chains
                     # published between has_avail and that read bring no kick: has_avail
                     # once more (against the index just read) catches them
-                    more = (q.has_avail() or q.enable_notification() or q.has_avail()
-                            or more)
+                    elif q.enable_notification() or q.has_avail():
+                        more = True
                 elif net.has_backlog:  # RX: frames waiting for buffers the guest adds
-                    if q.enable_notification():
+                    if q.avail_moved():  # posted since flush_backlog looked: try them
+                        q.disable_notification()
+                        more = True
+                    elif q.enable_notification():
                         more = True
                     else:
                         # buffers posted after flush_backlog looked but before

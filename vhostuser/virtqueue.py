@@ -139,6 +139,7 @@ class Virtqueue:
         self._pu = 0
         self._shadow_avail = 0
         self._signalled_used: int | None = None
+        self._armed: int | None = None  # the avail idx notifications were armed at
         self._pending = 0  # used entries pushed but not yet published
         # the C walker's view of the descriptor table and its output arrays
         self._cdesc = None
@@ -146,6 +147,7 @@ class Virtqueue:
         # the batch helpers' queue state (struct vu_vq): the ring pointers stay; the
         # indices are copied in and out once per batch call
         self._cq = None
+        self._cq_gen = -1  # the memory generation whose region table _cq holds
         self._cexports: list = []
 
     # -- configuration -------------------------------------------------------------
@@ -212,10 +214,12 @@ class Virtqueue:
             cq.addr, cq.len, cq.chains = store
             cq.cap = cap
             self._cq = cq
+            self._cq_gen = -1
             self._cexports = [cavail, cused, store]
         self._memory = memory
         self._mem_gen = memory.generation
         self._shadow_avail = self.last_avail_idx
+        self._armed = None
         # the driver saw exactly what the used ring says (we may be a restarted backend)
         self.used_idx = self._used16[1]
 
@@ -247,6 +251,7 @@ class Virtqueue:
         self.started = self.enabled = self.broken = self.polling = False
         self.disabled = False
         self._signalled_used = None
+        self._armed = None
         self._pending = 0
         self._shadow_avail = 0
 
@@ -260,6 +265,7 @@ class Virtqueue:
         if not self.started:
             self.started = True
             self._signalled_used = None
+            self._armed = None
 
     def stop(self) -> int:
         """GET_VRING_BASE: publish what was used, stop, return the next avail index."""
@@ -298,6 +304,11 @@ class Virtqueue:
             return True
         self._shadow_avail = self._avail_word(1)
         return self._shadow_avail != self.last_avail_idx
+
+    def avail_moved(self) -> bool:
+        """Whether the driver made buffers available since we last read the avail
+        index (not merely: some are unused, as has_avail)."""
+        return self.ready and self._avail_word(1) != self._shadow_avail
 
     def pop(self) -> Chain | None:
         """The next available chain, validated, or None. RingError marks the queue
@@ -400,14 +411,15 @@ class Virtqueue:
 
     def _cq_in(self):
         cq = self._cq
-        regs, nregs = self._memory.c_table()
-        cq.regs = regs
-        cq.nregs = nregs
-        cq.indirect_ok = self.indirect
-        cq.last_avail = self.last_avail_idx
-        cq.shadow_avail = self._shadow_avail
-        cq.used_idx = self.used_idx
-        cq.popped = cq.pushed = cq.bad = 0
+        mem = self._memory
+        if mem.generation != self._cq_gen or self.indirect != cq.indirect_ok:
+            # the region table (rebuilt when the memory table changes) and the features
+            regs, nregs = mem.c_table()
+            cq.regs = regs
+            cq.nregs = nregs
+            cq.indirect_ok = self.indirect
+            self._cq_gen = mem.generation
+        _lib.vu_enter(cq, self.last_avail_idx, self._shadow_avail, self.used_idx)
         return cq
 
     def _cq_out(self, cq) -> None:
@@ -433,6 +445,18 @@ class Virtqueue:
         self._cq_out(cq)
         return k, cq.status
 
+    def discard_tx(self, b, limit: int, hdr: int, max_total: int, drops) -> tuple[int, int, int]:
+        """Pop, check and complete up to `limit` TX chains without handing their frames
+        on (see vu_tx_discard), drops by kind added to `drops`. Returns (chains
+        completed, drops among them, their frames' bytes, status as pop_tx_batch's)."""
+        if not self.ready:
+            return 0, 0, 0, 0
+        cq = self._cq_in()
+        k = _lib.vu_tx_discard(cq, limit, hdr, max_total, b.scratch, b.scratch_size, b.size,
+                               b.heads, b.kind, b.off, b.flen, b.aux, b.vhdr, drops)
+        self._cq_out(cq)
+        return k, cq.tx_drops, cq.tx_bytes, cq.status
+
     def batch_failed(self, status: int) -> RingError:
         """Mark the queue broken for the rule a batch call reported; the error to raise
         (the C call leaves its arguments in the state until the next batch call)."""
@@ -457,15 +481,16 @@ class Virtqueue:
             _lib.vu_push_zero(cq, heads, count)
             self._cq_out(cq)
 
-    def fill_rx(self, data, lens, count: int, hdrs, hdr: int, mergeable: bool,
-                outcome) -> tuple[int, int, RingError | None, bool]:
+    def fill_rx(self, data, lens, count: int, hdrs, hdr: int,
+                mergeable: bool) -> tuple[int, int, RingError | None, bool]:
         """Write `count` frames into RX buffers (see vu_rx_batch). Returns (frames
         consumed, buffers outside guest memory, the RingError that stopped it or None,
-        whether the next frame needs the per-frame path)."""
+        whether the next frame needs the per-frame path); the consumed frames' bytes and
+        too-small drops are left in `_cq.rx_bytes` / `_cq.rx_small`."""
         if not self.ready:
             return 0, 0, None, False
         cq = self._cq_in()
-        k = _lib.vu_rx_batch(cq, hdr, mergeable, data, lens, count, hdrs, outcome)
+        k = _lib.vu_rx_batch(cq, hdr, mergeable, data, lens, count, hdrs, _ffi.NULL)
         self._cq_out(cq)
         status = cq.status
         if status == _lib.VU_RX_SLOW:
@@ -518,16 +543,22 @@ class Virtqueue:
             return False
         seen = self._avail_word(1)
         self._shadow_avail = seen
+        if seen == self._armed:
+            return False  # armed at this index and nothing published since: still armed
         if self.event_idx:
             self._set_used_word(2 + 4 * self.size, seen)
         else:
             self._set_used_word(0, 0)
+        self._armed = seen
         fence()
         return self._avail_word(1) != seen
 
     def disable_notification(self) -> None:
-        if self.ready and not self.event_idx:
+        """While we come back to the queue ourselves: no kicks (used.flags NO_NOTIFY;
+        with EVENT_IDX avail_event is simply not moved on, so it falls behind)."""
+        if self.ready and not self.event_idx and self._armed is not None:
             self._set_used_word(0, VIRTQ_USED_F_NO_NOTIFY)
+            self._armed = None
 
 
 def _walk_error(code: int, err, n: int) -> Exception:

@@ -974,7 +974,7 @@ def test_15_never_refilled_rx_bounded_backlog(fe, server, sock_path):
     for i in range(2000):
         server.inject(frame_of(1500, i))
     wait_for(lambda: be.net.drops["rx_no_buffer"] >= 2000 - 256, what="drops counted")
-    assert len(be.net._backlog) <= 256
+    assert be.net.backlog_frames <= 256
     assert be.net._backlog_bytes <= 4 << 20
     # everything else keeps working: TX, control messages
     fe.send_frame(frame_of(140))
