@@ -409,6 +409,11 @@ class VhostUserBackend:
     def _h_rem_mem_reg(self, msg: Message) -> None:
         msg.close_fds()  # allowed for compatibility, never used
         region = unpack_single_region(msg.payload)
+        held = [r for r in self.memory.regions
+                if r.guest_phys_addr == region.guest_phys_addr and r.refs > 1]
+        if held:  # another queue pair's device still holds it: nothing moves
+            self.memory.remove_region(region)
+            return
         self.net.flush()  # as for SET_MEM_TABLE
         for q in self.queues:
             q.unmap()

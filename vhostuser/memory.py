@@ -39,6 +39,10 @@ class Region:
     view: memoryview | None = field(default=None, repr=False)
     # the view exported to cffi (C helpers' host pointer); released before the view
     cbuf: object = field(default=None, repr=False)
+    # the file behind it (st_dev, st_ino), and how many ADD_MEM_REGs hold it: QEMU runs a
+    # vhost device per queue pair over one connection, and each adds every region
+    ident: tuple[int, int] | None = None
+    refs: int = 1
 
     @property
     def gpa_end(self) -> int:
@@ -103,7 +107,7 @@ def map_region(desc: MemRegion, fd: int) -> Region:
         raise InvalidRequest(f"cannot map memory region of {total:#x} bytes: {e}") from None
     view = memoryview(m)[desc.mmap_offset:total]
     return Region(desc.guest_phys_addr, desc.memory_size, desc.userspace_addr,
-                  desc.mmap_offset, m, view)
+                  desc.mmap_offset, m, view, ident=(st.st_dev, st.st_ino))
 
 
 def _overlaps(a0: int, a1: int, b0: int, b1: int) -> bool:
@@ -156,23 +160,49 @@ class GuestMemory:
         self.regions = new
         self.generation += 1
 
-    def add_region(self, desc: MemRegion, fd: int) -> None:
+    def add_region(self, desc: MemRegion, fd: int) -> bool:
+        """ADD_MEM_REG. A region equal to one we hold (same addresses, size, offset and
+        file) only counts one more holder: QEMU's vhost device for each further queue
+        pair sends the whole table again over the same connection. Returns whether the
+        table changed. Anything else overlapping is refused."""
+        same = self._same(desc, fd)
+        if same is not None:
+            same.refs += 1
+            return False
         if len(self.regions) >= MAX_SLOTS:
             raise InvalidRequest(f"no free memory slot (max {MAX_SLOTS})")
         self.check_new([desc], self.regions)
         self.regions.append(map_region(desc, fd))
         self.generation += 1
+        return True
 
-    def remove_region(self, desc: MemRegion) -> None:
+    def _same(self, desc: MemRegion, fd: int) -> Region | None:
+        for r in self.regions:
+            if (r.guest_phys_addr == desc.guest_phys_addr and r.size == desc.memory_size
+                    and r.userspace_addr == desc.userspace_addr
+                    and r.mmap_offset == desc.mmap_offset):
+                try:
+                    st = os.fstat(fd)
+                except OSError:
+                    return None
+                return r if r.ident == (st.st_dev, st.st_ino) else None
+        return None
+
+    def remove_region(self, desc: MemRegion) -> bool:
+        """REM_MEM_REG: one holder fewer; the region goes with its last holder. Returns
+        whether the table changed."""
         for r in self.regions:
             if (r.guest_phys_addr == desc.guest_phys_addr and r.size == desc.memory_size
                     and r.userspace_addr == desc.userspace_addr):
+                if r.refs > 1:
+                    r.refs -= 1
+                    return False
                 self.regions.remove(r)
                 if self._last is r:
                     self._last = None
                 self.generation += 1
                 r.unmap()
-                return
+                return True
         raise InvalidRequest(f"no memory region at guest {desc.guest_phys_addr:#x} "
                              f"size {desc.memory_size:#x} to remove")
 

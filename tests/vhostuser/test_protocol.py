@@ -802,11 +802,38 @@ def test_mem_slots_add_and_remove(h):
     before = nfds()
     h.ok(R.ADD_MEM_REG, pack_single_region(extra.describe()), [extra.fd])
     assert len(h.be.memory.regions) == 2
-    assert h.ack(R.ADD_MEM_REG, pack_single_region(extra.describe()), [extra.fd]) != 0
     h.ok(R.REM_MEM_REG, pack_single_region(extra.describe()), [extra.fd])
     assert len(h.be.memory.regions) == 1
     assert all(q.mapped for q in h.be.queues)
     assert nfds() == before
+
+
+def test_mem_slots_the_same_region_from_each_queue_pair(h):
+    """QEMU runs a vhost device per queue pair over one connection and each sends every
+    region with ADD_MEM_REG: the same region (same file) again is one more holder, and
+    goes with the last REM_MEM_REG. The same addresses backed by another file, or an
+    overlapping region, are still refused."""
+    h.connect()
+    h.start()
+    extra = h.mem.add_region(64 * MiB, MiB)
+    desc = pack_single_region(extra.describe())
+    for _ in range(3):
+        h.ok(R.ADD_MEM_REG, desc, [extra.fd])
+    assert len(h.be.memory.regions) == 2
+    other = os.memfd_create("other")
+    try:
+        os.ftruncate(other, MiB)
+        assert h.ack(R.ADD_MEM_REG, desc, [other]) != 0
+        bigger = MemRegion(64 * MiB, 2 * MiB, extra.describe().userspace_addr, 0)
+        assert h.ack(R.ADD_MEM_REG, pack_single_region(bigger), [extra.fd]) != 0
+    finally:
+        os.close(other)
+    for left in (2, 2, 1):
+        h.ok(R.REM_MEM_REG, desc)
+        assert len(h.be.memory.regions) == left
+    assert all(q.mapped for q in h.be.queues)
+    h.tx(frame_of(100, 1))
+    assert h.drain() == [frame_of(100, 1)]
 
 
 @pytest.mark.parametrize("req", ["set-mem-table", "rem-mem-reg"])
