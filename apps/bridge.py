@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import os
 import sys
 from collections import Counter
 
@@ -163,12 +162,12 @@ had no RX buffers for (guest_not_ready, guest_no_buffer)."""
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Register `vhostnet bridge` on the CLI's subparsers."""
-    from apps.cli import _add_backend_args
+    from apps.common import add_backend_args
 
     p = sub.add_parser("bridge", help="put a VM's NIC on a host TAP (optionally in a netns)",
                        description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_backend_args(p)
+    add_backend_args(p)
     tap = p.add_argument_group("the TAP")
     tap.add_argument("--tap", metavar="NAME", required=False,
                      help="the TAP interface (created, unless --existing; at most 15 bytes)")
@@ -217,20 +216,18 @@ def _open_tap(args: argparse.Namespace):
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:
-    from apps.cli import QEMU_HINT, _capabilities, _setup_logging
+    from apps.common import check_mtu, print_capabilities, qemu_hint, setup_logging
 
     if args.print_capabilities:
-        import json
-
-        print(json.dumps(_capabilities(), indent=2))
-        return 0
+        return print_capabilities(args.queues, offloads=False)
     if not args.tap:
         return _fail("--tap NAME is required (see vhostnet bridge --help)")
     if not 1 <= args.queues <= 127:
         return _fail("--queues must be 1..127")
-    if not 68 <= args.mtu <= 65535:
-        return _fail("--mtu must be 68..65535")
-    _setup_logging(args.log_level)
+    bad = check_mtu(args.mtu)
+    if bad is not None:
+        return _fail(bad)
+    setup_logging(args.log_level)
     from vhostuser.backend import DEFAULT_FEATURES, BackendConfig
     from vhostuser.server import VhostUserServer, install_signal_handlers
 
@@ -255,15 +252,9 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     try:
         server.add_reader(tap.fileno())
         install_signal_handlers(server)
-        queues = f",queues={args.queues}" if args.queues > 1 else ""
-        mq = ",mq=on" if args.queues > 1 else ""
-        if path:
-            print(QEMU_HINT.format(path=os.path.abspath(path), chardev_mode=",reconnect=1",
-                                   queues=queues, mq=mq), flush=True)
-        elif args.connect:
-            print(QEMU_HINT.format(path=os.path.abspath(args.connect),
-                                   chardev_mode=",server=on,wait=off", queues=queues, mq=mq),
-                  flush=True)
+        if path or args.connect:
+            print(qemu_hint(path or args.connect, server=not path, queues=args.queues,
+                            mtu=args.mtu), flush=True)
         where = f" in network namespace {args.netns}" if args.netns else ""
         ns = f"ip -n {args.netns} " if args.netns else "ip "
         print(f"\nThe guest's NIC is bridged to TAP {tap.name}{where} (mtu {args.mtu}"

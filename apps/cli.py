@@ -3,81 +3,38 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 
-from vhostuser.backend import DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES, BackendConfig
-from vhostuser.features import Feature
-from vhostuser.protocol import ProtocolFeature, feature_names
+from apps.common import (
+    add_backend_args,
+    check_mtu,
+    print_capabilities,
+    qemu_hint,
+    setup_logging,
+    silence_stdout,
+)
+from vhostuser.backend import BackendConfig
 
 log = logging.getLogger("vhostnet")
 
-QEMU_HINT = """\
-Attach a QEMU VM to this backend with:
-
-  qemu-system-x86_64 ... \\
-    -object memory-backend-memfd,id=mem,size=256M,share=on -machine memory-backend=mem \\
-    -chardev socket,id=c0,path={path}{chardev_mode} \\
-    -netdev vhost-user,id=n0,chardev=c0{queues} \\
-    -device virtio-net-pci,netdev=n0,vectors=0{mq}
-
-(share=on memory is required: we map the guest's RAM. vectors=0 keeps the NIC on INTx:
-QEMU 7.2 under TCG crashes in msix_set_vector_notifiers with MSI-X; with KVM or newer QEMU
-you may drop it.)"""
-
-
-def _add_backend_args(p: argparse.ArgumentParser) -> None:
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--socket-path", metavar="PATH",
-                      help="listen on this unix socket; QEMU connects to it "
-                           "(-chardev socket,path=PATH,reconnect=1). Default: ./vhostnet.sock")
-    mode.add_argument("--connect", metavar="PATH",
-                      help="connect to QEMU listening on PATH (-chardev socket,server=on); "
-                           "retried until it is there and after it restarts")
-    mode.add_argument("--fd", type=int, metavar="N",
-                      help="use inherited fd N (a listening or connected unix socket)")
-    p.add_argument("--queues", type=int, default=1, metavar="N",
-                   help="queue pairs offered to the guest (multiqueue, default 1)")
-    p.add_argument("--mtu", type=int, default=1500, help="MTU offered to the guest (default 1500)")
-    p.add_argument("--print-capabilities", action="store_true",
-                   help="print the backend capabilities as JSON and exit")
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"], help="default: info")
-    p.add_argument("--log-format", default="plain", choices=["plain", "json"],
-                   help="plain text lines (default), or one JSON object per line "
-                        "(ts, level, logger, msg) for log collectors")
-
-
-def _capabilities() -> dict:
-    return {
-        "type": "net",
-        "features": feature_names(DEFAULT_FEATURES, Feature),
-        "protocol-features": feature_names(DEFAULT_PROTOCOL_FEATURES, ProtocolFeature),
-    }
-
-
-def _setup_logging(level: str, fmt: str = "plain") -> None:
-    if fmt == "json":
-        from apps.control import setup_logging  # JSON lines: ts, level, logger, msg
-
-        setup_logging(level, fmt)
-        return
-    logging.basicConfig(level=getattr(logging, level.upper()),
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.print_capabilities:
-        print(json.dumps(_capabilities(), indent=2))
-        return 0
-    _setup_logging(args.log_level, args.log_format)
+        return print_capabilities(args.queues, offloads=not args.raw)
+    setup_logging(args.log_level, args.log_format)
     from vhostuser.server import RawFrameApp, VhostUserServer, install_signal_handlers
 
     if not 1 <= args.queues <= 127:
         print("vhostnet: --queues must be 1..127", file=sys.stderr)
+        return 2
+    bad = check_mtu(args.mtu)
+    if bad is None and not args.raw:
+        try:
+            _stack_config(args).check()
+        except ValueError as e:
+            bad = str(e)
+    if bad is not None:
+        print(f"vhostnet: {bad}", file=sys.stderr)
         return 2
     if args.pcap_rotate is not None and args.raw:
         print("vhostnet: --pcap-rotate needs the stack (not --raw)", file=sys.stderr)
@@ -126,20 +83,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     install_signal_handlers(server)
     # with --pcap -, stdout carries the capture only: the hints go to stderr
     out = sys.stderr if getattr(args, "pcap", None) == "-" else sys.stdout
-    queues = f",queues={args.queues}" if args.queues > 1 else ""
-    mq = ",mq=on" if args.queues > 1 else ""
     if path:
-        print(QEMU_HINT.format(path=os.path.abspath(path), chardev_mode=",reconnect=1",
-                               queues=queues, mq=mq), flush=True, file=out)
+        print(qemu_hint(path, queues=args.queues, mtu=args.mtu), flush=True, file=out)
     elif args.connect:
-        print(QEMU_HINT.format(path=os.path.abspath(args.connect),
-                               chardev_mode=",server=on,wait=off", queues=queues, mq=mq),
+        print(qemu_hint(args.connect, server=True, queues=args.queues, mtu=args.mtu),
               flush=True, file=out)
     if stack is not None:
         c = stack.config
-        print(f"\nThe stack: {c.address} (mac {c.mac}, mtu {c.mtu}); DNS {c.dns_address} "
+        print(f"\nThe stack: {c.address} (mac {c.mac}, mtu {c.mtu}); DNS {c.dns_ip} "
               f"(gateway.vhostnet, dns.vhostnet{''.join(', ' + r for r in c.dns_records)}); "
-              + (f"DHCP leases from {c.dhcp_start}; " if c.dhcp else "no DHCP; ")
+              + (f"DHCP leases from {c.dhcp_first}; " if c.dhcp else "no DHCP; ")
               + "UDP echo on 7, udpserver on 5555; TCP echo on 7, discard on 9, chargen on 19, "
               "echoserver on 5555, HTTP on 80.", flush=True, file=out)
     log.info("serving vhost-user net on %s", path or args.connect or f"fd {args.fd}")
@@ -200,12 +153,16 @@ def _stack_config(args: argparse.Namespace):
     if start:
         cfg.dhcp_start = start
     if count:
-        cfg.dhcp_count = int(count)
+        try:
+            cfg.dhcp_count = int(count)
+        except ValueError:
+            raise ValueError(f"--dhcp-range {args.dhcp_range}: COUNT must be a "
+                             "number") from None
     return cfg
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     from apps.demo import main as demo_main
 
     return demo_main(accel=args.accel, keep=args.keep, pcap=args.pcap)
@@ -236,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                "reconnect=1 \\\n    -netdev vhost-user,id=n0,chardev=c0 "
                "-device virtio-net-pci,netdev=n0,vectors=0",
     )
-    _add_backend_args(serve)
+    add_backend_args(serve)
     serve.add_argument("--log-frames", action="store_true",
                        help="with --raw: log a line for every frame the guest sends")
     serve.add_argument("--raw", action="store_true",
@@ -247,13 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-control", action="store_true", help="no control socket")
     st = serve.add_argument_group("the stack (what the guest sees)")
     st.add_argument("--address", default="10.0.2.2/24",
-                    help="our address and prefix on the guest's link (default 10.0.2.2/24)")
-    st.add_argument("--dns-address", default="10.0.2.3",
-                    help="the DNS server address we answer on (default 10.0.2.3)")
+                    help="our address and prefix on the guest's link (default 10.0.2.2/24); "
+                         "the defaults below follow it, as slirp's net= does")
+    st.add_argument("--dns-address", default=None,
+                    help="the DNS server address we answer on, on our link (default: the "
+                         "network's .3, 10.0.2.3)")
     st.add_argument("--mac", default="52:55:0a:00:02:02",
                     help="our MAC address (default 52:55:0a:00:02:02)")
     st.add_argument("--dhcp-range", metavar="START[,COUNT]",
-                    help="first address leased (and how many); default 10.0.2.15 to .254")
+                    help="first address leased (and how many); default the network's .15 "
+                         "(10.0.2.15) to the end of the network")
     st.add_argument("--no-dhcp", action="store_true", help="do not run the DHCP server")
     st.add_argument("--ipv6-prefix", default="fd00:10:0:2::/64", type=_ipv6_prefix,
                     metavar="PREFIX/LEN",
@@ -273,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
                     metavar="tcp|udp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT",
                     help="forward a host port to the guest, as QEMU's -netdev user,hostfwd= "
                          "(repeatable); HOSTADDR defaults to 127.0.0.1, GUESTADDR to the "
-                         "first DHCP lease (10.0.2.15); IPv6 addresses in brackets; e.g. "
+                         "first DHCP lease (10.0.2.15 by default); IPv6 addresses in brackets; e.g. "
                          "tcp::8080-:80, tcp:[::1]:8080-[fd00:10:0:2::15]:80")
     serve.set_defaults(func=cmd_serve)
 
@@ -324,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `vhostnet status | head -3`: the reader had enough
+        silence_stdout()
+        return 0
 
 
 if __name__ == "__main__":

@@ -308,6 +308,10 @@ class ControlServer:
                 out.update(_stack_status(stack))
             out["faults"] = self.faults()
             out["captures"] = sum(1 for c in self.clients.values() if c.hook is not None)
+            pcap = getattr(self.app, "pcap", None)
+            out["pcap"] = {"writing": pcap is not None,
+                           "frames": pcap.frames if pcap is not None else None,
+                           "stopped": getattr(self.app, "pcap_error", None)}
         return out
 
 
@@ -687,6 +691,11 @@ def format_status(st: dict) -> str:
         lines.append(f"  device: {_counters(dev['stats'])}")
         lines.append(f"  drops: {_counters(dev['drops'])}")
         lines.append(f"  backend: {_counters(dev['backend_counters'])}")
+    pcap = st.get("pcap") or {}
+    if pcap.get("stopped"):
+        lines.append(f"pcap: stopped ({pcap['stopped']}); the traffic went on")
+    elif pcap.get("writing"):
+        lines.append(f"pcap: writing, {pcap['frames']} frames")
     if "interface" in st:
         i = st["interface"]
         v6 = st.get("ipv6") or {}

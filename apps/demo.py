@@ -53,7 +53,7 @@ class Demo:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         c = self.stack.config
         extra = f"; capturing to {self.pcap}" if self.pcap else ""
-        return f"listening on {self.socket_path}; stack {c.address}, DNS {c.dns_address}{extra}"
+        return f"listening on {self.socket_path}; stack {c.address}, DNS {c.dns_ip}{extra}"
 
     def step_guest(self) -> str:
         image = GuestImage.default()

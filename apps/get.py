@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 import threading
 import time
@@ -44,7 +43,7 @@ http://."""
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Register `vhostnet get` on the CLI's subparsers."""
-    from apps.cli import _add_backend_args
+    from apps.common import add_backend_args
 
     p = sub.add_parser("get", help="fetch a URL from a server inside the guest, through our stack",
                        description=DESCRIPTION, epilog=EPILOG,
@@ -60,23 +59,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "(default 300: a guest under TCG boots slowly)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="give up when the server is silent this long (default 30)")
-    _add_backend_args(p)
+    add_backend_args(p)
     p.set_defaults(func=cmd_get)
     return p
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from apps.cli import QEMU_HINT, _capabilities, _setup_logging
+    from apps.common import check_mtu, print_capabilities, qemu_hint, setup_logging
     from apps.http import parse_url
     from apps.serve import make_server
     from vhostuser.backend import BackendConfig
 
     if args.print_capabilities:
-        import json
-
-        print(json.dumps(_capabilities(), indent=2))
-        return 0
-    _setup_logging(args.log_level)
+        return print_capabilities(args.queues)
+    bad = check_mtu(args.mtu)
+    if bad is not None:
+        return _fail(bad)
+    setup_logging(args.log_level)
     try:
         parse_url(args.url)
     except ValueError as e:
@@ -92,9 +91,8 @@ def cmd_get(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         return _fail(f"cannot serve: {e}")
     if path or args.connect:
-        mode = ",reconnect=1" if path else ",server=on,wait=off"
-        print(QEMU_HINT.format(path=os.path.abspath(path or args.connect), chardev_mode=mode,
-                               queues="", mq=""), file=report, flush=True)
+        print(qemu_hint(path or args.connect, server=not path, queues=args.queues,
+                        mtu=args.mtu), file=report, flush=True)
     loop = threading.Thread(target=server.serve_forever, name="vhost-user", daemon=True)
     loop.start()
     try:

@@ -34,6 +34,7 @@ class StackApp:
         self.faults: FaultInjector | None = None
         # callables (direction, frame) fed every frame at the virtqueue (control capture)
         self.frame_hooks: list[Callable[[str, memoryview], None]] = []
+        self.pcap_error: str | None = None  # why the capture stopped, if it did
         self.control = None  # the ControlServer, when make_server was given `control`
         self.hostfwd = None  # the HostForwarder, when make_server was given `hostfwd`
 
@@ -95,11 +96,34 @@ class StackApp:
         def on_frame(direction: str, frame) -> None:
             if sink is not None:
                 # guest-tx is what the stack receives ("rx"), guest-rx what it sends
-                sink.write(frame, time.monotonic(), "rx" if direction == "guest-tx" else "tx")
+                try:
+                    sink.write(frame, time.monotonic(),
+                               "rx" if direction == "guest-tx" else "tx")
+                except (OSError, ValueError) as e:
+                    self._capture_failed(sink, e)
             for fn in tuple(hooks):
                 fn(direction, frame)
 
         self.device.on_frame = on_frame
+
+    def _capture_failed(self, sink: PcapSink, e: Exception) -> None:
+        """The pcap sink cannot be written (its reader exited: EPIPE; a full disk): the
+        capture stops, the traffic goes on. One log line; `status` shows it."""
+        if self.pcap is not sink:
+            return
+        self.pcap = None
+        self.pcap_error = f"{type(e).__name__}: {e}"
+        log.error("pcap capture stopped after %d frames: %s; the guest's traffic goes on",
+                  sink.frames, self.pcap_error)
+        try:
+            sink.close()
+        except (OSError, ValueError):
+            pass
+        if sink.path is None:  # standard output: nobody reads it any more
+            from apps.common import silence_stdout
+
+            silence_stdout()
+        self._sync_frame_hook()
 
     def poll(self, now: float):
         return self.stack.runtime.poll(now)
@@ -134,7 +158,7 @@ def make_server(*, stack_config: StackConfig | None = None, backend: BackendConf
         from apps.hostfwd import HostForwarder
 
         try:
-            app.hostfwd = HostForwarder(stack.runtime, hostfwd, stack.config.dhcp_start)
+            app.hostfwd = HostForwarder(stack.runtime, hostfwd, str(stack.config.dhcp_first))
         except (OSError, ValueError):
             if app.control is not None:
                 app.control.close()

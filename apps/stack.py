@@ -30,16 +30,26 @@ from netstack.wire.ethernet import EthernetAddress
 from netstack.wire.ipv4 import Ipv4Cidr
 from netstack.wire.ipv6 import Ipv6Cidr
 
+MIN_MTU = 68  # IPv4's minimum (RFC 791)
+MIN_MTU_IPV6 = 1280  # RFC 8200 §5
+MAX_MTU = 65535  # virtio-net's mtu field, and IPv4's total length
+
 
 @dataclass
 class StackConfig:
+    """What the guest sees. Addresses left None follow `address`, as libslirp's `net=`
+    does: the DNS server is the network's .3 (10.0.2.3 in 10.0.2.0/24; our own address
+    when the network is too small), DHCP leases from its .15, and the names
+    gateway.vhostnet and dns.vhostnet (and their PTR records) point at them. `check()`
+    says in one line what is wrong with a config; `build_stack` calls it."""
+
     address: str = "10.0.2.2/24"
-    dns_address: str = "10.0.2.3"
+    dns_address: str | None = None  # None: derived (see above); "": our own address
     mac: str = "52:55:0a:00:02:02"
     mtu: int = 1500
     dhcp: bool = True
-    dhcp_start: str = "10.0.2.15"
-    dhcp_count: int | None = None
+    dhcp_start: str | None = None  # None: derived
+    dhcp_count: int | None = None  # None: up to the last host address
     lease_time: int = 3600
     dns_records: list[str] = field(default_factory=list)  # NAME=ADDR
     apps: bool = True
@@ -49,6 +59,79 @@ class StackConfig:
     @property
     def interface(self) -> ipaddress.IPv4Interface:
         return ipaddress.IPv4Interface(self.address)
+
+    @property
+    def dns_ip(self) -> ipaddress.IPv4Address:
+        """The address our DNS server answers on."""
+        if self.dns_address:
+            return ipaddress.IPv4Address(self.dns_address)
+        iface = self.interface
+        if self.dns_address is None:
+            net = iface.network
+            for k in (3, 4):
+                cand = net.network_address + k
+                if cand != iface.ip and cand < net.broadcast_address:
+                    return cand
+        return iface.ip
+
+    @property
+    def dhcp_first(self) -> ipaddress.IPv4Address:
+        """The first address the DHCP server leases (and hostfwd's default target)."""
+        if self.dhcp_start:
+            return ipaddress.IPv4Address(self.dhcp_start)
+        net, taken = self.interface.network, {self.interface.ip, self.dns_ip}
+        first = net.network_address + 15 if net.num_addresses > 32 else net.network_address + 1
+        while first < net.broadcast_address and first in taken:
+            first += 1
+        return first
+
+    def check(self) -> None:
+        """ValueError naming the option and what is wrong, for the first problem found."""
+        if "/" not in self.address:
+            raise ValueError(f"--address {self.address}: give our address with its prefix "
+                             f"length, e.g. {self.address}/24")
+        try:
+            iface = self.interface
+        except ValueError as e:
+            raise ValueError(f"--address {self.address}: {e}") from None
+        net = iface.network
+        if net.prefixlen > 30:
+            raise ValueError(f"--address {self.address}: a /{net.prefixlen} leaves no room "
+                             "for the guest; use /30 or shorter")
+        if iface.ip in (net.network_address, net.broadcast_address):
+            raise ValueError(f"--address {self.address}: that is the network's "
+                             f"{'network' if iface.ip == net.network_address else 'broadcast'}"
+                             " address, not a host address")
+        lo = MIN_MTU_IPV6 if self.ipv6 else MIN_MTU
+        if not lo <= self.mtu <= MAX_MTU:
+            why = (f"{lo}..{MAX_MTU}" + (f" ({MIN_MTU}.. with --no-ipv6: IPv6 needs "
+                                          f"{MIN_MTU_IPV6})" if self.ipv6 else ""))
+            raise ValueError(f"--mtu {self.mtu}: must be {why}")
+        try:
+            dns = self.dns_ip
+        except ValueError as e:
+            raise ValueError(f"--dns-address {self.dns_address}: {e}") from None
+        if dns not in net or dns in (net.network_address, net.broadcast_address):
+            raise ValueError(f"--dns-address {dns}: not a host address in {net}, our link "
+                             "(the guest reaches our DNS server there)")
+        if self.dhcp:
+            try:
+                first = self.dhcp_first
+            except ValueError as e:
+                raise ValueError(f"--dhcp-range {self.dhcp_start}: {e}") from None
+            if first not in net or first in (net.network_address, net.broadcast_address):
+                raise ValueError(f"--dhcp-range {first}: not a host address in {net}")
+            if first == iface.ip:
+                raise ValueError(f"--dhcp-range {first}: that is our own address")
+            room = int(net.broadcast_address) - int(first)
+            if self.dhcp_count is not None and not 1 <= self.dhcp_count <= room:
+                raise ValueError(f"--dhcp-range {first},{self.dhcp_count}: {room} "
+                                 f"addresses from {first} to the end of {net}")
+        if self.ipv6:
+            try:
+                _ = self.ipv6_network
+            except ValueError as e:
+                raise ValueError(f"--ipv6-prefix {self.ipv6_prefix}: {e}") from None
 
     @property
     def ipv6_network(self) -> ipaddress.IPv6Network:
@@ -101,10 +184,12 @@ def build_stack(config: StackConfig | None = None) -> Stack:
     """The interface, its services and the runtime; the caller attaches a device (the
     vhost-user server drives `runtime` as its App, or `runtime.start()` runs it alone)."""
     config = config or StackConfig()
+    config.check()
     net = config.interface
+    dns_ip = config.dns_ip
     addrs = [Ipv4Cidr(net.ip, net.network.prefixlen)]
-    if config.dns_address and ipaddress.IPv4Address(config.dns_address) != net.ip:
-        addrs.append(Ipv4Cidr(ipaddress.IPv4Address(config.dns_address), net.network.prefixlen))
+    if dns_ip != net.ip:
+        addrs.append(Ipv4Cidr(dns_ip, net.network.prefixlen))
     mac = EthernetAddress.parse(config.mac)
     addrs6: list[Ipv6Cidr] = []
     if config.ipv6:
@@ -117,11 +202,11 @@ def build_stack(config: StackConfig | None = None) -> Stack:
     dhcp = None
     if config.dhcp:
         dhcp = DhcpServer(DhcpServerConfig(
-            server_ip=net.ip, subnet=net.network, pool_start=config.dhcp_start,
+            server_ip=net.ip, subnet=net.network, pool_start=config.dhcp_first,
             pool_size=config.dhcp_count, router=net.ip,
-            dns_servers=(config.dns_address or str(net.ip),), lease_time=config.lease_time))
+            dns_servers=(dns_ip,), lease_time=config.lease_time))
         sockets.add(DhcpServerSocket(dhcp))
-    dns = DnsResponder()
+    dns = DnsResponder(records={"gateway.vhostnet": [net.ip], "dns.vhostnet": [dns_ip]})
     if config.ipv6:
         dns.add_record(f"gateway.{dns.domain}", config.ipv6_address)
         dns.add_record(f"dns.{dns.domain}", config.ipv6_dns_address)

@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from netstack.iface.interface import Interface
+from netstack.ratelog import LogLimiter
 from netstack.socket.set import Socket, SocketSet
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Runtime:
         self._sel: selectors.BaseSelector | None = None
         self._dev_fd: int | None = None
         self._released: list[int] = []
+        self._errlog = LogLimiter(log)
 
     # -- the App shape (driven by an external loop) ---------------------------------------
     def attach(self, device) -> None:
@@ -78,9 +80,10 @@ class Runtime:
                 return None
             try:
                 self.iface.poll(now, device, self.sockets)
-            except Exception:  # a bug; keep serving, but say so
+            except Exception as e:  # a bug; keep serving, but say so (not once a frame)
                 self.stats["poll_errors"] += 1
-                log.exception("netstack: interface poll failed")
+                self._errlog.error((type(e), str(e)[:200]), "netstack: interface poll "
+                                   "failed: %s: %s", type(e).__name__, e, exc_info=True)
             if self._released:
                 self._reap(now)
             at = self.iface.poll_at(now, self.sockets)

@@ -46,6 +46,34 @@ except ImportError:  # pragma: no cover - only without the C build
 
 log = logging.getLogger(__name__)
 
+
+class _OncePerInterval(logging.Filter):
+    """A guest can make every frame it sends a bad one: each kind of warning (its message
+    template) passes at most once per `interval` seconds, with the count of the ones held
+    back since; the drop counters count them all."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = str(record.msg)
+        last = self._last.get(key)
+        if last is not None and record.created - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        self._last[key] = record.created
+        held = self._held.pop(key, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like it since)"
+        return True
+
+
+_warn_limit = _OncePerInterval()
+log.addFilter(_warn_limit)
+
 ETH_HLEN = 14
 MIN_FRAME = ETH_HLEN
 # The largest frame either side may hand over: a 64 KiB TSO segment plus headers.

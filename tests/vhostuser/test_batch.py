@@ -393,3 +393,28 @@ def test_send_packed_refuses_inconsistent_lengths():
     with pytest.raises(ValueError):
         g.dev.send_packed(bytes(120), array("I", [60, 60]), hdrs=bytes(10))
     assert g.dev.send_packed(b"", array("I")) == 0
+
+
+@pytest.mark.parametrize("use_c", [True, False])
+def test_a_bad_buffer_per_frame_is_one_log_line_and_a_counter(use_c, caplog):
+    """A guest whose every TX buffer lies outside its memory: every frame is dropped and
+    counted, and the log gets one line, not one per frame."""
+    import logging
+
+    import vhostuser.net
+
+    vhostuser.net._warn_limit._last.clear()  # (another test's line may be recent)
+    virtqueue.USE_C = use_c
+    try:
+        g = Guest(MRG)
+        with caplog.at_level(logging.WARNING, logger="vhostuser.net"):
+            for _ in range(20):
+                for _ in range(QSIZE // 2):
+                    g.post(1, g.chain(1, [(GAP, 100, 0)]))
+                assert g.dev.drain_tx(lambda f: None) == 0
+                g.dev.flush()
+        assert g.dev.drops["tx_bad_address"] == 20 * QSIZE // 2
+        lines = [r for r in caplog.records if "outside guest memory" in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+    finally:
+        virtqueue.USE_C = virtqueue.HAVE_C

@@ -18,13 +18,14 @@ import pytest
 
 from tests.vhostuser.conftest import RecordingApp, ServerThread, make_frontend
 from tests.vhostuser.test_protocol import frame_of
+from vhostuser.features import Feature
 from vhostuser.frontend import (
     DEFAULT_PROTOCOL_FEATURES,
     FrontendError,
     GuestMemoryArea,
     NetFrontend,
 )
-from vhostuser.protocol import Message, ProtocolFeature, Request, pack_mem_table
+from vhostuser.protocol import Message, ProtocolFeature, Request, feature_names, pack_mem_table
 from vhostuser.server import VhostUserServer
 
 VHOSTNET = str(Path(sys.executable).with_name("vhostnet"))
@@ -151,12 +152,42 @@ def procs():
 
 
 def test_print_capabilities():
-    out = subprocess.run([VHOSTNET, "serve", "--print-capabilities"], capture_output=True,
-                         text=True, timeout=20, check=True).stdout
-    caps = json.loads(out)
-    assert caps["type"] == "net"
-    assert "F_VERSION_1" in caps["features"]
-    assert "REPLY_ACK" in caps["protocol-features"]
+    """The vhost-user backend program convention (type "net"), and in x-vhostnet what
+    GET_FEATURES will answer with these options: offloads with the stack, MQ with
+    --queues > 1 (it said neither)."""
+    from vhostuser.backend import BackendConfig, VhostUserBackend
+
+    def caps(*argv: str) -> dict:
+        out = subprocess.run([VHOSTNET, *argv, "--print-capabilities"], capture_output=True,
+                             text=True, timeout=20, check=True).stdout
+        return json.loads(out)
+
+    c = caps("serve")
+    assert c["type"] == "net"
+    ours = c["x-vhostnet"]
+    assert {"F_VERSION_1", "NET_F_CSUM", "NET_F_HOST_TSO4", "NET_F_GUEST_TSO6",
+            "F_IN_ORDER"} <= set(ours["features"])
+    assert "NET_F_MQ" not in ours["features"]
+    assert "REPLY_ACK" in ours["protocol-features"]
+    c4 = caps("serve", "--queues", "4")["x-vhostnet"]
+    assert "NET_F_MQ" in c4["features"] and c4["queue-pairs"] == 4
+    offered = VhostUserBackend(BackendConfig(queue_pairs=4)).features_offered
+    assert set(c4["features"]) == set(feature_names(offered, Feature))
+    assert "NET_F_CSUM" not in caps("serve", "--raw")["x-vhostnet"]["features"]
+    assert "NET_F_CSUM" not in caps("bridge")["x-vhostnet"]["features"]
+
+
+@pytest.mark.parametrize("argv", [["serve", "--print-capabilities"], ["--help"],
+                                  ["serve", "--help"], ["bridge", "--print-capabilities"],
+                                  ["status", "--control", "/nonexistent.ctl"]])
+def test_output_into_a_closed_pipe_exits_quietly(argv):
+    """`vhostnet serve --print-capabilities | head -3`: the output meets a closed pipe
+    (here a reader that is gone before we write: `| true`); no BrokenPipeError
+    traceback, and no 'Exception ignored' when Python flushes stdout at exit."""
+    p = subprocess.run(f"{VHOSTNET} {' '.join(argv)} | true", shell=True,
+                       capture_output=True, text=True, timeout=30)
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+    assert "Exception ignored" not in p.stderr, p.stderr
 
 
 def test_serve_prints_qemu_options_and_sigterm_under_traffic(tmp_path, procs):
