@@ -76,12 +76,38 @@ class TapBridge:
         self.batch = batch
         self.device = None
         self.counters: Counter[str] = Counter()
+        # callables (direction, frame) fed every frame at the virtqueue (`vhostnet capture`)
+        self.frame_hooks: list = []
 
     # -- App -------------------------------------------------------------------------
     def attach(self, device) -> None:
         self.device = device
+        self._sync_frame_hook()
         log.info("guest attached: frames flow between its NIC and TAP %s",
                  getattr(self.tap, "name", "?"))
+
+    def add_frame_hook(self, fn) -> None:
+        self.frame_hooks.append(fn)
+        self._sync_frame_hook()
+
+    def remove_frame_hook(self, fn) -> None:
+        if fn in self.frame_hooks:
+            self.frame_hooks.remove(fn)
+        self._sync_frame_hook()
+
+    def _sync_frame_hook(self) -> None:
+        if self.device is None:
+            return
+        hooks = self.frame_hooks
+        if not hooks:
+            self.device.on_frame = None
+            return
+
+        def on_frame(direction: str, frame) -> None:
+            for fn in tuple(hooks):
+                fn(direction, frame)
+
+        self.device.on_frame = on_frame
 
     def detach(self) -> None:
         self.device = None
@@ -168,6 +194,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_backend_args(p)
+    p.add_argument("--control", metavar="PATH",
+                   help="the control socket `vhostnet status|capture` talk to (default: the "
+                        "socket path + .ctl, e.g. vhostnet.sock.ctl)")
+    p.add_argument("--no-control", action="store_true", help="no control socket")
     tap = p.add_argument_group("the TAP")
     tap.add_argument("--tap", metavar="NAME", required=False,
                      help="the TAP interface (created, unless --existing; at most 15 bytes)")
@@ -248,7 +278,19 @@ def cmd_bridge(args: argparse.Namespace) -> int:
                                  app=bridge)
     except (OSError, ValueError) as e:
         tap.close()
-        return _fail(f"cannot serve: {e}")
+        return _fail(f"cannot serve: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
+    control = None
+    if not args.no_control:
+        from apps.control import ControlServer, default_control_path
+
+        ctl = args.control or default_control_path(path or args.connect
+                                                   or f"vhostnet-fd{args.fd}")
+        try:
+            control = ControlServer(server, bridge, ctl)
+        except OSError as e:
+            server.close()
+            tap.close()
+            return _fail(f"cannot open the control socket {ctl}: {e.strerror or e}")
     try:
         server.add_reader(tap.fileno())
         install_signal_handlers(server)
@@ -262,8 +304,13 @@ def cmd_bridge(args: argparse.Namespace) -> int:
               + f"). Inspect it with: {ns}addr show {tap.name}", flush=True)
         log.info("bridging vhost-user net on %s to TAP %s%s",
                  path or args.connect or f"fd {args.fd}", tap.name, where)
+        if control is not None:
+            log.info("control socket %s (vhostnet status/capture --control %s)",
+                     control.path, control.path)
         server.serve_forever()
     finally:
+        if control is not None:
+            control.close()
         server.remove_reader(tap.fileno())
         server.close()
         tap.close()

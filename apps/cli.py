@@ -78,7 +78,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             control = app.control
             hostfwd = app.hostfwd
     except (OSError, ValueError) as e:
-        print(f"vhostnet: cannot serve: {e}", file=sys.stderr)
+        print(f"vhostnet: cannot serve: "
+              f"{e.strerror if isinstance(e, OSError) and e.strerror else e}", file=sys.stderr)
         return 1
     install_signal_handlers(server)
     # with --pcap -, stdout carries the capture only: the hints go to stderr

@@ -51,6 +51,7 @@ import errno
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import sys
@@ -302,12 +303,12 @@ class ControlServer:
                 "drops": dict(net.drops),
                 "backend_counters": dict(be.counters),
             }
+        out["captures"] = sum(1 for c in self.clients.values() if c.hook is not None)
         stack = getattr(self.app, "stack", None)
         if stack is not None:
             with stack.runtime.lock:
                 out.update(_stack_status(stack))
             out["faults"] = self.faults()
-            out["captures"] = sum(1 for c in self.clients.values() if c.hook is not None)
             pcap = getattr(self.app, "pcap", None)
             out["pcap"] = {"writing": pcap is not None,
                            "frames": pcap.frames if pcap is not None else None,
@@ -767,6 +768,19 @@ def _format_ipv6(v6: dict) -> list[str]:
     return lines
 
 
+# the injector's knobs by the option that sets them (what the user typed is what they read)
+FAULT_OPTIONS = {"drop": "--loss", "delay": "--delay", "reorder": "--reorder",
+                 "duplicate": "--duplicate", "corrupt": "--corrupt", "max_size": "--max-size",
+                 "seed": "--seed", "rate_limit": "--rate"}
+
+
+def _user_words(text: str) -> str:
+    """An injector message or knob list in the options' words ("drop" is --loss)."""
+    for knob, opt in sorted(FAULT_OPTIONS.items(), key=lambda kv: -len(kv[0])):
+        text = re.sub(rf"\b{knob}\b", opt.lstrip("-"), text)
+    return text
+
+
 def cmd_faults(args: argparse.Namespace) -> int:
     knobs: dict = {}
     for name, knob in (("loss", "drop"), ("delay", "delay"), ("reorder", "reorder"),
@@ -790,11 +804,13 @@ def cmd_faults(args: argparse.Namespace) -> int:
         with ControlClient(_path(args)) as c:
             faults = c.request(req)["faults"]
     except ControlError as e:
-        return _fail(str(e))
+        return _fail(_user_words(str(e)))
     if args.json:
         print(json.dumps(faults, indent=2))
     elif faults["enabled"]:
-        print(f"faults ON: {_counters(faults['knobs'])}")
+        shown = {FAULT_OPTIONS.get(k, k).lstrip("-"): v for k, v in faults["knobs"].items()
+                 if k not in ("interval", "corrupt_skip")}
+        print(f"faults ON: {_counters(shown)}")
         for d, label in (("rx", "guest -> stack"), ("tx", "stack -> guest")):
             if faults["stats"]:
                 print(f"  {label}: {_counters(faults['stats'][d])}")

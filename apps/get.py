@@ -9,6 +9,7 @@ status, size, SHA-256, time and throughput. Exit status 0 for a 2xx answer, else
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import sys
 import threading
@@ -89,7 +90,11 @@ def cmd_get(args: argparse.Namespace) -> int:
             socket_path=path, connect_path=args.connect, fd=args.fd,
             backend=BackendConfig(queue_pairs=args.queues, mtu=args.mtu))
     except (OSError, ValueError) as e:
-        return _fail(f"cannot serve: {e}")
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:
+            why += (" (vhostnet get runs a backend of its own for the VM to attach to; it "
+                    "cannot use a running `vhostnet serve`: give get a free --socket-path)")
+        return _fail(f"cannot serve: {why}")
     if path or args.connect:
         print(qemu_hint(path or args.connect, server=not path, queues=args.queues,
                         mtu=args.mtu), file=report, flush=True)

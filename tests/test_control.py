@@ -336,7 +336,7 @@ def test_cli_status(served, guest):
 def test_cli_faults(served, guest):
     r = vhostnet("faults", "--control", served.ctl, "--loss", "1", "--delay", "0.01")
     assert r.returncode == 0, r.stderr
-    assert "faults ON" in r.stdout and "drop=1.0" in r.stdout
+    assert "faults ON" in r.stdout and "loss=1.0" in r.stdout and "drop=" not in r.stdout
     guest.send_frame(arp_request())
     assert arp_replies(guest, timeout=0.5) == 0
     r = vhostnet("faults", "--control", served.ctl)
@@ -346,7 +346,8 @@ def test_cli_faults(served, guest):
     guest.send_frame(arp_request())
     assert arp_replies(guest) == 1
     r = vhostnet("faults", "--control", served.ctl, "--loss", "3")
-    assert r.returncode == 1 and "probability" in r.stderr
+    assert r.returncode == 1 and "loss must be a probability" in r.stderr, r.stderr
+    assert "drop " not in r.stderr
 
 
 def test_cli_capture_with_filter_and_count(served, guest):

@@ -745,14 +745,14 @@ class VirtioNetDevice:
 
     # -- us → guest ------------------------------------------------------------------
     def transmit(self, now: float = 0.0) -> TxToken | None:
-        """netstack Device: room for a frame to the guest, or None when the link is down
-        (no RX queue started) or the backlog is full."""
+        """netstack Device: room for a frame to the guest, or None when the backlog is
+        full. Before the guest has started its RX queue (a fresh attach: it has posted
+        no buffers yet) frames wait in the backlog and go out when it does, as with a
+        guest that is slow to post buffers; they were dropped as tx_device_busy."""
         if self._backlog_frames >= RX_BACKLOG_FRAMES:
             self.flush_backlog()
             if self._backlog_frames >= RX_BACKLOG_FRAMES:
                 return None
-        if not self._rxq0.started:
-            return None
         return TxToken(self)
 
     def send(self, frame: bytes | bytearray | memoryview) -> bool:

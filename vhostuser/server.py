@@ -224,9 +224,16 @@ class VhostUserServer:
                 raise OSError(errno.EADDRINUSE, f"another process serves {path}")
             finally:
                 probe.close()
+            log.info("removed %s: a socket file nobody listened on (a backend that died)",
+                     path)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(path)
-        s.listen(4)
+        try:
+            s.bind(path)
+            s.listen(4)
+        except OSError as e:
+            s.close()
+            hint = " (its directory must exist)" if e.errno == errno.ENOENT else ""
+            raise OSError(e.errno, f"cannot listen on {path}: {e.strerror}{hint}") from None
         return s
 
     # -- connections -----------------------------------------------------------------
