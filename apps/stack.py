@@ -171,11 +171,13 @@ class Stack:
             t.start()
             self.app_threads.append(t)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 1.0) -> None:
+        """Ask the apps to stop and wait for them up to `timeout` seconds in all (they
+        look at the stop event every half second; they are daemon threads, so a process
+        that is exiting need not wait at all)."""
         self.stop_event.set()
         self.runtime.wake()
-        # one deadline for all (they are daemon threads): SIGTERM must end us within 2 s
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + timeout
         for t in self.app_threads:
             t.join(max(0.0, deadline - time.monotonic()))
 

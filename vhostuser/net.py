@@ -783,6 +783,7 @@ class VirtioNetDevice:
         if not (_vq.USE_C and rxq.batched):
             for f in frames:
                 self.send(f)
+            self._publish_rx()
             return max(0, len(frames) - (self._frame_drops() - dropped))
         good = []
         for f in frames:
@@ -806,6 +807,7 @@ class VirtioNetDevice:
             data = good[0] if len(good) == 1 else b"".join(good)
             hdrs = None
         self._send_batch(data, lens, hdrs)
+        self._publish_rx()
         return max(0, len(frames) - (self._frame_drops() - dropped))
 
     def send_packed(self, data: bytes | bytearray | memoryview, lens: array,
@@ -853,10 +855,22 @@ class VirtioNetDevice:
             else:
                 for head, f in zip(heads, good, strict=True):
                     self._send_one(head, f)
+            self._publish_rx()
             return max(0, count - (self._frame_drops() - dropped))
         dropped = self._frame_drops()
         self._send_batch(data, lens, hdrs, nbytes)
+        self._publish_rx()
         return max(0, count - (self._frame_drops() - dropped))
+
+    def _publish_rx(self) -> None:
+        """Make what a batch wrote visible at once, so the driver takes it (and posts
+        buffers again) while we go on; the interrupt it may want is still decided once
+        per batch, by `flush`. (Publishing only at flush, once per service pass, held
+        the frames back from a polling driver: 64-byte frames to DPDK's testpmd went
+        from 3.5 to ~9 M/s.)"""
+        q = self._rxq0
+        if q in self._dirty:
+            q.publish()
 
     def _send_one(self, head: bytes, frame) -> None:
         """One frame with a header of our own (the Python path of send_packed)."""
@@ -1056,6 +1070,7 @@ class VirtioNetDevice:
                 self._backlog_done(done, nbytes)
             if c.left:
                 break
+        self._publish_rx()
 
     def _write_rx(self, q: Virtqueue, head: bytes, frame) -> _Outcome | None:
         """Scatter the header and one frame into guest RX buffers (several with
@@ -1156,7 +1171,8 @@ class VirtioNetDevice:
             return 0
         dirty, self._dirty = self._dirty, set()
         for q in dirty:
-            if q.publish() and q.call_fd is not None and q.should_notify():
+            q.publish()
+            if q.take_unsignalled() and q.call_fd is not None and q.should_notify():
                 try:
                     os.eventfd_write(q.call_fd, 1)
                     q.stats.notified += 1

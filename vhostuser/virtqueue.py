@@ -141,6 +141,7 @@ class Virtqueue:
         self._signalled_used: int | None = None
         self._armed: int | None = None  # the avail idx notifications were armed at
         self._pending = 0  # used entries pushed but not yet published
+        self._unsignalled = False  # published since the last interrupt decision
         # the C walker's view of the descriptor table and its output arrays
         self._cdesc = None
         self._caddr = self._clen = self._cnread = self._cerr = None
@@ -253,6 +254,7 @@ class Virtqueue:
         self._signalled_used = None
         self._armed = None
         self._pending = 0
+        self._unsignalled = False
         self._shadow_avail = 0
 
     def set_base(self, base: int) -> None:
@@ -516,7 +518,14 @@ class Virtqueue:
             return False
         self._set_used_word(1, self.used_idx)
         self._pending = 0
+        self._unsignalled = True
         return True
+
+    def take_unsignalled(self) -> bool:
+        """Whether used entries were published since the last call (the caller then
+        decides on one interrupt for all of them with `should_notify`)."""
+        was, self._unsignalled = self._unsignalled, False
+        return was
 
     def should_notify(self) -> bool:
         """After publishing: does the driver want an interrupt for what we used?"""
