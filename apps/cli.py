@@ -158,7 +158,11 @@ def _stack_config(args: argparse.Namespace):
     start, _, count = (args.dhcp_range or "").partition(",")
     cfg = StackConfig(address=args.address, dns_address=args.dns_address, mac=args.mac,
                       mtu=args.mtu, dhcp=not args.no_dhcp, dns_records=list(args.dns_record),
-                      ipv6=not args.no_ipv6, ipv6_prefix=args.ipv6_prefix)
+                      ipv6=not args.no_ipv6, ipv6_prefix=args.ipv6_prefix,
+                      tcp_fin_timeout=args.tcp_fin_timeout,
+                      tcp_orphan_retries=args.tcp_orphan_retries,
+                      tcp_max_orphans=args.tcp_max_orphans,
+                      tcp_max_tw_buckets=args.tcp_max_tw_buckets, max_sockets=args.max_sockets)
     if start:
         cfg.dhcp_start = start
     if count:
@@ -232,6 +236,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="IPv4 only: no IPv6 addresses, router advertisements or DHCPv6")
     st.add_argument("--dns-record", action="append", default=[], metavar="NAME=ADDR",
                     help="an extra A/AAAA record (repeatable), e.g. host.vhostnet=10.0.2.50")
+    lim = serve.add_argument_group(
+        "limits (what a hostile or broken peer may hold; Linux's names and meanings)")
+    lim.add_argument("--tcp-fin-timeout", type=float, default=60.0, metavar="SECONDS",
+                     help="an orphan in FIN-WAIT-2 (closed by its app, the peer never sends "
+                          "its FIN) is closed after this long (default 60)")
+    lim.add_argument("--tcp-orphan-retries", type=int, default=8, metavar="N",
+                     help="an orphan in FIN-WAIT-1/CLOSING/LAST-ACK gives up after N "
+                          "retransmissions or zero-window probes (default 8; 0 means 8)")
+    lim.add_argument("--tcp-max-orphans", type=int, default=16384, metavar="N",
+                     help="more orphans than this and the oldest is reset (default 16384)")
+    lim.add_argument("--tcp-max-tw-buckets", type=int, default=16384, metavar="N",
+                     help="more TIME-WAIT sockets than this and the oldest is closed at once "
+                          "(default 16384)")
+    lim.add_argument("--max-sockets", type=int, default=131072, metavar="N",
+                     help="the socket table's size: one more gets EMFILE (default 131072)")
     st.add_argument("--pcap", metavar="FILE",
                     help="capture every frame at the virtqueue (classic pcap; .pcapng for "
                          "pcapng with directions; a FIFO streams live to wireshark -k -i)")

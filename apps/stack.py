@@ -22,6 +22,7 @@ from netstack.runtime import Runtime
 from netstack.socket.dhcp_server import DhcpServer, DhcpServerConfig
 from netstack.socket.dhcpv6_server import Dhcpv6Server, Dhcpv6ServerConfig, Dhcpv6ServerSocket
 from netstack.socket.dns_responder import DnsResponder, parse_record_spec
+from netstack.socket.limits import Limits
 from netstack.socket.router_adv import RouterAdvConfig, RouterAdvertiser
 from netstack.socket.services import DhcpServerSocket, DnsServerSocket
 from netstack.socket.set import SocketSet
@@ -55,6 +56,17 @@ class StackConfig:
     apps: bool = True
     ipv6: bool = True
     ipv6_prefix: str = "fd00:10:0:2::/64"  # we are ::2, the DNS server ::3
+    # what a hostile or broken peer may hold (netstack.socket.limits, Linux's names)
+    tcp_fin_timeout: float = 60.0
+    tcp_orphan_retries: int = 8
+    tcp_max_orphans: int = 16384
+    tcp_max_tw_buckets: int = 16384
+    max_sockets: int = 131072
+
+    def limits(self) -> Limits:
+        return Limits(fin_timeout=self.tcp_fin_timeout, orphan_retries=self.tcp_orphan_retries,
+                      max_orphans=self.tcp_max_orphans, max_tw_buckets=self.tcp_max_tw_buckets,
+                      max_sockets=self.max_sockets)
 
     @property
     def interface(self) -> ipaddress.IPv4Interface:
@@ -132,6 +144,14 @@ class StackConfig:
                 _ = self.ipv6_network
             except ValueError as e:
                 raise ValueError(f"--ipv6-prefix {self.ipv6_prefix}: {e}") from None
+        try:
+            self.limits()
+        except ValueError as e:
+            field = str(e).split()[0]
+            opt = {"fin_timeout": "--tcp-fin-timeout", "orphan_retries": "--tcp-orphan-retries",
+                   "max_orphans": "--tcp-max-orphans", "max_tw_buckets": "--tcp-max-tw-buckets",
+                   "max_sockets": "--max-sockets"}.get(field, field)
+            raise ValueError(f"{opt}: {e}") from None
 
     @property
     def ipv6_network(self) -> ipaddress.IPv6Network:
@@ -200,7 +220,7 @@ def build_stack(config: StackConfig | None = None) -> Stack:
                   Ipv6Cidr(config.ipv6_dns_address, net6.prefixlen)]
     iface = Interface(InterfaceConfig(hardware_addr=mac, ip_addrs=addrs, ipv6=config.ipv6,
                                       ipv6_addrs=addrs6, ipv6_router=True, accept_ra=False))
-    sockets = SocketSet()
+    sockets = SocketSet(config.limits())
     dhcp = None
     if config.dhcp:
         dhcp = DhcpServer(DhcpServerConfig(

@@ -7,8 +7,10 @@
 - echoserver on port 5555, as ArceOS's example app: each line comes back reversed.
 
 `serve_tcp` is their common accept loop: a thread per connection, at most `max_connections`
-at a time (more wait in the listener's backlog). When `stop` is set it stops accepting and
-closes every open connection, which ends their threads.
+at a time (more wait in the listener's backlog). A read or a write that waits
+`idle_timeout` resets the connection (a client that sends and never reads held 2 MiB and
+a slot forever). When `stop` is set it stops accepting and closes every open connection,
+which ends their threads.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 POLL = 0.5  # how often a waiting accept loop looks at `stop`
-IDLE_TIMEOUT = 300.0  # a connection silent this long is closed
+IDLE_TIMEOUT = 300.0  # a read or write that waits this long resets the connection
 MAX_LINE = 64 * 1024  # the echoserver reverses longer lines in pieces of this size
 # Socket buffers of the apps' connections. The TCG guest acknowledges slowly, so the bytes
 # in flight, not our CPU, bound a download: 1 MiB took `bench vm` from ~3.4 to ~4.5 Gbit/s
@@ -45,7 +47,13 @@ def serve_tcp(runtime: Runtime, stop: threading.Event, port: int,
     def run(stream: TcpStream) -> None:
         try:
             with stream:
-                handle(stream)
+                try:
+                    handle(stream)
+                except TimeoutError:
+                    # idle: a read or a write waited `idle_timeout` (a peer that stops
+                    # reading holds our buffers, and a slot, until then): reset it
+                    stream.set_linger_abort(True)
+                    raise
         except OSError as e:
             log.debug("%s on port %d: %s", handle.__name__, port, e)
         finally:
@@ -65,6 +73,7 @@ def serve_tcp(runtime: Runtime, stop: threading.Event, port: int,
                 slots.release()
                 continue
             stream.set_read_timeout(idle_timeout)
+            stream.set_write_timeout(idle_timeout)  # a peer that stops reading, too
             with lock:
                 streams.add(stream)
             threading.Thread(target=run, args=(stream,), daemon=True,

@@ -73,6 +73,7 @@ from netstack.socket import udp as _udp
 from netstack.socket.errors import (
     AddrInUse,
     BufferFull,
+    TableFull,
     TooLarge,
     Unaddressable,
 )
@@ -387,7 +388,7 @@ class UdpSocket(_Waitable):
         sock = _udp.UdpSocket(PacketBuffer(rx_packets, rx_bytes), PacketBuffer(tx_packets, tx_bytes))
         with runtime.lock:
             _check_local(runtime, ip)
-            handle = runtime.sockets.add(sock)
+            handle = _add(runtime, sock)
             try:
                 sock.bind((ip, port), v6only=v6only)
             except AddrInUse:
@@ -541,6 +542,15 @@ def tcp_error(what: str) -> OSError:
     return cls(code, text)
 
 
+def _add(runtime: Runtime, sock) -> int:
+    """Add to the runtime's table (lock held); a full table is EMFILE, as when a process
+    has opened all the files it may."""
+    try:
+        return runtime.sockets.add(sock)
+    except TableFull as e:
+        raise OSError(errno.EMFILE, f"Too many open sockets: {e}") from None
+
+
 def _tcp_port_in_use(runtime: Runtime, ip: IpAddress, port: int, reuse_addr: bool,
                      remote=None, v6only: bool = False) -> bool:
     """Does a TCP socket of the runtime hold `port` on `ip` (the dual-stack rules of
@@ -548,7 +558,13 @@ def _tcp_port_in_use(runtime: Runtime, ip: IpAddress, port: int, reuse_addr: boo
     connection to the same `remote` clashes; without it any open socket on the port
     (TIME-WAIT included) does."""
     ip = _addr.unmap(ip)
-    for other in runtime.sockets.of_kind("tcp"):
+    if remote is not None and reuse_addr:
+        # with SO_REUSEADDR only a listener or the same connection clashes: look those up
+        conns, listeners = runtime.sockets.tcp_lookup(port, remote[0], remote[1])
+        candidates = (*conns, *listeners)
+    else:
+        candidates = tuple(runtime.sockets.tcp_ports.get(port, ()))  # this port only
+    for other in candidates:
         if not other.is_open:
             continue
         ep = other.local_endpoint
@@ -653,7 +669,7 @@ class TcpStream(_Waitable):
                 lip = src
             if lport and _tcp_port_in_use(runtime, lip, lport, reuse_addr, (rip, rport)):
                 raise OSError(errno.EADDRINUSE, "Address already in use")
-            handle = runtime.sockets.add(sock)
+            handle = _add(runtime, sock)
             try:
                 sock.connect(runtime.clock(), (lip, lport), (rip, rport))
             except AddrInUse:
@@ -970,7 +986,7 @@ class TcpListener(_Waitable):
                 listener.listen((ip, port), backlog, v6only=v6only)
             except Unaddressable as e:
                 raise OSError(errno.EINVAL, str(e)) from None
-            handle = runtime.sockets.add(listener)
+            handle = _add(runtime, listener)
             obj = cls(runtime, listener, handle)
             obj._v6 = ip.version == 6
             if readiness is not None:

@@ -58,7 +58,8 @@ class Runtime:
         self._wake_fd: int | None = None
         self._sel: selectors.BaseSelector | None = None
         self._dev_fd: int | None = None
-        self._released: list[int] = []
+        self._released: set[int] = set()  # handles their applications let go of
+        self._reap_check: list[int] = []  # released handles to look at on the next poll
         self._errlog = LogLimiter(log)
 
     # -- the App shape (driven by an external loop) ---------------------------------------
@@ -84,7 +85,7 @@ class Runtime:
                 self.stats["poll_errors"] += 1
                 self._errlog.error((type(e), str(e)[:200]), "netstack: interface poll "
                                    "failed: %s: %s", type(e).__name__, e, exc_info=True)
-            if self._released:
+            if self._reap_check or self.sockets.closed:
                 self._reap(now)
             at = self.iface.poll_at(now, self.sockets)
             dev_poll_at = getattr(device, "poll_at", None)
@@ -127,20 +128,37 @@ class Runtime:
         is removed by `poll` once `is_open` is False and `poll_at` is None."""
         with self.lock:
             if handle in self.sockets:
-                self._released.append(handle)
+                self._released.add(handle)
+                self._reap_check.append(handle)
+                orphan = getattr(self.sockets.get(handle), "orphan", None)
+                if orphan is not None:  # TCP: no longer waits forever on its peer
+                    orphan(self.clock())
         self.wake()
 
     def _reap(self, now: float) -> None:
-        keep = []
-        for handle in self._released:
-            if handle not in self.sockets:
+        """Remove the released sockets that are done: each is looked at when released
+        and when it enters CLOSED (SocketSet.closed), never in a scan of all of them."""
+        sockets = self.sockets
+        check, self._reap_check = self._reap_check, []
+        if sockets.closed:
+            released = self._released
+            for sock in sockets.closed:
+                h = sockets.handle_of(sock)
+                if h in released:
+                    check.append(h)
+            sockets.closed = []
+        for handle in check:
+            if handle not in sockets:
+                self._released.discard(handle)
                 continue
-            sock = self.sockets.get(handle)
-            if getattr(sock, "is_open", False) or sock.poll_at(now) is not None:
-                keep.append(handle)
-            else:
-                self.sockets.remove(handle)
-        self._released = keep
+            sock = sockets.get(handle)
+            if getattr(sock, "is_open", False):
+                continue  # it comes back through `closed`
+            if sock.poll_at(now) is not None:
+                self._reap_check.append(handle)  # a last RST to send: next poll
+                continue
+            sockets.remove(handle)
+            self._released.discard(handle)
 
     def udp_bind(self, addr=("0.0.0.0", 0), **kwargs):
         """A std::net-style `netstack.net.UdpSocket` bound to `addr` = (host, port) ("::":

@@ -399,8 +399,10 @@ def test_status_and_capture_reach_a_bridge(netns, tmp_path):
         wait_path(Path(f"{sock}.ctl"), bridge)
         fe = make_frontend(str(sock))
         try:
+            # (the kernel behind the TAP sends its own frames too: IPv6 DAD, MLD)
             cap = subprocess.Popen([sys.executable, "-m", "apps.cli", "capture",
-                                    "--socket-path", str(sock), "--count", "1"], cwd=REPO,
+                                    "--socket-path", str(sock), "--count", "1",
+                                    "--filter", "arp"], cwd=REPO,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             deadline = time.monotonic() + 10
             st = {}

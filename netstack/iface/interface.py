@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING
 
 from netstack.iface.ipv6 import Ipv6Layer
 from netstack.iface.reassembly import Ipv4Reassembler
-from netstack.socket.tcp.socket import TcpSocket
 from netstack.socket.tcp.socket import rst_reply as _tcp_rst_reply
 from netstack.wire import Error
 from netstack.wire.arp import ArpOperation, ArpPacket, ArpRepr
@@ -71,7 +70,7 @@ DHCP_CLIENT_PORT = 68
 
 ETH_HEADER_LEN = 14
 IP_HEADER_LEN = 20
-FULL_SCAN_INTERVAL = 0.05  # seconds: every socket is visited at least this often when polled
+SWEEP_PER_POLL = 16  # sockets visited in turn each poll beyond those with work
 ARP_FRAME_LEN = ETH_HEADER_LEN + 28
 _ETHERTYPE_IPV4 = b"\x08\x00"
 _ETHERTYPE_ARP = b"\x08\x06"
@@ -298,7 +297,6 @@ class Interface(Ipv6Layer):
         self._tcp_sig: tuple = ()
         self._tso_max: int | None = None
         self._ipv6_offload = False
-        self._next_full_scan = now
         self.set_ip_addrs(config.ip_addrs)
         self.set_default_gateway(config.default_gateway)
         for cidr, via in config.routes:
@@ -409,11 +407,10 @@ class Interface(Ipv6Layer):
 
         self._tx_blocked = False
         emit = self._socket_emit
-        if now >= self._next_full_scan:  # a safety net for a change nobody announced
-            sockets.all_dirty = True
-            self._next_full_scan = now + FULL_SCAN_INTERVAL
-        due = sockets.due(now)
-        dirty, sched = sockets.dirty, sockets.sched
+        # a few more sockets in turn each poll: a bounded safety net for a change
+        # nobody announced (it was a visit of every socket every 50 ms)
+        due = sockets.due(now, SWEEP_PER_POLL)
+        dirty, schedule = sockets.dirty, sockets.schedule
         budget = self.tx_budget
         for i, sock in enumerate(due):
             self._budget = budget
@@ -422,11 +419,7 @@ class Interface(Ipv6Layer):
                 dirty.update(due[i:])  # the device is full: they go first next time
                 break
             dirty.discard(sock)
-            at = sock.poll_at(now)
-            if at is None:
-                sched.pop(sock, None)
-            else:
-                sched[sock] = at
+            schedule(sock, sock.poll_at(now))
         self._device = None
         return received > 0 or self._emitted != emitted
 
@@ -455,7 +448,7 @@ class Interface(Ipv6Layer):
         if sig != self._tcp_sig:  # the MTU or TSO changed: tell every TCP socket
             self._tcp_sig = sig
             sockets.touch_all()
-            fresh = sockets.of_kind("tcp")
+            fresh = list(sockets.of_kind("tcp"))
         if fresh:  # (and each new TCP socket once)
             for sock in fresh:
                 if sock._set is sockets:
@@ -675,19 +668,15 @@ class Interface(Ipv6Layer):
         if seg.options_malformed:
             stats["tcp_options_malformed"] += 1
         sockets = self._sockets
-        key = (seg.dst_port, ip.src_addr, seg.src_port)
-        sock = sockets.tcp_demux.get(key)
-        if sock is not None and sock._set is sockets and sock.accepts(ip, seg):
-            sock.process(self._now, ip, seg, seg.payload, src_hw)
-            sockets.dirty.add(sock)
-            return
-        for sock in sockets.of_kind("tcp"):
-            if sock.accepts(ip, seg):
-                sock.process(self._now, ip, seg, seg.payload, src_hw)
-                sockets.dirty.add(sock)
-                if sock.__class__ is TcpSocket and sock._remote is not None:
-                    sockets.cache_tcp(key, sock)
-                return
+        # O(1) whatever the table's size: the connection by 4-tuple, else the listeners
+        # on the port (SocketSet.tcp_index); `accepts` has the last word
+        conns, listeners = sockets.tcp_lookup(seg.dst_port, ip.src_addr, seg.src_port)
+        for group in (conns, listeners):
+            for sock in group:
+                if sock.accepts(ip, seg):
+                    sock.process(self._now, ip, seg, seg.payload, src_hw)
+                    sockets.dirty.add(sock)
+                    return
         if raw_taken:
             return
         reply = _tcp_rst_reply(ip, seg)

@@ -29,3 +29,7 @@ class AddrInUse(SocketError):
 
 class TooLarge(SocketError):
     """The datagram can never fit (bigger than the buffer or than one IPv4 datagram)."""
+
+
+class TableFull(SocketError):
+    """The socket table holds `Limits.max_sockets` sockets already (EMFILE)."""

@@ -24,11 +24,14 @@ runtime lock held, so a waker may notify a `threading.Condition` built on that l
 
 from __future__ import annotations
 
-from collections import deque
+import heapq
+import itertools
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from netstack.socket.errors import BufferFull, Exhausted, TooLarge
+from netstack.socket.errors import BufferFull, Exhausted, TableFull, TooLarge
+from netstack.socket.limits import Limits
 
 
 class Socket:
@@ -96,40 +99,53 @@ class SocketSet:
     Iteration yields the sockets in insertion order (the interface dispatches in that
     order).
 
-    It also keeps the interface's schedule, so a poll touches only the sockets that have
-    work (1,000 idle connections must not tax a busy one): `dirty` sockets (new ones, those
-    the interface fed a packet, those whose application called a method that gives them
-    work — see `touches` — and those `touch`ed) and those whose last `poll_at` is due are
-    dispatched. `touch_all()` makes the next poll visit every socket; the interface also
-    does that every `FULL_SCAN_INTERVAL` while it is polled, a safety net for a change no
-    method announced. Code that changes a socket's state behind its methods must `touch`
-    it."""
+    It also keeps the interface's schedule, so a poll costs in proportion to the sockets
+    with work, not to the table (100,000 idle connections must not tax a busy one):
+    `dirty` sockets (new ones, those the interface fed a packet, those whose application
+    called a method that gives them work — see `touches` — and those `touch`ed) and those
+    whose `poll_at` has come (a heap of deadlines, stale entries skipped) are dispatched.
+    `touch_all()` makes the next poll visit every socket (an MTU change); `sweep(k)` adds
+    `k` more sockets in turn, a bounded safety net for a change no method announced.
+    Code that changes a socket's state behind its methods must `touch` it.
+
+    TCP sockets are indexed for O(1) demultiplexing (`tcp_index`): connections by (local
+    port, remote address, remote port), listeners (a LISTEN TcpSocket or a TcpListener)
+    by local port; every indexed socket by local port too, for port-in-use checks. A TCP
+    socket calls `tcp_index` itself when its endpoints or state change.
+
+    `limits` (see `netstack.socket.limits`) bounds the table (`max_sockets`: `TableFull`),
+    the TIME-WAIT sockets (the oldest is closed past `max_tw_buckets`) and the orphans
+    (the oldest is reset past `max_orphans`); `stats` counts what they refused or evicted.
+    Sockets that have closed are listed in `closed` for their owner (the runtime reaps
+    the ones its applications let go of) without a scan of the table."""
 
     __slots__ = ("_sockets", "_by_kind", "_next", "dirty", "sched", "all_dirty", "_seq",
-                 "tcp_demux", "_demux_keys", "fresh")
+                 "fresh", "_heap", "_sweep", "tcp_conns", "tcp_listen", "tcp_ports",
+                 "_tcp_keys", "limits", "stats", "_tw", "_orphans", "closed", "_pushes")
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits | None = None) -> None:
         self._sockets: dict[int, Socket] = {}
-        self._by_kind: dict[str, list[Socket]] = {}
+        self._by_kind: dict[str, dict[Socket, None]] = {}
         self._next = 1
         self.dirty: set[Socket] = set()
         self.sched: dict[Socket, float] = {}  # socket -> its poll_at after its last dispatch
+        self._heap: list[tuple[float, int, Socket]] = []  # (at, n, socket); may be stale
+        self._pushes = itertools.count()  # n: ties never compare sockets
+        self._sweep: deque[Socket] = deque()  # every socket, in turn (removed ones lazily)
         self.all_dirty = True
-        self._seq: dict[Socket, int] = {}  # insertion order, to dispatch subsets in order
-        # (local port, remote address, remote port) -> connection, filled by the interface
-        self.tcp_demux: dict[tuple, Socket] = {}
-        self._demux_keys: dict[Socket, tuple] = {}
+        self._seq: dict[Socket, int] = {}  # socket -> handle (insertion order)
         self.fresh: list[Socket] = []  # TCP sockets added since the interface last looked
+        self.tcp_conns: dict[tuple, Socket | list[Socket]] = {}
+        self.tcp_listen: dict[int, list[Socket]] = {}
+        self.tcp_ports: dict[int, dict[Socket, None]] = {}
+        self._tcp_keys: dict[Socket, tuple] = {}
+        self.limits = limits if limits is not None else Limits()
+        self.stats: Counter[str] = Counter()
+        self._tw: dict[Socket, None] = {}  # TIME-WAIT sockets, oldest first
+        self._orphans: dict[Socket, None] = {}  # orphans not closed yet, oldest first
+        self.closed: list[Socket] = []  # sockets that entered CLOSED since the owner looked
 
-    def cache_tcp(self, key: tuple, sock: Socket) -> None:
-        """Remember that segments for `key` went to `sock` (a connection); the interface
-        still asks `sock.accepts` on every hit, so a stale entry costs one call."""
-        old = self._demux_keys.pop(sock, None)
-        if old is not None and self.tcp_demux.get(old) is sock:
-            del self.tcp_demux[old]
-        self.tcp_demux[key] = sock
-        self._demux_keys[sock] = key
-
+    # -- the schedule -----------------------------------------------------------------
     def touch(self, sock: Socket) -> None:
         """`sock` may have work: dispatch it on the next poll."""
         if sock._set is self:
@@ -139,15 +155,34 @@ class SocketSet:
         """Every socket may have work (any thread may call this)."""
         self.all_dirty = True
 
-    def due(self, now: float) -> list[Socket]:
-        """The sockets to dispatch now, in insertion order; clears `all_dirty`."""
+    def schedule(self, sock: Socket, at: float | None) -> None:
+        """`sock` next needs a dispatch at `at` (None: only when touched)."""
+        if at is None:
+            self.sched.pop(sock, None)
+        elif self.sched.get(sock) != at:
+            self.sched[sock] = at
+            heapq.heappush(self._heap, (at, next(self._pushes), sock))
+
+    def due(self, now: float, sweep: int = 0) -> list[Socket]:
+        """The sockets to dispatch now, in insertion order (plus `sweep` more, visited in
+        turn); clears `all_dirty`."""
         if self.all_dirty:
             self.all_dirty = False
             return list(self._sockets.values())
         cands = set(self.dirty)
-        for sock, at in self.sched.items():
-            if at <= now:
+        heap, sched = self._heap, self.sched
+        while heap and heap[0][0] <= now:
+            at, _, sock = heapq.heappop(heap)
+            if sched.get(sock) == at:
+                del sched[sock]
                 cands.add(sock)
+        if sweep:
+            ring = self._sweep
+            for _ in range(min(sweep, len(ring))):
+                sock = ring.popleft()
+                if sock._set is self:
+                    ring.append(sock)
+                    cands.add(sock)
         if len(cands) > 1:
             seq = self._seq
             return sorted(cands, key=seq.__getitem__)
@@ -155,47 +190,66 @@ class SocketSet:
 
     def next_at(self) -> float | None:
         """The earliest scheduled poll_at (dirty sockets are the caller's business)."""
-        return min(self.sched.values()) if self.sched else None
+        heap, sched = self._heap, self.sched
+        while heap:
+            at, _, sock = heap[0]
+            if sched.get(sock) == at:
+                return at
+            heapq.heappop(heap)  # stale: rescheduled or unscheduled since
+        return None
 
+    # -- membership -------------------------------------------------------------------
     def add(self, sock: Socket) -> int:
-        """Add `sock`; return its handle. A socket belongs to at most one set."""
+        """Add `sock`; return its handle. A socket belongs to at most one set.
+        `TableFull` when the table holds `limits.max_sockets` already."""
         if sock._set is not None:
             raise ValueError("socket is in a set already")
+        cap = self.limits.max_sockets
+        if cap is not None and len(self._sockets) >= cap:
+            self.stats["table_full"] += 1
+            raise TableFull(f"the socket table is full ({cap} sockets)")
         check = getattr(sock, "_check_unique", None)
         if check is not None:
             check(self)
         handle = self._next
         self._next += 1
         self._sockets[handle] = sock
-        self._by_kind.setdefault(sock.KIND, []).append(sock)
+        self._by_kind.setdefault(sock.KIND, {})[sock] = None
         sock._set = self
         self._seq[sock] = handle
         self.dirty.add(sock)
+        self._sweep.append(sock)
         if sock.KIND == "tcp":
             self.fresh.append(sock)
+            self.tcp_index(sock)
         return handle
 
     def remove(self, handle: int) -> Socket:
         """Remove and return the socket (KeyError for an unknown handle)."""
         sock = self._sockets.pop(handle)
-        self._by_kind[sock.KIND].remove(sock)
+        self._by_kind[sock.KIND].pop(sock, None)
+        self._unindex(sock)
         sock._set = None
         self.dirty.discard(sock)
         self.sched.pop(sock, None)
         self._seq.pop(sock, None)
-        key = self._demux_keys.pop(sock, None)
-        if key is not None and self.tcp_demux.get(key) is sock:
-            del self.tcp_demux[key]
+        self._tw.pop(sock, None)
+        self._orphans.pop(sock, None)
         return sock
+
+    def handle_of(self, sock: Socket) -> int | None:
+        return self._seq.get(sock) if sock._set is self else None
 
     def get(self, handle: int) -> Socket:
         return self._sockets[handle]
 
     __getitem__ = get
 
-    def of_kind(self, kind: str) -> list[Socket]:
-        """The sockets of one KIND (a live list: do not modify it)."""
-        return self._by_kind.get(kind, _EMPTY)
+    def of_kind(self, kind: str):
+        """The sockets of one KIND, in insertion order (a live view: do not add or
+        remove sockets while iterating it)."""
+        d = self._by_kind.get(kind)
+        return d.keys() if d is not None else _EMPTY
 
     def __iter__(self) -> Iterator[Socket]:
         return iter(list(self._sockets.values()))
@@ -209,8 +263,106 @@ class SocketSet:
     def items(self) -> list[tuple[int, Socket]]:
         return list(self._sockets.items())
 
+    # -- the TCP index ----------------------------------------------------------------
+    def tcp_index(self, sock: Socket) -> None:
+        """(Re)index `sock` after its endpoints or state changed: `sock.tcp_key()` is
+        None (not indexed: closed or unbound), `(port, None)` (listening) or `(port,
+        (remote address, remote port))` (a connection)."""
+        self._unindex(sock)
+        if sock._set is not self:
+            return
+        key = sock.tcp_key()
+        if key is None:
+            return
+        port, remote = key
+        self.tcp_ports.setdefault(port, {})[sock] = None
+        if remote is None:
+            self.tcp_listen.setdefault(port, []).append(sock)
+        else:
+            ck = (port, remote[0], remote[1])
+            have = self.tcp_conns.get(ck)
+            if have is None:
+                self.tcp_conns[ck] = sock
+            elif have.__class__ is list:
+                have.append(sock)
+            else:  # two connections share it (different local addresses): rare
+                self.tcp_conns[ck] = [have, sock]
+        self._tcp_keys[sock] = key
 
-_EMPTY: list[Socket] = []
+    def _unindex(self, sock: Socket) -> None:
+        key = self._tcp_keys.pop(sock, None)
+        if key is None:
+            return
+        port, remote = key
+        ports = self.tcp_ports.get(port)
+        if ports is not None:
+            ports.pop(sock, None)
+            if not ports:
+                del self.tcp_ports[port]
+        if remote is None:
+            lst = self.tcp_listen.get(port)
+            if lst is not None and sock in lst:
+                lst.remove(sock)
+                if not lst:
+                    del self.tcp_listen[port]
+            return
+        ck = (port, remote[0], remote[1])
+        have = self.tcp_conns.get(ck)
+        if have is sock:
+            del self.tcp_conns[ck]
+        elif have.__class__ is list and sock in have:
+            have.remove(sock)
+            if len(have) == 1:
+                self.tcp_conns[ck] = have[0]
+
+    def tcp_lookup(self, port: int, addr, rport: int) -> tuple:
+        """The connections indexed under (port, addr, rport), then the listeners on
+        `port`: the candidates for a segment, in the order to ask them."""
+        have = self.tcp_conns.get((port, addr, rport))
+        conns = () if have is None else (have if have.__class__ is list else (have,))
+        return conns, self.tcp_listen.get(port, ())
+
+    # -- limits -----------------------------------------------------------------------
+    def tw_enter(self, sock: Socket) -> None:
+        """An orphan entered TIME-WAIT (its application let go of it, so nobody reads
+        what it holds): past `max_tw_buckets` the oldest is closed now."""
+        self._orphans.pop(sock, None)  # counted here now, not as an orphan
+        self._tw[sock] = None
+        while len(self._tw) > self.limits.max_tw_buckets:
+            old = next(iter(self._tw))
+            del self._tw[old]
+            self.stats["tw_evicted"] += 1
+            old.evict_time_wait()
+            self.dirty.add(old)
+
+    def orphan_enter(self, sock: Socket) -> None:
+        """`sock` was let go of by its application: past `max_orphans` the oldest orphan
+        is reset (Linux: 'too many orphaned sockets')."""
+        self._orphans[sock] = None
+        while len(self._orphans) > self.limits.max_orphans:
+            old = next(iter(self._orphans))
+            del self._orphans[old]
+            self.stats["orphans_reset"] += 1
+            old.abort()
+            self.dirty.add(old)
+
+    def socket_closed(self, sock: Socket) -> None:
+        """`sock` entered CLOSED (TCP calls this): out of the TIME-WAIT and orphan
+        accounts, and listed in `closed` for its owner."""
+        self._tw.pop(sock, None)
+        self._orphans.pop(sock, None)
+        self.closed.append(sock)
+
+    @property
+    def time_wait_count(self) -> int:
+        return len(self._tw)
+
+    @property
+    def orphan_count(self) -> int:
+        return len(self._orphans)
+
+
+_EMPTY: tuple = ()
 
 
 class PacketBuffer:

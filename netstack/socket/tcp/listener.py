@@ -39,7 +39,7 @@ from hashlib import blake2s
 
 from netstack.socket.addr import endpoint as _endpoint
 from netstack.socket.addr import local_matches
-from netstack.socket.errors import Unaddressable
+from netstack.socket.errors import TableFull, Unaddressable
 from netstack.socket.set import Socket, touches
 from netstack.socket.tcp.seq import seq_add
 from netstack.socket.tcp.socket import (
@@ -123,6 +123,12 @@ class TcpListener(Socket):
             self.backlog = backlog
         self._local = ep
         self._open = True
+        if self._set is not None:
+            self._set.tcp_index(self)
+
+    def tcp_key(self):
+        """How the set indexes us: (port, None) while listening, else None."""
+        return (self._local[1], None) if self._open else None
 
     @property
     def is_open(self) -> bool:
@@ -160,7 +166,13 @@ class TcpListener(Socket):
             if not child.is_open:
                 continue
             if self._set is not None:
-                child.handle = self._set.add(child)
+                try:
+                    child.handle = self._set.add(child)
+                except TableFull:  # the set counted it: the peer gets a RST
+                    self._count("accept_table_full")
+                    child.abort()
+                    self._flush_child_rst(child)
+                    continue
                 self._handed[key] = child
             return child
         return None
@@ -173,7 +185,10 @@ class TcpListener(Socket):
                 child.abort()
                 self._flush_child_rst(child)
             table.clear()
-        self._open = False
+        was, self._open = self._open, False
+        if self._set is not None and was:
+            self._set.tcp_index(self)
+            self._set.socket_closed(self)
 
     def _flush_child_rst(self, child: TcpSocket) -> None:
         if child._ctl_out is not None and len(self._ctl) < COOKIE_QUEUE:

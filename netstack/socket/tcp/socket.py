@@ -78,6 +78,9 @@ CHALLENGE_ACK_LIMIT = 10  # per second (RFC 5961 §7)
 MAX_DUP_ACKS_OWED = 64  # duplicate ACKs sent for one poll's out-of-order segments
 PERSIST_MAX = 60.0
 FIN_WAIT_2_TIMEOUT = 60.0  # after close() and shutdown_read(), like Linux's tcp_fin_timeout
+# An orphan (closed and let go by its application: see `orphan`) gives up after this many
+# retransmissions or zero-window probes (Linux's tcp_orphan_retries, whose 0 means 8)
+ORPHAN_RETRIES = 8
 EPHEMERAL_FIRST = 49152
 EPHEMERAL_LAST = 65535
 
@@ -121,9 +124,9 @@ def _wscale_for(buffer_size: int) -> int:
     return shift
 
 
-@touches("set_mtu", "set_max_segment_size", "set_path_mtu", "set_nodelay", "set_keep_alive",
-          "set_timeout", "set_time_wait", "listen", "connect", "send", "recv", "recv_into",
-          "close", "shutdown_read", "abort")
+@touches("orphan", "set_mtu", "set_max_segment_size", "set_path_mtu", "set_nodelay",
+         "set_keep_alive", "set_timeout", "set_time_wait", "listen", "connect", "send", "recv",
+         "recv_into", "close", "shutdown_read", "abort")
 class TcpSocket(Socket):
     """One TCP connection. Not thread-safe by itself: the runtime's lock guards it.
 
@@ -136,7 +139,7 @@ class TcpSocket(Socket):
         "rx_capacity", "tx_capacity", "_cc_name", "_ts_enabled", "_sack_enabled",
         "_ws_enabled", "nagle", "delayed_ack", "keep_alive", "timeout", "time_wait",
         "_mss_cfg", "_local_mss", "_tso_max", "ttl", "syn_retries", "data_retries",
-        "isn_fn", "v6only", "_mtu", "_path_mss", "_tso_v6",
+        "isn_fn", "v6only", "_mtu", "_path_mss", "_tso_v6", "orphan_retries", "fin_timeout",
         # identity and state
         "state", "error", "_local", "_remote", "_passive", "_listen_ep", "handle",
         # send sequence space
@@ -154,6 +157,7 @@ class TcpSocket(Socket):
         "_rto_at", "_ack_now", "_dup_owed", "_ack_at", "_unacked_bytes", "_persist_at", "_persist_backoff",
         "_ka_at", "_ka_probes", "_probe_now", "_tw_at", "_waiting_since", "_last_rx",
         "_fw2_at", "_chal_second", "_chal_count", "_ctl_out", "_rst_now",
+        "_orphan", "_probes", "_probes_unanswered",
         # counters
         "stats",
     )
@@ -188,6 +192,9 @@ class TcpSocket(Socket):
         self.ttl = 64
         self.syn_retries = SYN_RETRIES
         self.data_retries = DATA_RETRIES
+        self.orphan_retries = ORPHAN_RETRIES
+        self.fin_timeout = FIN_WAIT_2_TIMEOUT
+        self._orphan = False
         self.isn_fn = generate_isn
         self.handle: int | None = None  # set by a TcpListener that added us to its set
         self.stats: dict[str, int] = {}
@@ -201,7 +208,13 @@ class TcpSocket(Socket):
     # -- connection state ---------------------------------------------------------------
     def _reset_connection(self, state: State) -> None:
         """Forget everything about the connection (not the configuration)."""
+        was = getattr(self, "state", None)
         self.state = state
+        s = self._set
+        if s is not None and was is not state:
+            s.tcp_index(self)
+            if state is State.CLOSED:
+                s.socket_closed(self)
         self.iss = self.snd_una = self.snd_nxt = self.snd_max = 0
         self.snd_wnd = self.snd_wl1 = self.snd_wl2 = self.max_snd_wnd = 0
         self._snd_shift = 0
@@ -240,6 +253,8 @@ class TcpSocket(Socket):
         self._unacked_bytes = 0
         self._persist_at = None
         self._persist_backoff = 0
+        self._probes = 0  # zero-window probes at the longest interval since it closed
+        self._probes_unanswered = 0  # probes since the peer last acknowledged anything
         self._ka_at = None
         self._ka_probes = 0
         self._probe_now = False
@@ -293,6 +308,15 @@ class TcpSocket(Socket):
         if remote is not None:  # a new connection: until its SYN says otherwise
             self._peer_mss = DEFAULT_MSS_V6 if remote[0].version == 6 else DEFAULT_MSS
         self._update_local_mss()
+        if self._set is not None:
+            self._set.tcp_index(self)
+
+    def tcp_key(self):
+        """How the set indexes us: None (closed or unbound), (port, None) listening,
+        (port, (remote address, remote port)) for a connection."""
+        if self.state is State.CLOSED or not self._local[1]:
+            return None
+        return self._local[1], self._remote
 
     def set_max_segment_size(self, max_bytes: int | None, ipv6: bool = True) -> None:
         """Device TSO: allow segments carrying up to `max_bytes` of payload (<= 64 KiB
@@ -350,7 +374,7 @@ class TcpSocket(Socket):
     def _clashes(self, local, remote) -> bool:
         if self._set is None:
             return False
-        for other in self._set.of_kind(self.KIND):
+        for other in tuple(self._set.tcp_ports.get(local[1], ())):  # same port only
             olocal = getattr(other, "_local", None)
             if other is self or olocal is None or olocal[1] != local[1] or not other.is_open:
                 continue
@@ -616,6 +640,29 @@ class TcpSocket(Socket):
         self._passive = False
         self._closed(None)
 
+    def orphan(self, now: float) -> None:
+        """Its application has let go of the socket (it closed it and will not read or
+        write again): what arrives is discarded, and the connection may no longer wait
+        forever on the peer — FIN-WAIT-2 ends after `fin_timeout`, and FIN-WAIT-1,
+        CLOSING and LAST-ACK after `orphan_retries` retransmissions or zero-window
+        probes (Linux's tcp_fin_timeout and tcp_orphan_retries). A socket closed without
+        `orphan` keeps the classic timers: its application may still read."""
+        self._orphan = True
+        self.shutdown_read()
+        if self._set is not None:
+            lim = self._set.limits
+            self.fin_timeout, self.orphan_retries = lim.fin_timeout, lim.orphan_retries
+        if self.state is State.FIN_WAIT_2 and self._fw2_at is None:
+            self._fw2_at = now + self.fin_timeout
+        if self._set is not None and self.state is State.TIME_WAIT:
+            self._set.tw_enter(self)  # (TIME-WAIT sockets are counted once orphaned)
+        elif self._set is not None and self.state is not State.CLOSED:
+            self._set.orphan_enter(self)  # past max_orphans, the oldest is reset
+
+    @property
+    def is_orphan(self) -> bool:
+        return self._orphan
+
     # -- receiving ----------------------------------------------------------------------
     def accepts(self, ip_repr, seg: TcpRepr) -> bool:
         if self.state is State.CLOSED:
@@ -859,6 +906,7 @@ class TcpSocket(Socket):
         seq = seg.seq_number
         if self._sack_ok and seg.sack_ranges:
             self._take_sacks(seg.sack_ranges, ack)
+        self._probes_unanswered = 0  # the peer is there: it acknowledges
         if seq_gt(ack, snd_una):
             acked = seq_sub(ack, snd_una)
             d = seq_sub(ack, self._tx_seq)
@@ -922,6 +970,7 @@ class TcpSocket(Socket):
             if window and not old:
                 self._persist_at = None
                 self._persist_backoff = 0
+                self._probes = 0
                 self._wake()
         return True
 
@@ -932,8 +981,8 @@ class TcpSocket(Socket):
         state = self.state
         if state is State.FIN_WAIT_1:
             self.state = State.FIN_WAIT_2
-            if self._read_closed:
-                self._fw2_at = now + FIN_WAIT_2_TIMEOUT
+            if self._read_closed or self._orphan:
+                self._fw2_at = now + self.fin_timeout
         elif state is State.CLOSING:
             self._enter_time_wait(now)
         elif state is State.LAST_ACK:
@@ -944,7 +993,16 @@ class TcpSocket(Socket):
         self._tw_at = now + self.time_wait
         self._rto_at = self._persist_at = self._ka_at = self._fw2_at = None
         self._tx = bytearray()
+        self._asm = None  # (unread in-order data in _rx stays for the application)
         self._wake()
+        if self._set is not None and self._orphan:
+            self._set.tw_enter(self)  # past max_tw_buckets, the oldest is closed
+
+    def evict_time_wait(self) -> None:
+        """Too many TIME-WAIT sockets (Limits.max_tw_buckets): close now, not in 60 s."""
+        if self.state is State.TIME_WAIT:
+            self._count("time_wait_evicted")
+            self._closed(None)
 
     def _take_fin(self, now: float) -> None:
         self.rcv_nxt = seq_add(self.rcv_nxt, 1)
@@ -1380,6 +1438,19 @@ class TcpSocket(Socket):
             if self._needs_persist():
                 self._persist_backoff = min(self._persist_backoff + 1, 10)
                 if self.snd_wnd == 0:
+                    if min(self._rtt.rto * (1 << self._persist_backoff), PERSIST_MAX) \
+                            >= PERSIST_MAX:
+                        self._probes += 1  # at the longest interval: the window stays shut
+                    self._probes_unanswered += 1
+                    # a peer that stops answering is given up as for retransmissions;
+                    # one that answers with window 0 forever keeps only a live socket
+                    # (an orphan: `orphan_retries` probes at the longest interval, as
+                    # Linux gives up an orphan once its probe backoff is at the maximum)
+                    if self._probes_unanswered > self.data_retries or (
+                            self._orphan and self._probes > self.orphan_retries):
+                        self._count("window_probes_gave_up")
+                        self._time_out()
+                        return
                     self._probe_now = True
                     self._count("window_probe")
                 else:
@@ -1420,7 +1491,7 @@ class TcpSocket(Socket):
             return
         if self.snd_una == self.snd_max:
             return
-        if self._rtx_count > self.data_retries:
+        if self._rtx_count > (self.orphan_retries if self._orphan else self.data_retries):
             self._time_out()
             return
         self._rtt.backoff()
