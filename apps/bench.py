@@ -404,6 +404,10 @@ BENCHMARKS = """benchmarks (WHAT):
   dpdk    DPDK's testpmd with its virtio-user port (a C virtio driver) against our
           backend and against DPDK's own vhost PMD in the same run: frames/s and the
           ratio, at 64 and 1500 B (--sizes) both ways; needs dpdk-testpmd (dpdk-dev)
+  table   a table of --sockets TCP connections (a third in TIME-WAIT) opened by
+          handshakes: the cost of a segment for an unknown 4-tuple and for a live
+          connection, and of a poll with nothing due, against 10 sockets; memory per
+          connection; the build time
   vm      a Linux guest under TCG: TCP download/upload, ping RTT, UDP request rate and
           HTTP requests/s, timed inside the guest, on our backend, QEMU's slirp, a TAP and
           passt when installed (--backends); ratios to slirp. HTTP requests/s is a loop of
@@ -425,9 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vhostnet bench", description=__doc__, epilog=BENCHMARKS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="?", default="ring", metavar="WHAT",
-                   choices=["ring", "dpdk", "vm", "stack", "memory", "all", "backend"],
-                   help="ring (default), dpdk, stack, memory, vm, or all of them in turn "
-                        "(what `make bench` runs): see below")
+                   choices=["ring", "dpdk", "vm", "stack", "memory", "table", "all",
+                            "backend"],
+                   help="ring (default), dpdk, stack, memory, table, vm, or all of them in "
+                        "turn (what `make bench` runs): see below")
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=2.0, help="per measurement (default 2)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -444,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=1000,
                    help="memory: TCP connections to hold open (default 1000)")
     p.add_argument("--no-tap", action="store_true", help="stack: skip the TAP/namespace part")
+    p.add_argument("--sockets", type=int, default=100_000,
+                   help="table: connections in the big table (default 100000)")
     p.add_argument("--rx-buffer", type=int, metavar="BYTES",
                    help="ring: the guest posts RX buffers of BYTES plus the virtio-net header "
                         "(65536: one buffer per 64 KiB frame, as a Linux guest with big "
@@ -468,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.what == "all":
         out = {}
-        for part in ("ring", "dpdk", "stack", "memory", "vm"):
+        for part in ("ring", "dpdk", "stack", "memory", "table", "vm"):
             print(f"== {part}", flush=True)
             out.update(_run(part, args, argv))
             print(flush=True)
@@ -509,6 +516,13 @@ def _run(what: str, args: argparse.Namespace, argv: list[str] | None) -> dict:
         results = bench_dpdk(args.seconds, sizes, args.repeat)
         print_dpdk(results)
         out = {"dpdk": [asdict(r) for r in results]}
+    elif what == "table":
+        from apps.benchtable import bench_table, print_table
+
+        if args.sockets < 100:
+            raise SystemExit("vhostnet bench: --sockets must be at least 100")
+        out = {"table": bench_table(args.sockets, min(args.sockets, 10_000))}
+        print_table(out["table"])
     elif what == "memory":
         from apps.benchstack import bench_memory, print_memory
 

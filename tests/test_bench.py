@@ -34,7 +34,7 @@ def test_help_names_every_benchmark_and_option(capsys):
         assert exc.value.code == 0
         out = capsys.readouterr().out
         assert out.startswith("usage: vhostnet bench")
-        for word in ("ring ", "dpdk ", "stack ", "memory ", "vm ", "frames/s", "--seconds", "--sizes",
+        for word in ("ring ", "dpdk ", "stack ", "memory ", "table ", "vm ", "frames/s", "--seconds", "--sizes",
                      "--connections", "--no-tap", "--smoke", "examples:"):
             assert word in out, word
     main_help = subprocess.run([sys.executable, "-m", "apps.cli", "--help"],
@@ -65,9 +65,13 @@ def test_bench_all_runs_every_part_into_one_json(tmp_path):
 
     out = tmp_path / "all.json"
     assert main(["all", "--seconds", "0.3", "--sizes", "64", "--no-tap", "--connections", "50",
+                 "--sockets", "300", "--repeat", "1",
                  "--smoke", "--backends", "ours", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert {"ring", "dpdk", "stack", "memory", "vm", "machine", "time"} <= set(data)
+    assert {"ring", "dpdk", "stack", "memory", "table", "vm", "machine", "time"} <= set(data)
+    big = data["table"]["big"]
+    assert big["sockets"] == 301 and big["time_wait"] == 100
+    assert big["unknown_segment_us"] > 0 and big["bytes_per_connection"] > 0
     assert data["ring"] and data["vm"]
     from apps.dpdk import testpmd_path
 

@@ -1,12 +1,12 @@
 """The interface's socket schedule (SocketSet.dirty/sched): a poll dispatches only sockets
 that have work — new, fed a packet, touched by their application, or due by poll_at (a
-heap) — plus SWEEP_PER_POLL more in turn, a bounded safety net (it was a visit of every
-socket every 50 ms)."""
+heap) — plus SWEEP_PER_POLL more in turn every SWEEP_INTERVAL, a bounded safety net (it
+was a visit of every socket every 50 ms)."""
 
 from __future__ import annotations
 
 from netstack.iface import Interface, InterfaceConfig
-from netstack.iface.interface import SWEEP_PER_POLL
+from netstack.iface.interface import SWEEP_INTERVAL, SWEEP_PER_POLL
 from netstack.socket import SocketSet, UdpSocket
 from netstack.socket.set import Socket, touches
 from netstack.wire.ethernet import EthernetAddress
@@ -66,9 +66,9 @@ def test_idle_sockets_are_not_dispatched_every_poll():
 
 
 def test_the_sweep_visits_every_socket_in_bounded_steps():
-    """A change no method announced is still seen: each poll visits SWEEP_PER_POLL more
-    sockets in turn, so all of them within len/SWEEP_PER_POLL polls — and a poll never
-    visits the whole table."""
+    """A change no method announced is still seen: every SWEEP_INTERVAL a poll visits
+    SWEEP_PER_POLL more sockets in turn, so all of them within len/SWEEP_PER_POLL such
+    polls — and a poll never visits the whole table, nor sweeps more often."""
     iface, dev, sockets = _iface(), Dev(), SocketSet()
     socks = [Counting() for _ in range(10 * SWEEP_PER_POLL)]
     for s in socks:
@@ -76,7 +76,9 @@ def test_the_sweep_visits_every_socket_in_bounded_steps():
     iface.poll(0.0, dev, sockets)
     assert all(s.dispatched == 1 for s in socks)
     for i in range(10):
-        iface.poll(0.001 * (i + 1), dev, sockets)
+        t = SWEEP_INTERVAL * (i + 1)
+        iface.poll(t, dev, sockets)
+        iface.poll(t + SWEEP_INTERVAL / 2, dev, sockets)  # too soon for another sweep
         assert sum(s.dispatched for s in socks) == len(socks) + (i + 1) * SWEEP_PER_POLL
     assert all(s.dispatched == 2 for s in socks)
 

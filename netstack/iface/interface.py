@@ -70,7 +70,8 @@ DHCP_CLIENT_PORT = 68
 
 ETH_HEADER_LEN = 14
 IP_HEADER_LEN = 20
-SWEEP_PER_POLL = 16  # sockets visited in turn each poll beyond those with work
+SWEEP_PER_POLL = 16  # sockets visited in turn beyond those with work ...
+SWEEP_INTERVAL = 0.01  # ... at most this often (1,600 a second)
 ARP_FRAME_LEN = ETH_HEADER_LEN + 28
 _ETHERTYPE_IPV4 = b"\x08\x00"
 _ETHERTYPE_ARP = b"\x08\x06"
@@ -297,6 +298,7 @@ class Interface(Ipv6Layer):
         self._tcp_sig: tuple = ()
         self._tso_max: int | None = None
         self._ipv6_offload = False
+        self._next_sweep = 0.0
         self.set_ip_addrs(config.ip_addrs)
         self.set_default_gateway(config.default_gateway)
         for cidr, via in config.routes:
@@ -407,9 +409,13 @@ class Interface(Ipv6Layer):
 
         self._tx_blocked = False
         emit = self._socket_emit
-        # a few more sockets in turn each poll: a bounded safety net for a change
-        # nobody announced (it was a visit of every socket every 50 ms)
-        due = sockets.due(now, SWEEP_PER_POLL)
+        # a few more sockets in turn, every SWEEP_INTERVAL: a bounded safety net for a
+        # change nobody announced (it was a visit of every socket every 50 ms)
+        sweep = 0
+        if now >= self._next_sweep:
+            sweep = SWEEP_PER_POLL
+            self._next_sweep = now + SWEEP_INTERVAL
+        due = sockets.due(now, sweep)
         dirty, schedule = sockets.dirty, sockets.schedule
         budget = self.tx_budget
         for i, sock in enumerate(due):
