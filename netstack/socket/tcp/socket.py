@@ -42,7 +42,16 @@ report of an ICMP Packet Too Big / Fragmentation Needed quoting this connection 
 The `TIME_WAIT` default is 60 s (2 × MSL with Linux's MSL of 30 s, as Linux's TIME-WAIT):
 smoltcp's 10 s is shorter than any real MSL and lets a delayed duplicate reach a new
 incarnation of the 4-tuple; the cost, one small socket per closed connection for a minute,
-is bounded by the `SocketSet` and the `TcpListener` reclaims its children when they close.
+is bounded: an orphaned TIME-WAIT socket past the set's `Limits.max_tw_buckets` is closed,
+oldest first, and the `TcpListener` reclaims its children when they close.
+
+Orphans (`orphan`: closed and let go by the application) cannot be held by their peer:
+FIN-WAIT-2 ends after `Limits.fin_timeout`, FIN-WAIT-1/CLOSING/LAST-ACK after
+`Limits.orphan_retries` retransmissions or zero-window probes at the longest interval, and
+past `Limits.max_orphans` the oldest is reset. Any socket whose peer stops answering
+zero-window probes is given up after `data_retries`, as for retransmissions. A socket its
+application still holds keeps waiting while the peer answers: the application's own
+timeouts decide (`netstack.net` write timeouts).
 """
 
 from __future__ import annotations
