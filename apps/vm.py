@@ -94,6 +94,27 @@ def cache_dir() -> Path:
     return Path(xdg).expanduser() / "vhostnet" / "guest"
 
 
+def qemu10() -> str | None:
+    """A QEMU 10 to run beside the system's (Debian 12's 7.2): Debian 13's, in a root that
+    ci/install.sh makes with debootstrap (~/.cache/vhostnet/trixie), run through bwrap
+    with /tmp, /dev and the home directory bound in (sockets, memfds, the guest image).
+    Returns the path of a wrapper script to pass as `QemuVM(qemu=...)`, or None when the
+    root or bwrap is missing."""
+    root = cache_dir().parent / "trixie"
+    if not (root / "usr/bin/qemu-system-x86_64").exists() or shutil.which("bwrap") is None:
+        return None
+    wrapper = cache_dir().parent / "qemu10"
+    home = os.path.expanduser("~")
+    text = ("#!/bin/sh\n# QEMU 10 from the Debian 13 root (apps.vm.qemu10)\n"
+            f"exec bwrap --bind {root} / --proc /proc --dev-bind /dev /dev "
+            f"--bind /tmp /tmp --bind {home} {home} --die-with-parent "
+            '/usr/bin/qemu-system-x86_64 "$@"\n')
+    if not wrapper.exists() or wrapper.read_text() != text:
+        wrapper.write_text(text)
+        wrapper.chmod(0o755)
+    return str(wrapper)
+
+
 def _source_hash() -> str | None:
     """build.py's hash of ci/guest/ (None when this is not a repo checkout)."""
     if not BUILD_SCRIPT.is_file():
@@ -213,17 +234,20 @@ def vhost_user_nic_args(
     mac: str = "52:54:00:12:34:56",
     id: str = "n0",
     extra_device_opts: str = "",
+    vectors: int | None = 0,
 ) -> list[str]:
     """QEMU arguments for a virtio-net NIC served by a vhost-user backend at ``socket_path``.
 
     ``server=False``: QEMU connects to our listening socket (and reconnects every
     ``reconnect`` s if it drops); ``server=True``: QEMU listens and we connect. ``vectors=0``
-    (legacy INTx) is always set: QEMU 7.2 under TCG crashes with MSI-X vhost-user NICs.
+    (legacy INTx) by default: QEMU 7.2 under TCG crashes with MSI-X vhost-user NICs
+    (``vectors=None`` leaves QEMU's default, MSI-X, which QEMU 10 handles).
     """
     chardev = f"socket,id=c_{id},path={socket_path}"
     chardev += ",server=on,wait=off" if server else (f",reconnect={reconnect}" if reconnect else "")
     netdev = f"vhost-user,id={id},chardev=c_{id}"
-    device = f"virtio-net-pci,netdev={id},vectors=0,mac={mac}"
+    device = f"virtio-net-pci,netdev={id}{'' if vectors is None else f',vectors={vectors}'}"
+    device += f",mac={mac}"
     if queues > 1:
         netdev += f",queues={queues}"
         device += ",mq=on"
