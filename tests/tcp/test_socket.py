@@ -938,15 +938,18 @@ def test_listener_accept_into_set():
     child = lst.accept()
     assert child is not None and child.state is State.ESTABLISHED
     assert child.handle in sockets and child.recv() == b"hi"
-    # from now on the child, not the listener, takes the 4-tuple's segments
+    # from now on the child, not the listener, takes the 4-tuple's segments: the set
+    # offers a segment to its connection (by 4-tuple) before the port's listeners
+    conns, listeners = sockets.tcp_lookup(LOCAL_PORT, REMOTE_IP, 40000)
+    assert conns == (child,) and listeners == [lst]
     raw = scapy_segment(IRS + 3, r.seq_number + 1, sport=40000, payload=b"more")
     tcp = TcpRepr.parse(TcpPacket(raw), REMOTE_IP, LOCAL_IP)
     ip = Ipv4Repr(REMOTE_IP, LOCAL_IP, 6, len(raw))
-    assert not lst.accepts(ip, tcp) and child.accepts(ip, tcp)
+    assert child.accepts(ip, tcp)
     # ...a SYN on it too (the child answers with a challenge ACK)
     syn = TcpRepr.parse(TcpPacket(scapy_segment(IRS + 99, flags="S", sport=40000)),
                         REMOTE_IP, LOCAL_IP)
-    assert not lst.accepts(ip, syn)
+    assert child.accepts(ip, syn)
 
 
 def test_listener_ack_for_unknown_tuple_not_accepted():

@@ -11,12 +11,12 @@ added to that same set there and then (its handle in `child.handle`), so from th
 the interface demultiplexes to the child itself and the runtime owns it like any socket
 (remove it from the set once it is closed). Without a set, `accept()` just returns it.
 
-Demultiplexing works whatever the order of sockets in the set: `accepts()` takes only
-segments of its own children (half-open or not yet accepted), SYNs for new 4-tuples, and
-— while SYN cookies were sent recently — bare ACKs for unknown 4-tuples (validated in
-`process`). It never takes segments of a child it handed over while that child is open, so
-the child (added after the listener) gets them. Everything else is left to the interface,
-which answers with `rst_reply`.
+Demultiplexing: `accepts()` takes only segments of its own children (half-open or not yet
+accepted), SYNs for new 4-tuples, and — while SYN cookies were sent recently — bare ACKs
+for unknown 4-tuples (validated in `process`). The interface asks a segment's connection
+(by 4-tuple, SocketSet.tcp_lookup) before the port's listeners, so a child handed over
+gets its own segments and the listener keeps no record of it. Everything else is left to
+the interface, which answers with `rst_reply`.
 
 SYN flood policy (ADVERSARIAL.md case 22):
 - accept queue full → new SYNs and handshake-completing ACKs are dropped (the peer retries;
@@ -60,7 +60,6 @@ COOKIE_QUEUE = 64
 COOKIE_PERIOD = 64.0  # seconds per tick of the cookie clock
 COOKIE_MSS = (536, 1200, 1300, 1400, 1440, 1460, 4312, 8960)
 SYNACK_RETRIES = 5
-HANDED_SWEEP = 10.0
 
 
 @touches("listen", "accept", "close", "set_mtu", "set_max_segment_size")
@@ -72,8 +71,8 @@ class TcpListener(Socket):
 
     KIND = "tcp"
     __slots__ = ("backlog", "max_half_open", "syn_cookies", "_options", "_local", "_open",
-                 "_half", "_ready", "_handed", "_ctl", "_key", "_cookies_until", "_now",
-                 "_mtu", "_tso", "_tso_v6", "_sweep_at", "stats", "v6only")
+                 "_half", "_ready", "_ctl", "_key", "_cookies_until", "_now",
+                 "_mtu", "_tso", "_tso_v6", "stats", "v6only")
 
     def __init__(self, backlog: int = 128, *, max_half_open: int | None = None,
                  syn_cookies: bool = True, **socket_options) -> None:
@@ -89,7 +88,6 @@ class TcpListener(Socket):
         self._open = False
         self._half: dict[tuple, TcpSocket] = {}
         self._ready: dict[tuple, TcpSocket] = {}
-        self._handed: dict[tuple, TcpSocket] = {}
         self._ctl: deque = deque()
         self._key = os.urandom(32)
         self._cookies_until = -1.0
@@ -97,7 +95,6 @@ class TcpListener(Socket):
         self._mtu: int | None = None
         self._tso: int | None = None
         self._tso_v6 = True
-        self._sweep_at = 0.0
         self.stats: dict[str, int] = {}
         self.v6only = False
 
@@ -173,7 +170,6 @@ class TcpListener(Socket):
                     child.abort()
                     self._flush_child_rst(child)
                     continue
-                self._handed[key] = child
             return child
         return None
 
@@ -253,13 +249,9 @@ class TcpListener(Socket):
         if not local_matches(local[0], self.v6only, ip_repr.dst_addr):
             return False
         key = (ip_repr.src_addr, seg.src_port, ip_repr.dst_addr)
-        if key in self._half or key in self._ready:
+        # (an IPv4Address hashes slowly: an empty table is not asked)
+        if (self._half and key in self._half) or (self._ready and key in self._ready):
             return True
-        child = self._handed.get(key)
-        if child is not None:
-            if child.is_open and child._set is not None:
-                return False
-            del self._handed[key]
         flags = seg.flags
         if flags & SYN:
             return not flags & (ACK | RST)
@@ -383,10 +375,6 @@ class TcpListener(Socket):
                     dead.append(key)
             for key in dead:
                 del table[key]
-        if now >= self._sweep_at:
-            self._sweep_at = now + HANDED_SWEEP
-            for key in [k for k, c in self._handed.items() if not c.is_open or c._set is None]:
-                del self._handed[key]
 
     def poll_at(self, now: float) -> float | None:
         if self._ctl:
