@@ -17,7 +17,7 @@ from netstack.socket.tcp.listener import TcpListener
 from netstack.socket.tcp.socket import PERSIST_MAX, TcpSocket
 from netstack.socket.tcp.state import State
 from netstack.wire.tcp import FIN, RST
-from tests.tcp.test_socket import IRS, ISS, Recorder, established, feed
+from tests.tcp.test_socket import IRS, ISS, Recorder, established, feed, listener_syn
 
 HOUR = 3600.0
 
@@ -225,6 +225,34 @@ def test_a_poll_with_nothing_due_visits_a_bounded_number():
     sockets.dirty.clear()
     assert len(sockets.due(1.0, SWEEP_PER_POLL)) == SWEEP_PER_POLL
     assert sockets.next_at() is None
+
+
+def test_a_listener_poll_asks_only_children_with_work(monkeypatch):
+    """The listener visited every half-open child twice per poll (its poll_at and its
+    dispatch: 2 x 4,096 under a SYN flood); now only those due, from its own schedule."""
+    lst = TcpListener(backlog=8, max_half_open=4096, syn_cookies=False, timestamps=False)
+    lst.listen((IPv4Address("192.168.1.1"), 80))
+    for i in range(4000):
+        listener_syn(lst, 0.0, 1024 + i, seq=i)
+    rec = Recorder()
+    lst.dispatch(0.0, rec)
+    assert len(rec.packets) == 4000  # every SYN-ACK, once
+    asked = []
+    real = TcpSocket.poll_at
+    monkeypatch.setattr(TcpSocket, "poll_at", lambda self, now: asked.append(self)
+                        or real(self, now))
+    at = lst.poll_at(0.1)
+    assert at is not None and 0.1 < at <= 3.0  # the SYN-ACK retransmission timer
+    rec = Recorder()
+    lst.dispatch(0.1, rec)
+    assert asked == [] and rec.packets == []
+    rec = Recorder()
+    lst.dispatch(at, rec)  # the timer: every SYN-ACK once more, backed off
+    assert len(rec.packets) == 4000 and len(asked) >= 4000
+    asked.clear()
+    assert lst.poll_at(at + 0.01) > at + 1.0
+    lst.dispatch(at + 0.01, Recorder())
+    assert asked == []
 
 
 def test_the_echo_app_resets_a_client_that_never_reads(pair):

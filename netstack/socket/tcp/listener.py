@@ -3,7 +3,9 @@
 Design: the listener is one socket in the `SocketSet` (KIND "tcp") and owns its children
 until they are accepted. A SYN creates a child `TcpSocket` in SYN-RECEIVED in the half-open
 table (at most `max_half_open`); the listener forwards the child's segments to it, runs its
-`dispatch` (SYN-ACK retransmission, timers) and reports the earliest `poll_at` of them all.
+`dispatch` (SYN-ACK retransmission, timers) and reports the earliest `poll_at` of them all
+— from its own schedule (children with work now, a heap of their deadlines), so a poll
+costs what is due, not the number of half-open children (4,096 under a SYN flood).
 When the handshake completes the child moves to the accept queue (at most `backlog`).
 
 `accept()` hands over the oldest established child: if the listener is in a set, the child is
@@ -36,6 +38,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from hashlib import blake2s
+from heapq import heapify, heappop, heappush
 
 from netstack.socket.addr import endpoint as _endpoint
 from netstack.socket.addr import local_matches
@@ -72,7 +75,8 @@ class TcpListener(Socket):
     KIND = "tcp"
     __slots__ = ("backlog", "max_half_open", "syn_cookies", "_options", "_local", "_open",
                  "_half", "_ready", "_ctl", "_key", "_cookies_until", "_now",
-                 "_mtu", "_tso", "_tso_v6", "stats", "v6only")
+                 "_mtu", "_tso", "_tso_v6", "stats", "v6only", "_due", "_timers", "_sched",
+                 "_pushes")
 
     def __init__(self, backlog: int = 128, *, max_half_open: int | None = None,
                  syn_cookies: bool = True, **socket_options) -> None:
@@ -89,6 +93,13 @@ class TcpListener(Socket):
         self._half: dict[tuple, TcpSocket] = {}
         self._ready: dict[tuple, TcpSocket] = {}
         self._ctl: deque = deque()
+        # the children's schedule, so a poll costs what is due, not the table's size: keys
+        # to visit now, and a heap of (deadline, n, key) — stale entries (a child's deadline
+        # moved, or it left) are skipped against `_sched`, the deadline each key last got
+        self._due: dict[tuple, None] = {}  # (a dict: in order)
+        self._timers: list[tuple[float, int, tuple]] = []
+        self._sched: dict[tuple, float] = {}
+        self._pushes = 0
         self._key = os.urandom(32)
         self._cookies_until = -1.0
         self._now = 0.0
@@ -160,6 +171,7 @@ class TcpListener(Socket):
         while self._ready:
             key = next(iter(self._ready))
             child = self._ready.pop(key)
+            self._forget(key)
             if not child.is_open:
                 continue
             if self._set is not None:
@@ -181,6 +193,9 @@ class TcpListener(Socket):
                 child.abort()
                 self._flush_child_rst(child)
             table.clear()
+        self._due.clear()
+        self._timers.clear()
+        self._sched.clear()
         was, self._open = self._open, False
         if self._set is not None and was:
             self._set.tcp_index(self)
@@ -194,15 +209,17 @@ class TcpListener(Socket):
     def set_mtu(self, mtu: int) -> None:
         self._mtu = mtu
         for table in (self._half, self._ready):
-            for child in table.values():
+            for key, child in table.items():
                 child.set_mtu(mtu)
+                self._due[key] = None
 
     def set_max_segment_size(self, max_bytes: int | None, ipv6: bool = True) -> None:
         self._tso = max_bytes
         self._tso_v6 = ipv6
         for table in (self._half, self._ready):
-            for child in table.values():
+            for key, child in table.items():
                 child.set_max_segment_size(max_bytes, ipv6)
+                self._due[key] = None
 
     # -- SYN cookies --------------------------------------------------------------------
     def _cookie_hash(self, key: tuple, irs: int, t: int, mss_idx: int) -> int:
@@ -269,10 +286,14 @@ class TcpListener(Socket):
             if child.state in SYNCHRONIZED:
                 del self._half[key]
                 self._ready[key] = child
+                self._due[key] = None
                 self._wake()
             elif child.state is State.CLOSED:
                 self._flush_child_rst(child)
                 del self._half[key]
+                self._forget(key)
+            else:
+                self._due[key] = None
             return
         child = self._ready.get(key)
         if child is not None:
@@ -280,6 +301,9 @@ class TcpListener(Socket):
             if child.state is State.CLOSED:
                 self._flush_child_rst(child)
                 del self._ready[key]
+                self._forget(key)
+            else:
+                self._due[key] = None
             return
         flags = seg.flags
         local = (ip_repr.dst_addr, self._local[1])
@@ -294,6 +318,7 @@ class TcpListener(Socket):
                     return
                 oldest = next(iter(self._half))
                 del self._half[oldest]
+                self._forget(oldest)
                 self._count("half_open_evicted")
             child = TcpSocket(**self._options)
             child.syn_retries = SYNACK_RETRIES
@@ -303,6 +328,7 @@ class TcpListener(Socket):
                 child.set_max_segment_size(self._tso, self._tso_v6)
             child._syn_received(now, local, remote, seg, child.isn_fn(now, local, remote))
             self._half[key] = child
+            self._due[key] = None
             return
         # a bare ACK for an unknown 4-tuple while cookies are out: a cookie?
         if len(self._ready) >= self.backlog:
@@ -326,6 +352,7 @@ class TcpListener(Socket):
         child._cookie_established(now, local, remote, iss, irs, mss, seg, self._rx_window())
         child.process(now, ip_repr, seg, payload, src_hw)  # data riding on the ACK
         self._ready[key] = child
+        self._due[key] = None
         self._wake()
 
     def _send_cookie(self, now: float, ip_repr, seg: TcpRepr, key: tuple) -> None:
@@ -363,31 +390,63 @@ class TcpListener(Socket):
                 blocked = True
             return ok
 
-        for table in (self._half, self._ready):
-            dead = []
-            for key, child in table.items():
-                if blocked:
-                    break
-                at = child.poll_at(now)
-                if at is not None and at <= now:
-                    child.dispatch(now, guarded)
-                if child.state is State.CLOSED and child._ctl_out is None:
-                    dead.append(key)
-            for key in dead:
-                del table[key]
+        due, timers, sched = self._due, self._timers, self._sched
+        while timers and timers[0][0] <= now:
+            at, _, key = heappop(timers)
+            if sched.get(key) == at:
+                del sched[key]
+                due[key] = None
+        if not due:
+            return
+        visit, self._due = due, {}
+        for key in visit:
+            if blocked:
+                self._due[key] = None  # the device is full: next poll
+                continue
+            child = self._half.get(key) or self._ready.get(key)
+            if child is None:
+                continue
+            at = child.poll_at(now)
+            if at is not None and at <= now:
+                child.dispatch(now, guarded)
+            if child.state is State.CLOSED and child._ctl_out is None:
+                self._half.pop(key, None)
+                self._ready.pop(key, None)
+                self._forget(key)
+                continue
+            self._schedule(key, child.poll_at(now), now)
+
+    def _schedule(self, key: tuple, at: float | None, now: float) -> None:
+        if at is None:
+            self._sched.pop(key, None)
+        elif at <= now:
+            self._due[key] = None
+        elif self._sched.get(key) != at:
+            self._sched[key] = at
+            self._pushes += 1
+            heappush(self._timers, (at, self._pushes, key))
+            if len(self._timers) > 2 * len(self._sched) + 64:  # mostly stale: rebuild
+                rebuilt = []
+                for k, t in self._sched.items():
+                    self._pushes += 1
+                    rebuilt.append((t, self._pushes, k))
+                heapify(rebuilt)
+                self._timers = rebuilt
+
+    def _forget(self, key: tuple) -> None:
+        self._sched.pop(key, None)
+        self._due.pop(key, None)
 
     def poll_at(self, now: float) -> float | None:
-        if self._ctl:
+        if self._ctl or self._due:
             return now
-        at = None
-        for table in (self._half, self._ready):
-            for child in table.values():
-                t = child.poll_at(now)
-                if t is not None and (at is None or t < at):
-                    at = t
-                    if t <= now:
-                        return now
-        return at
+        timers, sched = self._timers, self._sched
+        while timers:
+            at, _, key = timers[0]
+            if sched.get(key) == at:
+                return at
+            heappop(timers)
+        return None
 
     def __repr__(self) -> str:
         return (f"<TcpListener {self._local} half_open={len(self._half)} "
