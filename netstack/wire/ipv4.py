@@ -37,6 +37,42 @@ OFFSET_MASK = 0x1FFF
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+
+
+class _Addr4(IPv4Address):
+    """An IPv4Address that hashes once: a segment's addresses are hashed a dozen times on
+    their way (demux index, listener tables, schedules) and `IPv4Address.__hash__` builds
+    a hex string each time. Equal to, and hashing as, the plain IPv4Address."""
+
+    __slots__ = ("_hash",)
+
+    def __hash__(self) -> int:
+        try:
+            return self._hash
+        except AttributeError:
+            h = self._hash = IPv4Address.__hash__(self)
+            return h
+
+    def __repr__(self) -> str:
+        return f"IPv4Address({str(self)!r})"
+
+    def __reduce__(self):
+        return IPv4Address, (self._ip,)
+
+
+_ADDRS: dict[bytes, IPv4Address] = {}
+_ADDRS_MAX = 65536  # a guest sending from many addresses only cycles it
+
+
+def addr4(packed: bytes) -> IPv4Address:
+    """The address of 4 bytes from the wire: one shared object per address (bounded
+    cache), its hash computed once."""
+    a = _ADDRS.get(packed)
+    if a is None:
+        if len(_ADDRS) >= _ADDRS_MAX:
+            _ADDRS.clear()
+        a = _ADDRS[packed] = _Addr4(packed)
+    return a
 # version/ihl, dscp/ecn, total length, ident, flags/offset, ttl, protocol, checksum, src, dst
 _HEADER = struct.Struct("!BBHHHBBH4s4s")
 
@@ -277,8 +313,8 @@ class Ipv4Repr:
         if verify_checksum and _checksum(b[:header_len]) != 0:
             raise Error("ipv4: bad header checksum")
         return cls(
-            src_addr=IPv4Address(src),
-            dst_addr=IPv4Address(dst),
+            src_addr=addr4(src),
+            dst_addr=addr4(dst),
             protocol=_PROTOCOLS.get(proto, proto),
             payload_len=total_len - header_len,
             ttl=ttl,

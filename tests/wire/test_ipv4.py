@@ -310,3 +310,22 @@ def test_emit_refuses_a_payload_that_cannot_fit():
     r = Ipv4Repr(IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2"), IpProtocol.UDP, 65516)
     with pytest.raises(ValueError):
         r.emit(Ipv4Packet(bytearray(HEADER_LEN)))
+
+
+def test_wire_addresses_are_plain_ipv4addresses_hashed_once():
+    """`parse` gives shared address objects that hash once; they must stay
+    indistinguishable from IPv4Address in dicts, sets, repr and pickles."""
+    import pickle
+
+    from netstack.wire import ipv4 as mod
+
+    a = mod.addr4(b"\x0a\x00\x02\x0f")
+    plain = IPv4Address("10.0.2.15")
+    assert a == plain and hash(a) == hash(plain) and {plain: 1}[a] == 1
+    assert repr(a) == repr(plain) and str(a) == "10.0.2.15"
+    assert mod.addr4(bytes([10, 0, 2, 15])) is a
+    assert type(pickle.loads(pickle.dumps(a))) is IPv4Address
+    assert a + 1 == IPv4Address("10.0.2.16")
+    for i in range(mod._ADDRS_MAX + 10):  # a flood of sources cycles the cache
+        mod.addr4(i.to_bytes(4, "big"))
+    assert len(mod._ADDRS) <= mod._ADDRS_MAX

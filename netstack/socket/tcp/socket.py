@@ -1225,6 +1225,8 @@ class TcpSocket(Socket):
     def _data_plan(self) -> tuple[int, int, int] | None:
         """What the next data/FIN segment would be: (seq, payload length, flags), or None.
         No side effects: poll_at uses it too."""
+        if not self._tx and not self._fin_queued:
+            return None  # (the common idle case, asked on every poll_at)
         state = self.state
         if state not in (State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1,
                          State.CLOSING, State.LAST_ACK):
