@@ -97,6 +97,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
               + (f"DHCP leases from {c.dhcp_first}; " if c.dhcp else "no DHCP; ")
               + "UDP echo on 7, udpserver on 5555; TCP echo on 7, discard on 9, chargen on 19, "
               "echoserver on 5555, HTTP on 80.", flush=True, file=out)
+        gw = stack.gateway
+        if gw is None:
+            print("No gateway (--no-gateway): the guest reaches only these apps.",
+                  flush=True, file=out)
+        else:
+            maps = ", ".join(f"{g} (other ports) -> {h}" for g, h in gw.policy.loopback.items())
+            print("Gateway: " + ("restricted, no outbound flows" if gw.config.restrict else
+                                 "NAT to the host's networks")
+                  + (f"; host loopback: {maps}" if maps else "") + ".", flush=True, file=out)
     log.info("serving vhost-user net on %s", path or args.connect or f"fd {args.fd}")
     if control is not None:
         log.info("control socket %s (vhostnet status/faults/capture --control %s)",
@@ -163,6 +172,14 @@ def _stack_config(args: argparse.Namespace):
                       tcp_orphan_retries=args.tcp_orphan_retries,
                       tcp_max_orphans=args.tcp_max_orphans,
                       tcp_max_tw_buckets=args.tcp_max_tw_buckets, max_sockets=args.max_sockets)
+    from gateway import GatewayConfig
+
+    cfg.gateway = GatewayConfig(
+        enabled=not args.no_gateway,
+        map_host_loopback=None if args.no_map_host_loopback else args.map_host_loopback,
+        restrict=args.restrict, tcp=not args.no_tcp_outbound, udp=not args.no_udp_outbound,
+        allow=list(args.allow_outbound), deny=list(args.deny_outbound),
+        max_flows=args.max_flows, udp_timeout=args.udp_timeout)
     if start:
         cfg.dhcp_start = start
     if count:
@@ -251,6 +268,29 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default 16384)")
     lim.add_argument("--max-sockets", type=int, default=131072, metavar="N",
                      help="the socket table's size: one more gets EMFILE (default 131072)")
+    gw = serve.add_argument_group(
+        "the gateway (NAT: the guest reaches the host and the world, as with -netdev user)")
+    gw.add_argument("--no-gateway", action="store_true",
+                    help="no NAT at all: the guest reaches only our apps")
+    gw.add_argument("--map-host-loopback", metavar="ADDR", default="",
+                    help="the guest address standing for the host's 127.0.0.1 / ::1 "
+                         "(default: our gateway address, 10.0.2.2 and fd00:10:0:2::2, on the "
+                         "ports none of our apps holds)")
+    gw.add_argument("--no-map-host-loopback", action="store_true",
+                    help="the guest cannot reach the host's loopback")
+    gw.add_argument("--restrict", action="store_true",
+                    help="no outbound flows at all (as -netdev user,restrict=on); "
+                         "--hostfwd still works")
+    gw.add_argument("--allow-outbound", action="append", default=[], metavar="CIDR",
+                    help="only these destinations (repeatable; default: all)")
+    gw.add_argument("--deny-outbound", action="append", default=[], metavar="CIDR",
+                    help="never these destinations (repeatable; wins over --allow-outbound)")
+    gw.add_argument("--no-tcp-outbound", action="store_true", help="no outbound TCP")
+    gw.add_argument("--no-udp-outbound", action="store_true", help="no outbound UDP")
+    gw.add_argument("--max-flows", type=int, default=4096, metavar="N",
+                    help="NAT flows per protocol; more are dropped and counted (default 4096)")
+    gw.add_argument("--udp-timeout", type=float, default=180.0, metavar="SECONDS",
+                    help="a UDP flow idle this long is closed (default 180)")
     st.add_argument("--pcap", metavar="FILE",
                     help="capture every frame at the virtqueue (classic pcap; .pcapng for "
                          "pcapng with directions; a FIFO streams live to wireshark -k -i)")

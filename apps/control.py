@@ -415,7 +415,20 @@ def _stack_status(stack) -> dict:
         "runtime": dict(getattr(stack.runtime, "stats", {})),
         "sockets": sockets,
         "dhcp_leases": leases,
+        "gateway": _gateway_status(stack),
     }
+
+
+def _gateway_status(stack) -> dict | None:
+    gw = getattr(stack, "gateway", None)
+    if gw is None:
+        return None
+    out = gw.status()
+    # the ports our own apps hold on the gateway address: the rest go to the host
+    out["our_tcp_ports"] = sorted(stack.sockets.tcp_listen)
+    out["our_udp_ports"] = sorted({s.endpoint[1] for s in stack.sockets.of_kind("udp")
+                                   if getattr(s, "endpoint", None)})
+    return out
 
 
 def _listen(path: str) -> socket.socket:
@@ -724,6 +737,7 @@ def format_status(st: dict) -> str:
         for le in leases:
             lines.append(f"  {le['address']:15} {le['mac']} {le['state']:7} "
                          f"{le['hostname'] or ''} expires in {le['expires_in']:.0f}s")
+        lines.extend(_format_gateway(st.get("gateway")))
         f = st["faults"]
         if f["enabled"]:
             lines.append(f"faults: ON {_counters(f['knobs'])}")
@@ -734,6 +748,21 @@ def format_status(st: dict) -> str:
         else:
             lines.append("faults: off")
     return "\n".join(lines)
+
+
+def _format_gateway(gw: dict | None) -> list[str]:
+    if gw is None:
+        return ["gateway: off (guests reach only our apps)"]
+    maps = ", ".join(f"{g} -> {h}" for g, h in gw["loopback"].items()) or "off"
+    lines = [f"gateway: {gw['tcp_flows']} TCP and {gw['udp_flows']} UDP flows; host loopback "
+             f"{maps}; ours: TCP {','.join(map(str, gw['our_tcp_ports'])) or '-'}, "
+             f"UDP {','.join(map(str, gw['our_udp_ports'])) or '-'}",
+             f"  counters: {_counters(gw['counters'])}"]
+    for f in gw["flows"]:
+        lines.append(f"  {f['proto']} {f['guest']:>21} -> {f['dst'] or '-':21} host "
+                     f"{f.get('host_local') or '-'} {f['state']} up {f['up']} down "
+                     f"{f['down']} age {f['age']}s")
+    return lines
 
 
 def _format_ipv6(v6: dict) -> list[str]:

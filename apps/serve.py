@@ -44,6 +44,10 @@ class StackApp:
         self.stack.runtime.attach(self._wrap(device))
 
     def detach(self) -> None:
+        gw = self.stack.gateway
+        if gw is not None:  # the guest went away: its flows with it
+            with self.stack.runtime.lock:
+                gw.reset()
         self.stack.runtime.detach()
         self.device = None
         self.faults = None

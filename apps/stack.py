@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from gateway import Gateway, GatewayConfig
 from netstack.iface import Interface, InterfaceConfig
 from netstack.runtime import Runtime
 from netstack.socket.dhcp_server import DhcpServer, DhcpServerConfig
@@ -62,6 +63,8 @@ class StackConfig:
     tcp_max_orphans: int = 16384
     tcp_max_tw_buckets: int = 16384
     max_sockets: int = 131072
+    # NAT to the host and the world (the gateway package); on by default
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
     def limits(self) -> Limits:
         return Limits(fin_timeout=self.tcp_fin_timeout, orphan_retries=self.tcp_orphan_retries,
@@ -152,6 +155,8 @@ class StackConfig:
                    "max_orphans": "--tcp-max-orphans", "max_tw_buckets": "--tcp-max-tw-buckets",
                    "max_sockets": "--max-sockets"}.get(field, field)
             raise ValueError(f"{opt}: {e}") from None
+        if self.gateway.enabled:
+            self.gateway.check()
 
     @property
     def ipv6_network(self) -> ipaddress.IPv6Network:
@@ -177,6 +182,7 @@ class Stack:
     runtime: Runtime
     dhcp: DhcpServer | None
     dns: DnsResponder
+    gateway: Gateway | None = None
     app_threads: list[threading.Thread] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
 
@@ -198,6 +204,8 @@ class Stack:
         self.stop_event.set()
         self.runtime.wake()
         deadline = time.monotonic() + timeout
+        if self.gateway is not None:
+            self.gateway.close()  # every flow reset, every host socket closed
         for t in self.app_threads:
             t.join(max(0.0, deadline - time.monotonic()))
 
@@ -246,4 +254,9 @@ def build_stack(config: StackConfig | None = None) -> Stack:
             mac, dns_servers=dns_servers, domain_list=(dns.domain,)))))
         iface.join_multicast_group(ALL_DHCP_RELAY_AGENTS_AND_SERVERS)
     runtime = Runtime(iface, None, sockets)
-    return Stack(config, iface, sockets, runtime, dhcp, dns)
+    gateway = None
+    if config.gateway.enabled:
+        gateway = Gateway(runtime, config.gateway, gateway4=net.ip,
+                          gateway6=config.ipv6_address if config.ipv6 else None)
+        gateway.start()
+    return Stack(config, iface, sockets, runtime, dhcp, dns, gateway)

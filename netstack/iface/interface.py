@@ -260,6 +260,9 @@ class Interface(Ipv6Layer):
         self.neighbors = NeighborCache(stats=self.stats)
         self.reassembler = Ipv4Reassembler()
         self.any_ip = config.any_ip
+        # NAT (the `gateway` package): asked about what no socket takes; it makes us
+        # accept unicast to any address
+        self.gateway = None
         self.rx_budget = config.rx_budget
         self.tx_budget = config.tx_budget
         self.icmp_error_rate = config.icmp_error_rate
@@ -600,6 +603,8 @@ class Interface(Ipv6Layer):
             cast = True
         elif self.any_ip:
             cast = l2_cast
+        elif self.gateway is not None and not l2_cast:
+            cast = False  # to elsewhere: the gateway's, if no socket of ours takes it
         elif ip.protocol == _UDP and not l2_cast and not self._cidrs:
             foreign = True  # perhaps a DHCP offer to the address we do not have yet
             cast = False
@@ -643,6 +648,10 @@ class Interface(Ipv6Layer):
                 sock.process(self._now, ip, udp_repr, udp.payload, src_hw)
                 self._sockets.dirty.add(sock)
                 return
+        gw = self.gateway
+        if gw is not None and not cast and not foreign and \
+                gw.udp(self._now, ip, udp_repr, udp.payload):
+            return
         if foreign:
             stats["ipv4_not_for_us"] += 1
         elif raw_taken:
@@ -683,6 +692,9 @@ class Interface(Ipv6Layer):
                     sock.process(self._now, ip, seg, seg.payload, src_hw)
                     sockets.dirty.add(sock)
                     return
+        gw = self.gateway
+        if gw is not None and gw.tcp(self._now, ip, seg):
+            return
         if raw_taken:
             return
         reply = _tcp_rst_reply(ip, seg)
@@ -711,6 +723,11 @@ class Interface(Ipv6Layer):
         if icmp.msg_type == Icmpv4Message.ECHO_REQUEST:
             if cast:
                 stats["icmp_echo_broadcast_ignored"] += 1
+                return
+            gw = self.gateway
+            if gw is not None and int(ip.dst_addr) not in self._addr_ints:
+                if not gw.icmp_echo(self._now, ip, icmp):
+                    stats["icmp_echo_elsewhere_dropped"] += 1  # never answered in its name
                 return
             reply = Icmpv4Repr.echo_reply(icmp.ident, icmp.seq_no, icmp.data)
 

@@ -367,6 +367,9 @@ class Ipv6Layer:
             cast = True
         elif self.any_ip and b[24] != 0xFF:
             cast = l2_cast
+        elif self.gateway is not None and b[24] != 0xFF and b[24] & 0xFE != 0xFE \
+                and not l2_cast:
+            cast = False  # to elsewhere (not multicast, not link-local): the gateway's
         else:
             stats["ipv6_not_for_us"] += 1
             return
@@ -504,6 +507,12 @@ class Ipv6Layer:
                 sock.process(now, ip, icmp, payload, src_hw)
                 self._sockets.dirty.add(sock)
         if t == _ECHO_REQUEST:
+            gw = self.gateway
+            if gw is not None and not cast and \
+                    int.from_bytes(ip.dst_addr.packed, "big") not in self._addr6:
+                if not gw.icmp_echo(now, ip, icmp):
+                    stats["icmpv6_echo_elsewhere_dropped"] += 1
+                return
             src = ip.dst_addr if not cast else self._source6_for(ip.src_addr)
             if src is None or ip.src_addr == _UNSPEC:
                 stats["icmpv6_echo_dropped"] += 1

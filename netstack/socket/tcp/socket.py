@@ -135,7 +135,7 @@ def _wscale_for(buffer_size: int) -> int:
 
 @touches("orphan", "set_mtu", "set_max_segment_size", "set_path_mtu", "set_nodelay",
          "set_keep_alive", "set_timeout", "set_time_wait", "listen", "connect", "send", "recv",
-         "recv_into", "close", "shutdown_read", "abort")
+         "recv_into", "consume", "answer_syn", "close", "shutdown_read", "abort")
 class TcpSocket(Socket):
     """One TCP connection. Not thread-safe by itself: the runtime's lock guards it.
 
@@ -588,6 +588,23 @@ class TcpSocket(Socket):
         del rx[:n]
         self._after_read()
         return out
+
+    def consume(self, n: int) -> None:
+        """Drop the first `n` received bytes (after a `peek` whose bytes went elsewhere:
+        the gateway peeks, writes to the host socket, consumes what it took)."""
+        rx = self._rx
+        if n > 0 and rx:
+            del rx[:n]
+            self._after_read()
+
+    def answer_syn(self, now: float, local, remote, seg: TcpRepr) -> None:
+        """Take a SYN that no listener took, as a listener's child would: SYN-RECEIVED,
+        our SYN-ACK owed (the gateway answers a guest's SYN once its host socket is
+        connected, from the address the guest asked for)."""
+        if self.state is not State.CLOSED:
+            raise InvalidState(f"answer_syn in {self.state}")
+        local, remote = _ep(local), _ep(remote)
+        self._syn_received(now, local, remote, seg, self.isn_fn(now, local, remote))
 
     def recv_into(self, buf) -> int:
         mv = memoryview(buf).cast("B")

@@ -1,0 +1,288 @@
+"""The gateway: NAT from the guest to the host and the world.
+
+The seam to the stack is small: the interface calls `tcp()` and `udp()` (on the runtime's
+thread, its lock held) for a segment or datagram no socket of ours took, to an address
+that is not ours or to the mapped gateway address; they answer "taken" or "not mine" (then
+the interface answers as before: RST, port unreachable). What the gateway sends to the
+guest goes through its TCP sockets (real `TcpSocket`s in the set, answering from the
+address the guest asked for) and the `Outbox`.
+
+The seam to the loop: one thread of ours owns every host socket in a selector (epoll),
+and takes the runtime's lock to move bytes; the runtime's thread tells it about new flows
+and about TCP sockets that changed (their wakers) through an eventfd. Host sockets are
+non-blocking and nothing is read from one unless the guest's side has room.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import selectors
+import threading
+from collections import Counter, deque
+
+from gateway.outbox import Outbox
+from gateway.policy import GatewayConfig, Policy
+from gateway.tcp import TcpFlow
+from gateway.udp import UdpFlow
+from netstack.wire.tcp import ACK, FIN, RST, SYN
+
+log = logging.getLogger("vhostnet.gateway")
+
+UDP_QUEUE = 4096  # guest datagrams waiting for the gateway's thread
+JOIN_TIMEOUT = 1.0
+
+
+class Gateway:
+    """NAT for one stack. `start()` runs its thread; `close()` resets every flow, closes
+    every host socket and detaches from the interface."""
+
+    def __init__(self, runtime, config: GatewayConfig | None = None, *, gateway4=None,
+                 gateway6=None, tcp_options: dict | None = None) -> None:
+        self.config = config = config or GatewayConfig()
+        config.check()
+        self.runtime = runtime
+        self.sockets = runtime.sockets
+        self.iface = runtime.iface
+        self.policy = Policy(config, gateway4, gateway6)
+        self._visible = {host: guest for guest, host in self.policy.loopback.items()}
+        self.tcp_options = tcp_options or {}
+        self.stats: Counter[str] = Counter()
+        self.tcp_flows: dict[tuple, TcpFlow] = {}
+        self.udp_flows: dict[tuple, UdpFlow] = {}
+        self.paused: set[UdpFlow] = set()
+        self.selector = selectors.DefaultSelector()
+        self._new: deque[TcpFlow] = deque()
+        self._udp_out: deque = deque()
+        self._poked: set[TcpFlow] = set()
+        self._resume = False
+        self._signalled = False
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.selector.register(self._wake_fd, selectors.EVENT_READ, None)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._next_expiry = 0.0
+        with runtime.lock:
+            self.outbox = Outbox()
+            self.sockets.add(self.outbox)
+            self.outbox.set_waker(self._outbox_room)
+            self.iface.gateway = self
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.stats[what] += n
+
+    # -- called by the interface (runtime thread, lock held) ------------------------------
+    def _ours(self, dst) -> bool:
+        return self.iface.has_ip_addr(dst) and not self.policy.maps_loopback(dst)
+
+    def tcp(self, now: float, ip, seg) -> bool:
+        """A segment no socket took: a SYN to elsewhere opens a flow. True: taken."""
+        key = (ip.src_addr, seg.src_port, ip.dst_addr, seg.dst_port)
+        flow = self.tcp_flows.get(key)
+        if flow is not None:  # still connecting (an open flow's socket takes its segments)
+            if seg.flags & RST and flow.state == "connecting":
+                self.count("tcp_guest_gave_up")
+                flow.close_host(rst=False)
+                flow.state = "closed"
+                self.forget_tcp(flow)
+            return True  # (a retransmitted SYN: the answer comes with the connect)
+        if not seg.flags & SYN or seg.flags & (ACK | RST | FIN):
+            return False
+        dst = ip.dst_addr
+        if self._ours(dst):
+            return False
+        target = self.policy.target("tcp", dst)
+        if isinstance(target, str):
+            self.count(f"tcp_refused_{target}")
+            return False
+        if len(self.tcp_flows) >= self.config.max_flows:
+            self.count("tcp_flow_limit")
+            return True  # dropped, as a full conntrack table drops
+        flow = TcpFlow(self, key, ip, dataclasses.replace(seg, payload=b""), target, now)
+        self.tcp_flows[key] = flow
+        self._new.append(flow)
+        self._signal()
+        return True
+
+    def udp(self, now: float, ip, udp_repr, payload) -> bool:
+        """A datagram no socket took: to elsewhere, it goes out through the guest port's
+        flow. True: taken."""
+        dst = ip.dst_addr
+        if self._ours(dst):
+            return False
+        target = self.policy.target("udp", dst)
+        if isinstance(target, str):
+            self.count(f"udp_refused_{target}")
+            return False
+        key = (ip.src_addr, udp_repr.src_port)
+        flow = self.udp_flows.get(key)
+        if flow is None:
+            if len(self.udp_flows) >= self.config.max_flows:
+                self.count("udp_flow_limit")
+                return True
+            flow = self.udp_flows[key] = UdpFlow(self, key, now)
+        if len(self._udp_out) >= UDP_QUEUE:
+            self.count("udp_queue_full")
+            return True
+        self._udp_out.append((flow, target, udp_repr.dst_port, bytes(payload)))
+        self._signal()
+        return True
+
+    def icmp_echo(self, now: float, ip, icmp) -> bool:
+        """An echo request to elsewhere. Not forwarded yet: False (dropped, counted)."""
+        return False
+
+    def poke(self, flow: TcpFlow) -> None:
+        """A flow's TCP socket may have changed (its waker)."""
+        self._poked.add(flow)
+        self._signal()
+
+    def _outbox_room(self) -> None:
+        if self.paused:
+            self._resume = True
+            self._signal()
+
+    def _signal(self) -> None:
+        if not self._signalled:
+            self._signalled = True
+            try:
+                os.eventfd_write(self._wake_fd, 1)
+            except OSError:  # closed
+                pass
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def forget_tcp(self, flow: TcpFlow) -> None:
+        if self.tcp_flows.get(flow.key) is flow:
+            del self.tcp_flows[flow.key]
+        self._poked.discard(flow)
+
+    def guest_visible(self, host_addr):
+        """The address the guest sees for a host-side peer (the loopback: mapped)."""
+        if host_addr.is_loopback:
+            return self._visible.get(host_addr)
+        return host_addr
+
+    # -- our thread ---------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="vhostnet-gateway",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        sel, rt = self.selector, self.runtime
+        while not self._stopping:
+            try:
+                events = sel.select(1.0)
+            except (OSError, ValueError):  # closed under us
+                return
+            with rt.lock:
+                if self._stopping:
+                    return
+                try:
+                    self._step(rt.clock(), events)
+                except Exception:  # a bug must not stop every flow: log it, go on
+                    log.exception("gateway: step failed")
+                    self.count("gateway_errors")
+            rt.wake()
+
+    def _step(self, now: float, events) -> None:
+        for key, mask in events:
+            flow = key.data
+            if flow is None:
+                try:
+                    os.eventfd_read(self._wake_fd)
+                except BlockingIOError:
+                    pass
+            elif flow.host is not None:
+                flow.on_event(now, mask)
+        self._signalled = False
+        new = self._new
+        while new:
+            flow = new.popleft()
+            if flow.state == "connecting" and flow.host is None:
+                flow.start()
+        out = self._udp_out
+        while out:
+            flow, target, port, data = out.popleft()
+            if flow.host is None:
+                if self.udp_flows.get(flow.key) is not flow:
+                    continue  # expired meanwhile
+                if not flow.open():
+                    del self.udp_flows[flow.key]
+                    continue
+                self.count("udp_opened")
+            flow.send(now, target, port, data)
+        if self._poked:
+            poked, self._poked = self._poked, set()
+            for flow in poked:
+                flow.pump()
+        if self._resume:
+            self._resume = False
+            paused, self.paused = self.paused, set()
+            for flow in paused:
+                flow.resume()
+        if now >= self._next_expiry:
+            self._next_expiry = now + 1.0
+            self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        for flow in [f for f in self.tcp_flows.values() if f.state == "connecting"]:
+            flow.expire(now)
+        timeout = self.config.udp_timeout
+        for key, flow in list(self.udp_flows.items()):
+            if flow.host is not None and now - flow.last >= timeout:
+                self.count("udp_expired")
+                self._close_udp(key, flow)
+
+    def _close_udp(self, key, flow: UdpFlow) -> None:
+        flow.close()
+        self.paused.discard(flow)
+        if self.udp_flows.get(key) is flow:
+            del self.udp_flows[key]
+
+    def reset(self) -> None:
+        """End every flow (the guest went away): TCP reset both ways, host sockets closed.
+        Call with the runtime's lock held."""
+        for flow in list(self.tcp_flows.values()):
+            if flow.state == "connecting":
+                flow.close_host(rst=False)
+                flow.state = "closed"
+                self.forget_tcp(flow)
+            else:
+                flow.abort()
+        for key, flow in list(self.udp_flows.items()):
+            self._close_udp(key, flow)
+        self._new.clear()
+        self._udp_out.clear()
+
+    def close(self) -> None:
+        thread, self._thread = self._thread, None
+        self._stopping = True
+        self._signal()
+        if thread is not None:
+            thread.join(JOIN_TIMEOUT)
+        with self.runtime.lock:
+            self.reset()
+            if self.iface.gateway is self:
+                self.iface.gateway = None
+            handle = self.sockets.handle_of(self.outbox)
+            if handle is not None:
+                self.sockets.remove(handle)
+        self.selector.close()
+        fd, self._wake_fd = self._wake_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    # -- what `vhostnet status` shows ------------------------------------------------------
+    def status(self, now: float | None = None, flows: int = 200) -> dict:
+        with self.runtime.lock:
+            now = self.runtime.clock() if now is None else now
+            listed = [f.status(now) for f in list(self.tcp_flows.values())[:flows]]
+            listed += [f.status(now) for f in list(self.udp_flows.values())[:flows]]
+            return {"tcp_flows": len(self.tcp_flows), "udp_flows": len(self.udp_flows),
+                    "outbox_dropped": self.outbox.dropped, "counters": dict(self.stats),
+                    "flows": listed,
+                    "loopback": {str(g): str(h) for g, h in self.policy.loopback.items()}}
