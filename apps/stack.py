@@ -259,4 +259,7 @@ def build_stack(config: StackConfig | None = None) -> Stack:
         gateway = Gateway(runtime, config.gateway, gateway4=net.ip,
                           gateway6=config.ipv6_address if config.ipv6 else None)
         gateway.start()
+        for sock in sockets.of_kind("udp"):
+            if isinstance(sock, DnsServerSocket):
+                sock.forwarder = gateway.dns
     return Stack(config, iface, sockets, runtime, dhcp, dns, gateway)

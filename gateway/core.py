@@ -22,6 +22,7 @@ import selectors
 import threading
 from collections import Counter, deque
 
+from gateway.dns import DnsForwarder, parse_server, resolv_conf_servers
 from gateway.outbox import Outbox
 from gateway.policy import GatewayConfig, Policy
 from gateway.tcp import TcpFlow
@@ -63,6 +64,12 @@ class Gateway:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._next_expiry = 0.0
+        self.dns: DnsForwarder | None = None
+        if config.dns:
+            servers = ([parse_server(t) for t in config.dns_forward] if config.dns_forward
+                       else resolv_conf_servers())
+            if servers:
+                self.dns = DnsForwarder(self, servers)
         with runtime.lock:
             self.outbox = Outbox()
             self.sockets.add(self.outbox)
@@ -175,7 +182,7 @@ class Gateway:
         sel, rt = self.selector, self.runtime
         while not self._stopping:
             try:
-                events = sel.select(1.0)
+                events = sel.select(0.25 if self.dns is not None and self.dns.pending else 1.0)
             except (OSError, ValueError):  # closed under us
                 return
             with rt.lock:
@@ -199,6 +206,8 @@ class Gateway:
             elif flow.host is not None:
                 flow.on_event(now, mask)
         self._signalled = False
+        if self.dns is not None and self.dns.queue:
+            self.dns.step(now)
         new = self._new
         while new:
             flow = new.popleft()
@@ -224,6 +233,8 @@ class Gateway:
             paused, self.paused = self.paused, set()
             for flow in paused:
                 flow.resume()
+        if self.dns is not None and self.dns.pending:
+            self.dns.expire(now)
         if now >= self._next_expiry:
             self._next_expiry = now + 1.0
             self._expire(now)
@@ -268,6 +279,8 @@ class Gateway:
             self.reset()
             if self.iface.gateway is self:
                 self.iface.gateway = None
+            if self.dns is not None:
+                self.dns.close()
             handle = self.sockets.handle_of(self.outbox)
             if handle is not None:
                 self.sockets.remove(handle)
@@ -285,4 +298,6 @@ class Gateway:
             return {"tcp_flows": len(self.tcp_flows), "udp_flows": len(self.udp_flows),
                     "outbox_dropped": self.outbox.dropped, "counters": dict(self.stats),
                     "flows": listed,
+                    "dns_servers": [f"{a}:{p}" if ":" not in a else f"[{a}]:{p}"
+                                    for a, p in (self.dns.servers if self.dns else [])],
                     "loopback": {str(g): str(h) for g, h in self.policy.loopback.items()}}

@@ -38,6 +38,8 @@ class GatewayConfig:
     max_flows: int = 4096  # per protocol
     udp_timeout: float = 180.0  # seconds a UDP flow lives without traffic
     connect_timeout: float = 20.0  # seconds a host connect may take before the guest's RST
+    dns: bool = True  # forward queries for names that are not ours
+    dns_forward: list[str] | None = None  # ADDR[:PORT]; None: /etc/resolv.conf's
 
     def check(self) -> None:
         """ValueError naming the option, for the first bad value."""
@@ -52,6 +54,13 @@ class GatewayConfig:
                 ipaddress.ip_address(self.map_host_loopback)
             except ValueError as e:
                 raise ValueError(f"--map-host-loopback {self.map_host_loopback}: {e}") from None
+        from gateway.dns import parse_server
+
+        for text in self.dns_forward or ():
+            try:
+                parse_server(text)
+            except ValueError as e:
+                raise ValueError(f"--dns-forward {text}: {e}") from None
         if self.max_flows < 1:
             raise ValueError(f"--max-flows {self.max_flows}: must be at least 1")
         if not self.udp_timeout > 0:

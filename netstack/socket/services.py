@@ -15,6 +15,7 @@ from netstack.socket.errors import SocketError
 from netstack.socket.udp import UdpSocket
 from netstack.wire import Error as WireError
 from netstack.wire.dhcpv4 import SERVER_PORT, DhcpPacket, DhcpRepr
+from netstack.wire.dns import Class, DnsPacket, DnsRepr, Opcode
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +68,41 @@ class DnsServerSocket(UdpSocket):
     specific address so replies come from the address the query went to (resolvers drop
     answers from any other)."""
 
-    __slots__ = ("responder",)
+    __slots__ = ("responder", "forwarder")
 
     def __init__(self, responder: DnsResponder, address: str, port: int = 53) -> None:
         super().__init__()
         self.responder = responder
+        # `submit(data, query, self, (addr, port))` takes the queries for names the
+        # responder does not own (the gateway's DNS forwarding); None: NXDOMAIN for them
+        self.forwarder = None
         self.bind((address, port))
 
     def process(self, now, ip_repr, udp_repr, payload, src_hw=None) -> None:
-        answer = self.responder.handle_bytes(bytes(payload))
+        data = bytes(payload)
+        if self.forwarder is not None:
+            query = self._forwardable(data)
+            if query is not None:
+                self.forwarder.submit(data, query, self, (ip_repr.src_addr, udp_repr.src_port))
+                return
+        answer = self.responder.handle_bytes(data)
         if answer is None:
             return
         try:
             self.send_to(answer, (ip_repr.src_addr, udp_repr.src_port))
         except SocketError as e:
             log.warning("DNS answer to %s not sent: %s", ip_repr.src_addr, e)
+
+    def _forwardable(self, data: bytes):
+        """The parsed query when it is a well-formed standard query for a name that is not
+        ours, else None (answered here: ours, FORMERR, NOTIMP, REFUSED...)."""
+        try:
+            query = DnsRepr.parse(DnsPacket.new_checked(data))
+        except WireError:
+            return None
+        if query.is_response or query.opcode != Opcode.QUERY or len(query.questions) != 1:
+            return None
+        q = query.questions[0]
+        if q.qclass not in (Class.IN, Class.ANY) or self.responder.is_local(q.name):
+            return None
+        return query

@@ -19,6 +19,8 @@ import uuid
 
 import pytest
 
+from apps.stack import StackConfig
+from gateway import GatewayConfig
 from tests.e2e.conftest import GUEST_MAC, Served
 from tests.gateway.peer import pattern_sha256
 
@@ -94,6 +96,60 @@ def host_peer():
     proc = _spawn_peer([], str(ports[0]), str(ports[1]), "127.0.0.1", "::1")
     yield ports[0], ports[1]
     _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def dns_server():
+    """A DNS server on the host's loopback (scapy builds its answers): example.test is
+    198.51.100.7, silent.test is never answered, anything else NXDOMAIN. Yields its port
+    and the names it was asked."""
+    import threading
+
+    from scapy.layers.dns import DNS, DNSRR
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.5)
+    asked: list[str] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            q = DNS(data)
+            qd = q.qd[0] if isinstance(q.qd, list) else q.qd
+            name = qd.qname.decode().rstrip(".")
+            asked.append(name)
+            if name == "silent.test":
+                continue
+            if name == "example.test":  # (A: the address; AAAA: no data)
+                an = [DNSRR(rrname=qd.qname, type="A", ttl=60, rdata="198.51.100.7")] \
+                    if qd.qtype == 1 else []
+                r = DNS(id=q.id, qr=1, aa=1, rd=q.rd, ra=1, qd=[qd], an=an)
+            else:
+                r = DNS(id=q.id, qr=1, aa=1, rd=q.rd, ra=1, rcode=3, qd=[qd])
+            sock.sendto(bytes(r), peer)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    yield sock.getsockname()[1], asked
+    stop.set()
+    t.join(2)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, dns_server):
+    """This module's backend: the default stack, DNS forwarded to the test's server (no
+    query ever leaves the machine)."""
+    config = StackConfig()
+    config.gateway = GatewayConfig(dns_forward=[f"127.0.0.1:{dns_server[0]}"])
+    s = Served(str(tmp_path_factory.mktemp("gw") / "vhost.sock"), config)
+    yield s
+    s.stop()
 
 
 def _fds() -> int:
@@ -200,3 +256,28 @@ def test_the_guest_going_away_closes_every_host_socket(tmp_path, guest_image, in
         assert _fds() <= base, (base, _fds())
     finally:
         served.stop()
+
+
+def test_dns_forwarding(leased_vm, dns_server, served):
+    _port, asked = dns_server
+    out = leased_vm.run_ok("nslookup example.test 10.0.2.3")
+    assert "198.51.100.7" in out, out
+    res = leased_vm.run("nslookup nosuch.test 10.0.2.3")
+    assert "NXDOMAIN" in res.output or "can't find" in res.output, res
+    # our own names stay ours: never forwarded
+    assert "10.0.2.2" in leased_vm.run_ok("nslookup gateway.vhostnet 10.0.2.3")
+    assert "gateway.vhostnet" not in asked and "example.test" in asked
+    # no answer upstream: SERVFAIL (busybox's nslookup takes it as "try another server"
+    # and times out, so the query is sent raw and the answer's header read back)
+    query = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+             b"\x06silent\x04test\x00\x00\x01\x00\x01")
+    octal = "".join(f"\\{b:03o}" for b in query)
+    t0 = time.monotonic()
+    out = leased_vm.run_ok(f"printf '{octal}' | vhn-udp -w 8 10.0.2.3 53 | od -An -tx1 | "
+                           "head -1", timeout=60)
+    took = time.monotonic() - t0
+    head = out.split()[:4]
+    assert head[:2] == ["12", "34"] and int(head[3], 16) & 15 == 2, (out, took)  # SERVFAIL
+    assert took < 5.0, took
+    c = served.stack.gateway.status()["counters"]
+    assert c["dns_forwarded"] >= 3 and c["dns_servfail"] >= 1, c
