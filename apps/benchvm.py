@@ -4,6 +4,9 @@ The backends, each behind the same virtio-net-pci NIC of the same guest (apps/vm
 
 ours  — `vhostnet serve` in its own process, a vhost-user NIC; the guest talks to our stack
         at 10.0.2.2 (HTTP on 80, UDP echo on 7).
+gateway — `vhostnet serve` as for ours, but the guest reaches the same host-side peers as
+        slirp's (127.0.0.1, through 10.0.2.2 on their ports): every byte crosses our
+        gateway's NAT and a host socket, as with slirp and passt.
 slirp — QEMU's `-netdev user` (libslirp); the guest reaches the host's loopback through
         10.0.2.2, where this process runs the same HTTP routes (`/bytes/N`, `POST /sink`,
         from apps/http.py) on a ThreadingHTTPServer and a UDP echo, both on 127.0.0.1.
@@ -51,7 +54,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from apps.http import CHUNK, pattern_chunks, sink
 from apps.vm import GuestError, QemuVM, vhost_user_nic_args
 
-BACKENDS = ("ours", "slirp", "tap", "passt")
+BACKENDS = ("ours", "gateway", "slirp", "tap", "passt")
 GUEST_MEMORY_MB = 512  # the upload file lives in the guest's tmpfs
 # the metrics, in table order: (key, column title, format, higher is better)
 METRICS = (
@@ -289,6 +292,26 @@ def bench_ours(size_mib: int, ping_count: int, udp_count: int,
             stop_process(proc)
 
 
+def bench_gateway(size_mib: int, ping_count: int, udp_count: int,
+                  http_count: int) -> BackendResult:
+    peers = HostPeers()
+    try:
+        with tempfile.TemporaryDirectory(prefix="vhostnet-benchvm-") as d:
+            path = os.path.join(d, "vhost.sock")
+            proc = start_ours(path)
+            try:
+                with QemuVM(nic_args=vhost_user_nic_args(path),
+                            memory_mb=GUEST_MEMORY_MB) as vm:
+                    boot_s = _boot(vm)
+                    return run_workload(vm, "gateway", "10.0.2.2", peers.http_port,
+                                        peers.udp_port, size_mib, ping_count, udp_count,
+                                        http_count, boot_s)
+            finally:
+                stop_process(proc)
+    finally:
+        peers.close()
+
+
 def bench_slirp(size_mib: int, ping_count: int, udp_count: int,
                http_count: int) -> BackendResult:
     peers = HostPeers()
@@ -409,7 +432,7 @@ def bench_passt(size_mib: int, ping_count: int, udp_count: int,
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-RUNNERS = {"ours": bench_ours, "slirp": bench_slirp, "tap": bench_tap, "passt": bench_passt}
+RUNNERS = {"ours": bench_ours, "gateway": bench_gateway, "slirp": bench_slirp, "tap": bench_tap, "passt": bench_passt}
 # backend -> a function telling why it cannot run here (None: it can); such backends are
 # skipped with that note instead of failing the run
 PREREQUISITES = {"passt": passt_missing}

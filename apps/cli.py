@@ -178,6 +178,7 @@ def _stack_config(args: argparse.Namespace):
         enabled=not args.no_gateway,
         map_host_loopback=None if args.no_map_host_loopback else args.map_host_loopback,
         restrict=args.restrict, tcp=not args.no_tcp_outbound, udp=not args.no_udp_outbound,
+        icmp=not args.no_icmp_outbound,
         allow=list(args.allow_outbound), deny=list(args.deny_outbound),
         max_flows=args.max_flows, udp_timeout=args.udp_timeout,
         dns=not args.no_dns_forward, dns_forward=list(args.dns_forward) or None)
@@ -288,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="never these destinations (repeatable; wins over --allow-outbound)")
     gw.add_argument("--no-tcp-outbound", action="store_true", help="no outbound TCP")
     gw.add_argument("--no-udp-outbound", action="store_true", help="no outbound UDP")
+    gw.add_argument("--no-icmp-outbound", action="store_true",
+                    help="no outbound ping (echo requests to elsewhere are dropped)")
     gw.add_argument("--dns-forward", action="append", default=[], metavar="ADDR[:PORT]",
                     help="where queries for names that are not ours go (repeatable, tried in "
                          "turn; IPv6 in brackets; default: /etc/resolv.conf's nameservers)")

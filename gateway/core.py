@@ -18,11 +18,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import resource
 import selectors
 import threading
 from collections import Counter, deque
 
 from gateway.dns import DnsForwarder, parse_server, resolv_conf_servers
+from gateway.icmp import IcmpEcho
 from gateway.outbox import Outbox
 from gateway.policy import GatewayConfig, Policy
 from gateway.tcp import TcpFlow
@@ -33,6 +35,22 @@ log = logging.getLogger("vhostnet.gateway")
 
 UDP_QUEUE = 4096  # guest datagrams waiting for the gateway's thread
 JOIN_TIMEOUT = 1.0
+
+
+def _room_for_fds(need: int) -> None:
+    """Raise our soft fd limit toward `need` (each flow holds a host socket): a flood that
+    fills the flow table must not leave the process without fds for anything else."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    want = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):
+        want = soft
+    if want < need:
+        log.warning("gateway: %d fds allowed, %d wanted for --max-flows: flows past the limit "
+                    "get a RST (raise ulimit -n)", want, need)
 
 
 class Gateway:
@@ -64,6 +82,8 @@ class Gateway:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._next_expiry = 0.0
+        _room_for_fds(3 * config.max_flows + 512)
+        self.icmp = IcmpEcho(self)
         self.dns: DnsForwarder | None = None
         if config.dns:
             servers = ([parse_server(t) for t in config.dns_forward] if config.dns_forward
@@ -137,8 +157,14 @@ class Gateway:
         return True
 
     def icmp_echo(self, now: float, ip, icmp) -> bool:
-        """An echo request to elsewhere. Not forwarded yet: False (dropped, counted)."""
-        return False
+        """An echo request to an address that is not ours: through the host's ping or raw
+        socket. False: refused by policy (dropped, never answered in its name)."""
+        target = self.policy.target("icmp", ip.dst_addr)
+        if isinstance(target, str):
+            self.count(f"icmp_refused_{target}")
+            return False
+        self.icmp.submit(now, ip, icmp, target)
+        return True
 
     def poke(self, flow: TcpFlow) -> None:
         """A flow's TCP socket may have changed (its waker)."""
@@ -208,6 +234,8 @@ class Gateway:
         self._signalled = False
         if self.dns is not None and self.dns.queue:
             self.dns.step(now)
+        if self.icmp.queue:
+            self.icmp.step(now)
         new = self._new
         while new:
             flow = new.popleft()
@@ -240,6 +268,7 @@ class Gateway:
             self._expire(now)
 
     def _expire(self, now: float) -> None:
+        self.icmp.expire(now)
         for flow in [f for f in self.tcp_flows.values() if f.state == "connecting"]:
             flow.expire(now)
         timeout = self.config.udp_timeout
@@ -266,6 +295,7 @@ class Gateway:
                 flow.abort()
         for key, flow in list(self.udp_flows.items()):
             self._close_udp(key, flow)
+        self.icmp.close()
         self._new.clear()
         self._udp_out.clear()
 
@@ -281,6 +311,7 @@ class Gateway:
                 self.iface.gateway = None
             if self.dns is not None:
                 self.dns.close()
+            self.icmp.close()
             handle = self.sockets.handle_of(self.outbox)
             if handle is not None:
                 self.sockets.remove(handle)
@@ -296,6 +327,8 @@ class Gateway:
             listed = [f.status(now) for f in list(self.tcp_flows.values())[:flows]]
             listed += [f.status(now) for f in list(self.udp_flows.values())[:flows]]
             return {"tcp_flows": len(self.tcp_flows), "udp_flows": len(self.udp_flows),
+                    "icmp_flows": len(self.icmp.flows),
+                    "icmp_mode": {f"v{v}": m for v, m in self.icmp.mode.items()},
                     "outbox_dropped": self.outbox.dropped, "counters": dict(self.stats),
                     "flows": listed,
                     "dns_servers": [f"{a}:{p}" if ":" not in a else f"[{a}]:{p}"

@@ -10,11 +10,15 @@ from __future__ import annotations
 from collections import deque
 
 from netstack.socket.set import Socket
+from netstack.wire.icmpv4 import Icmpv4Packet, Icmpv4Repr
+from netstack.wire.icmpv6 import Icmpv6Packet, Icmpv6Repr
 from netstack.wire.tcp import TcpPacket, TcpRepr
 from netstack.wire.udp import HEADER_LEN, UdpPacket, UdpRepr
 
+_ICMP = 1
 _TCP = 6
 _UDP = 17
+_ICMPV6 = 58
 LIMIT = 1024
 
 
@@ -55,6 +59,39 @@ class Outbox(Socket):
             seg.emit(TcpPacket(buf), src_addr, dst, csum)
 
         return self._push((dst, _TCP, seg.buffer_len(), fill, src))
+
+    def echo_reply(self, src, dst, ident: int, seq: int, data: bytes) -> bool:
+        """Queue an echo reply from src (the address the guest pinged) to the guest."""
+        if dst.version == 6:
+            r6 = Icmpv6Repr.echo_reply(ident, seq, data)
+
+            def fill6(buf, src_addr, csum):
+                r6.emit(Icmpv6Packet(buf), src_addr, dst, True)
+
+            return self._push((dst, _ICMPV6, r6.buffer_len(), fill6, src))
+        r4 = Icmpv4Repr.echo_reply(ident, seq, data)
+
+        def fill4(buf, _src, csum):
+            r4.emit(Icmpv4Packet(buf), csum)
+
+        return self._push((dst, _ICMP, r4.buffer_len(), fill4, src))
+
+    def dst_unreachable(self, src, dst, code: int, quote: bytes) -> bool:
+        """Queue a destination unreachable (ICMP type 3 / ICMPv6 type 1, `code` of that
+        family) from src to the guest, quoting the guest's datagram."""
+        if dst.version == 6:
+            r6 = Icmpv6Repr.dst_unreachable(code, quote)
+
+            def fill6(buf, src_addr, csum):
+                r6.emit(Icmpv6Packet(buf), src_addr, dst, True)
+
+            return self._push((dst, _ICMPV6, r6.buffer_len(), fill6, src))
+        r4 = Icmpv4Repr.dst_unreachable(code, quote)
+
+        def fill4(buf, _src, csum):
+            r4.emit(Icmpv4Packet(buf), csum)
+
+        return self._push((dst, _ICMP, r4.buffer_len(), fill4, src))
 
     # -- the socket protocol ------------------------------------------------------------
     def accepts(self, ip_repr, header) -> bool:

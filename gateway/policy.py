@@ -33,6 +33,7 @@ class GatewayConfig:
     restrict: bool = False  # no outbound flows at all (hostfwd still works)
     tcp: bool = True
     udp: bool = True
+    icmp: bool = True
     allow: list[str] = field(default_factory=list)  # CIDRs; empty: everything
     deny: list[str] = field(default_factory=list)
     max_flows: int = 4096  # per protocol

@@ -11,11 +11,17 @@ import ipaddress
 import logging
 import selectors
 import socket
+import struct
+
+from netstack.wire.checksum import checksum
 
 log = logging.getLogger("vhostnet.gateway")
 
 MAX_DATAGRAM = 65535
 READS_PER_EVENT = 64
+_IP_RECVERR, _IPV6_RECVERR = 11, 25  # <linux/in.h>, <linux/in6.h>
+_EE = struct.Struct("=IBBBBII")  # struct sock_extended_err
+_ORIGIN_ICMP, _ORIGIN_ICMP6 = 2, 3
 
 
 class UdpFlow:
@@ -44,6 +50,15 @@ class UdpFlow:
             self.gw.count("udp_host_socket_failed")
             log.debug("gateway: no host UDP socket for %s: %s", self.key, e)
             return False
+        # ICMP errors for what we sent (a closed port...) come back on the error queue,
+        # to be told to the guest as the host's kernel was told
+        try:
+            if v6:
+                host.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+            else:
+                host.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+        except OSError:
+            pass
         self.host = host
         self.local = host.getsockname()[:2]
         self.gw.selector.register(host, selectors.EVENT_READ, self)
@@ -77,8 +92,8 @@ class UdpFlow:
             except BlockingIOError:
                 return
             except OSError as e:  # an ICMP error for an earlier datagram, e.g. refused
-                gw.count("udp_host_error")
                 log.debug("gateway: udp %s: %s", self.key, e)
+                self._errors()
                 continue
             src = gw.guest_visible(ipaddress.ip_address(peer[0].split("%")[0]))
             if src is None or src.version != guest.version:
@@ -87,6 +102,34 @@ class UdpFlow:
             self.last = now
             self.down += len(data)
             outbox.udp(src, peer[1], guest, gport, data)
+
+    def _errors(self) -> None:
+        """Relay the ICMP errors on the host socket's error queue to the guest, from the
+        address it sent to, quoting its datagram (rebuilt: the kernel gives us its payload
+        and destination)."""
+        gw = self.gw
+        guest, gport = self.key
+        while True:
+            try:
+                data, anc, _flags, dst = self.host.recvmsg(512, 512, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            for _level, kind, raw in anc:
+                if kind not in (_IP_RECVERR, _IPV6_RECVERR) or len(raw) < _EE.size:
+                    continue
+                _errno, origin, itype, code, _pad, _info, _data = _EE.unpack_from(raw)
+                want = (_ORIGIN_ICMP, 3) if guest.version == 4 else (_ORIGIN_ICMP6, 1)
+                if (origin, itype) != want:
+                    gw.count("udp_host_error")
+                    continue
+                src = gw.guest_visible(ipaddress.ip_address(dst[0].split("%")[0]))
+                if src is None:
+                    continue
+                gw.count("udp_unreachable_relayed")
+                gw.outbox.dst_unreachable(src, guest, code,
+                                          _quote(guest, gport, src, dst[1], data))
 
     def pause(self) -> None:
         if not self.paused and self.host is not None:
@@ -115,3 +158,15 @@ class UdpFlow:
                 "state": "paused" if self.paused else "open",
                 "up": self.up, "down": self.down, "age": round(now - self.since, 1),
                 "idle": round(now - self.last, 1)}
+
+
+def _quote(src, sport: int, dst, dport: int, payload: bytes) -> bytes:
+    """The guest's datagram as it was on its link: IP header, UDP header, payload start."""
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload[:64]
+    if src.version == 6:
+        return struct.pack("!IHBB", 6 << 28, 8 + len(payload), 17, 64) + src.packed \
+            + dst.packed + udp
+    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0, 64, 17,
+                                0, src.packed, dst.packed))
+    struct.pack_into("!H", hdr, 10, checksum(hdr))
+    return bytes(hdr) + udp

@@ -216,6 +216,20 @@ def test_ipv6_through_nat(leased_vm, internet):
     assert out.strip() == "5/5 replies", out
 
 
+def test_ping_and_ping6_through_the_host(leased_vm, internet, served):
+    out = leased_vm.run_ok(f"ping -c 5 -i 0.2 -s 1400 {PEER4}", timeout=60)
+    assert "5 packets received" in out, out
+    leased_vm.run_ok("for i in $(seq 50); do ip -6 route | grep -q default && break; "
+                     "sleep 0.2; done", timeout=30)
+    out = leased_vm.run_ok(f"ping -c 5 -i 0.2 {PEER6}", timeout=60)
+    assert "5 packets received" in out, out
+    # an address nobody has: no reply is made up in its name
+    res = leased_vm.run("ping -c 2 -W 1 198.51.100.99", timeout=30)
+    assert "0 packets received" in res.output, res
+    c = served.stack.gateway.status()["counters"]
+    assert c["icmp_replies"] >= 10, c
+
+
 def test_many_flows_at_once_all_exact(leased_vm, internet, served):
     k = 500
     script = (f"cd /tmp && rm -f f.* && sh -c 'for i in $(seq {k}); do "

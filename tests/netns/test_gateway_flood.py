@@ -1,0 +1,171 @@
+"""The gateway under a hostile guest (the Linux kernel in a namespace, behind our stack on
+a TAP): a SYN flood to 100,000 distinct destinations and UDP from 10,000 ports. The flow
+cap holds, the counters move, our fds stay bounded, a download already running through NAT
+finishes intact, and once the flood's connects time out new flows work again.
+
+The flood's destinations (198.18.0.0/15, the benchmarking range) are routed from the host
+into an "internet" namespace this test makes, which drops them: nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from ipaddress import IPv4Address
+
+import pytest
+
+from gateway import Gateway, GatewayConfig
+from tests.gateway.peer import pattern_sha256
+from tests.netns.conftest import KERNEL_IP, OUR_IP, Link, wait_until
+
+pytestmark = pytest.mark.netns
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HTTP, UDP = 8080, 7007
+MAX_FLOWS = 4096
+
+FLOOD = r"""
+import os, socket, struct, sys, time
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xFFFF); s += s >> 16
+    return ~s & 0xFFFF
+src = socket.inet_aton(sys.argv[1])
+kind, n = sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for i in range(n):
+    if kind == "syn":
+        dst = socket.inet_aton("198.18.%d.%d" % (i >> 8 & 0xFF, i & 0xFF)) if i < 65536 else \
+            socket.inet_aton("198.19.%d.%d" % (i >> 8 & 0xFF, i & 0xFF))
+        sport, dport = 10000 + i % 50000, 80
+        seg = struct.pack("!HHIIBBHHH", sport, dport, i, 0, 5 << 4, 0x02, 65535, 0, 0)
+        proto = 6
+    else:
+        dst = socket.inet_aton("198.51.100.2")
+        sport, dport = 20000 + i, 30000 + i
+        seg = struct.pack("!HHHH", sport, dport, 13, 0) + b"flood"
+        proto = 17
+    ph = src + dst + struct.pack("!BBH", 0, proto, len(seg))
+    c = csum(ph + seg)
+    seg = seg[:16] + struct.pack("!H", c) + seg[18:] if proto == 6 else \
+        seg[:6] + struct.pack("!H", c) + seg[8:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(seg), i & 0xFFFF, 0, 64, proto, 0,
+                     src, dst)
+    while True:
+        try:
+            s.sendto(ip + seg, (socket.inet_ntoa(dst), 0))
+            break
+        except OSError:  # the TAP's queue is full: let it drain
+            time.sleep(0.001)
+    if i % 256 == 255:
+        time.sleep(0.01)  # about 25,000 a second: the TAP's queue would drop more
+print("sent", n)
+"""
+
+GET = r"""
+import hashlib, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=120)
+s.sendall(b"GET /bytes/%d HTTP/1.0\r\n\r\n" % int(sys.argv[3]))
+buf = b""
+while True:
+    d = s.recv(1 << 16)
+    if not d:
+        break
+    buf += d
+print(hashlib.sha256(buf.split(b"\r\n\r\n", 1)[1]).hexdigest())
+"""
+
+
+def _ip(*args: str, ns: str | None = None, check: bool = True):
+    argv = ["ip", "netns", "exec", ns, "ip", *args] if ns else ["ip", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=check)
+
+
+@pytest.fixture
+def internet():
+    ns = "vhn-inet-" + uuid.uuid4().hex[:8]
+    host_if, ns_if = "vhi" + uuid.uuid4().hex[:8], "vhn" + uuid.uuid4().hex[:8]
+    _ip("netns", "add", ns)
+    proc = None
+    try:
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", ns)
+        _ip("addr", "add", "198.51.100.1/24", "dev", host_if)
+        _ip("link", "set", host_if, "up")
+        _ip("route", "add", "198.18.0.0/15", "via", "198.51.100.2")
+        _ip("addr", "add", "198.51.100.2/24", "dev", ns_if, ns=ns)
+        _ip("link", "set", ns_if, "up", ns=ns)
+        _ip("link", "set", "lo", "up", ns=ns)
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-u", "-m",
+                                 "tests.gateway.peer", str(HTTP), str(UDP), "0.0.0.0", "-"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        assert proc.stdout.readline().strip() == "ready"
+        yield ns
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait(5)
+            proc.stdout.close()
+            proc.stderr.close()
+        _ip("route", "del", "198.18.0.0/15", check=False)
+        _ip("link", "del", host_if, check=False)
+        _ip("netns", "del", ns, check=False)
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_flood_fills_the_flow_table_and_nothing_else(link: Link, internet):
+    gw = Gateway(link.runtime, GatewayConfig(max_flows=MAX_FLOWS, connect_timeout=3.0,
+                                             dns=False), gateway4=IPv4Address(OUR_IP))
+    gw.start()
+    try:
+        link.run("ip", "route", "add", "default", "via", OUR_IP)
+        base = _fds()
+        n = 64 << 20
+        download = link.spawn(sys.executable, "-c", GET, "198.51.100.2", str(HTTP), str(n),
+                              text=True)
+        assert wait_until(lambda: gw.status()["tcp_flows"] >= 1, 10)
+        t0 = time.monotonic()
+        out = link.run(sys.executable, "-c", FLOOD, KERNEL_IP, "syn", "100000", timeout=600)
+        assert "sent 100000" in out.stdout
+        out = link.run(sys.executable, "-c", FLOOD, KERNEL_IP, "udp", "10000", timeout=600)
+        assert "sent 10000" in out.stdout
+        took = time.monotonic() - t0
+        # let the stack take what is queued: the SYNs it saw are flows, dropped at the
+        # cap, or timed out (the TAP drops some when its queue is full)
+        def seen() -> int:
+            st = gw.status()
+            c = st["counters"]
+            return st["tcp_flows"] + c.get("tcp_flow_limit", 0) + sum(
+                v for k, v in c.items() if k.startswith("tcp_connect_"))
+
+        last = -1
+        while (now := seen()) != last:
+            last = now
+            time.sleep(2.0)
+        assert last >= 50_000, gw.status()["counters"]
+        st = gw.status()
+        c = st["counters"]
+        print(f"\nflood sent in {took:.1f} s; gateway: {st['tcp_flows']} TCP, "
+              f"{st['udp_flows']} UDP flows; {c}")
+        assert st["tcp_flows"] <= MAX_FLOWS and st["udp_flows"] <= MAX_FLOWS
+        assert c["tcp_flow_limit"] > 0 and c["udp_flow_limit"] > 0
+        assert _fds() <= base + 2 * MAX_FLOWS + 64
+        # the download that was running finishes intact
+        got, _err = download.communicate(timeout=300)
+        assert got.strip() == pattern_sha256(n)
+        # the flood's connects time out (3 s here); then a new flow works
+        assert wait_until(lambda: gw.status()["tcp_flows"] == 0, 30), gw.status()["tcp_flows"]
+        out = link.run(sys.executable, "-c", GET, "198.51.100.2", str(HTTP), "100000")
+        assert out.stdout.strip() == pattern_sha256(100000)
+        assert link.ping(OUR_IP, 3, "-i", "0.2") == (3, 3)
+    finally:
+        gw.close()
+    assert _fds() <= base
