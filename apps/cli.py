@@ -75,6 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 stack_config=_stack_config(args), socket_path=path, connect_path=args.connect,
                 fd=args.fd, pcap=args.pcap, pcap_rotate=args.pcap_rotate,
                 control=ctl, hostfwd=args.hostfwd,
+                hostfwd_masquerade=args.hostfwd_masquerade,
                 backend=BackendConfig(queue_pairs=args.queues, mtu=args.mtu))
             control = app.control
             hostfwd = app.hostfwd
@@ -140,7 +141,7 @@ def _size(text: str) -> int:
 
 
 def _hostfwd_rule(spec: str):
-    from apps.hostfwd import HostFwdError, parse_hostfwd
+    from gateway.hostfwd import HostFwdError, parse_hostfwd
 
     try:
         return parse_hostfwd(spec)
@@ -312,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(repeatable); HOSTADDR defaults to 127.0.0.1, GUESTADDR to the "
                          "first DHCP lease (10.0.2.15 by default); IPv6 addresses in brackets; e.g. "
                          "tcp::8080-:80, tcp:[::1]:8080-[fd00:10:0:2::15]:80")
+    st.add_argument("--hostfwd-masquerade", action="store_true",
+                    help="forwarded connections reach the guest from our address (10.0.2.2), "
+                         "as with -netdev user; by default they come from the real client's "
+                         "address and port")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser(

@@ -139,11 +139,12 @@ def make_server(*, stack_config: StackConfig | None = None, backend: BackendConf
                 pcap_rotate: int | None = None,
                 start_apps: bool = True,
                 control: str | None = None,
-                hostfwd: list | None = None) -> tuple[VhostUserServer, Stack, StackApp]:
+                hostfwd: list | None = None,
+                hostfwd_masquerade: bool = False) -> tuple[VhostUserServer, Stack, StackApp]:
     """The server, its stack and the App between them; with `control`, a control socket
     at that path (`app.control`, see apps/control.py: close it before the server); with
-    `hostfwd` (QEMU-style rule strings or `apps.hostfwd.HostFwd`), host ports forwarded
-    to the guest (`app.hostfwd`, see apps/hostfwd.py: close it before the server)."""
+    `hostfwd` (QEMU-style rule strings or `gateway.hostfwd.HostFwd`), host ports forwarded
+    to the guest (`app.hostfwd`, see gateway/hostfwd.py: close it before the server)."""
     stack = build_stack(stack_config)
     sink = PcapSink(pcap, rotate=pcap_rotate) if pcap else None  # pcap "-": stdout
     app = StackApp(stack, sink)
@@ -159,10 +160,13 @@ def make_server(*, stack_config: StackConfig | None = None, backend: BackendConf
             server.close()
             raise
     if hostfwd:
-        from apps.hostfwd import HostForwarder
+        from gateway.hostfwd import HostForwarder
 
         try:
-            app.hostfwd = HostForwarder(stack.runtime, hostfwd, str(stack.config.dhcp_first))
+            gw = stack.gateway
+            source = None if gw is None or hostfwd_masquerade else gw.hostfwd_source
+            app.hostfwd = HostForwarder(stack.runtime, hostfwd, str(stack.config.dhcp_first),
+                                        source=source)
         except (OSError, ValueError):
             if app.control is not None:
                 app.control.close()

@@ -16,6 +16,7 @@ non-blocking and nothing is read from one unless the guest's side has room.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import resource
@@ -26,7 +27,7 @@ from collections import Counter, deque
 from gateway.dns import DnsForwarder, parse_server, resolv_conf_servers
 from gateway.icmp import IcmpEcho
 from gateway.outbox import Outbox
-from gateway.policy import GatewayConfig, Policy
+from gateway.policy import LOOPBACK4, LOOPBACK6, GatewayConfig, Policy
 from gateway.tcp import TcpFlow
 from gateway.udp import UdpFlow
 from netstack.wire.tcp import ACK, FIN, RST, SYN
@@ -189,6 +190,22 @@ class Gateway:
         if self.tcp_flows.get(flow.key) is flow:
             del self.tcp_flows[flow.key]
         self._poked.discard(flow)
+
+    def hostfwd_source(self, peer) -> tuple | None:
+        """A forwarded connection's client as the guest should see it: its own address
+        and port (the loopback: the address mapped to it), or None (ours) when it cannot
+        be shown on the guest's link."""
+        try:
+            ip = ipaddress.ip_address(peer[0].split("%")[0])
+        except ValueError:
+            return None
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_loopback:
+            ip = self._visible.get(LOOPBACK4 if ip.version == 4 else LOOPBACK6)
+        elif ip.is_multicast or ip.is_unspecified or ip.is_link_local:
+            return None
+        return None if ip is None else (ip, peer[1])
 
     def guest_visible(self, host_addr):
         """The address the guest sees for a host-side peer (the loopback: mapped)."""

@@ -624,14 +624,18 @@ class TcpStream(_Waitable):
     @classmethod
     def connect(cls, runtime: Runtime, addr: Address, timeout: float | None = None, *,
                 local_addr: Address | None = None, nodelay: bool = False,
-                keep_alive: float | None = None, **socket_options) -> TcpStream:
+                keep_alive: float | None = None, transparent: bool = False,
+                **socket_options) -> TcpStream:
         """Open a connection to `addr`, waiting at most `timeout` seconds (None: until the
         SYN retries run out). `socket_options` go to `netstack.socket.tcp.TcpSocket`
-        (rx_buffer_size, tx_buffer_size, congestion, ...)."""
+        (rx_buffer_size, tx_buffer_size, congestion, ...). `transparent` (Linux's
+        IP_TRANSPARENT): `local_addr` need not be ours — host forwarding connects from the
+        real client's address; the peer's answers must reach us (it routes via us, and the
+        gateway makes the interface take unicast to any address)."""
         if timeout is not None and timeout <= 0:
             raise ValueError("a connect timeout must be positive or None")
         stream = cls._open(runtime, addr, local_addr, nodelay=nodelay, keep_alive=keep_alive,
-                           **socket_options)
+                           transparent=transparent, **socket_options)
         stream._finish_connect(cls._deadline(timeout))
         return stream
 
@@ -639,7 +643,7 @@ class TcpStream(_Waitable):
     def _open(cls, runtime: Runtime, addr: Address, local_addr: Address | None = None, *,
               reuse_addr: bool = False, nodelay: bool = False, keep_alive: float | None = None,
               readiness: Readiness | None = None, v6: bool = False, v6only: bool = False,
-              **socket_options) -> TcpStream:
+              transparent: bool = False, **socket_options) -> TcpStream:
         """Queue the SYN and return at once (the stream is connecting). The stream is an
         IPv6 socket if `addr` or `local_addr` is IPv6 (IPv4-mapped included), or `v6`."""
         rip, rport = _endpoint(addr)
@@ -658,7 +662,8 @@ class TcpStream(_Waitable):
             raise OSError(errno.ENETUNREACH, "Network is unreachable")
         sock = _tcp.TcpSocket(nagle=not nodelay, keep_alive=keep_alive, **socket_options)
         with runtime.lock:
-            _check_local(runtime, lip)
+            if not transparent:
+                _check_local(runtime, lip)
             if lip.is_unspecified:
                 # the interface's source address selection for the destination's family
                 source_for = getattr(runtime.iface, "_source_for" if rip.version == 4

@@ -295,3 +295,47 @@ def test_dns_forwarding(leased_vm, dns_server, served):
     assert took < 5.0, took
     c = served.stack.gateway.status()["counters"]
     assert c["dns_forwarded"] >= 3 and c["dns_servfail"] >= 1, c
+
+
+def _unmapped(words: list[str]) -> list[str]:
+    return [w.removeprefix("[::ffff:").removesuffix("]") for w in words]
+
+
+def test_hostfwd_shows_the_guest_the_real_client(leased_vm, internet, served):
+    """A forwarded connection comes from the client's own address and port (libslirp
+    shows every one as 10.0.2.2): the guest's httpd CGI prints what it saw."""
+    from gateway.hostfwd import HostForwarder
+
+    leased_vm.run_ok("mkdir -p /tmp/www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: "
+                     "text/plain\\necho\\necho \"$REMOTE_ADDR $REMOTE_PORT\"\\n' > "
+                     "/tmp/www/cgi-bin/peer && chmod +x /tmp/www/cgi-bin/peer && "
+                     "httpd -p 8000 -h /tmp/www && sleep 0.5 && "
+                     "wget -q -O - http://127.0.0.1:8000/cgi-bin/peer")
+    fwd = HostForwarder(served.stack.runtime, ["tcp:0.0.0.0:0-:8000"],
+                        str(served.stack.config.dhcp_first),
+                        source=served.stack.gateway.hostfwd_source)
+    try:
+        port = fwd.address()[1]
+        # from the host's loopback: the guest sees 10.0.2.2 (standing for it), our port
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+            cport = c.getsockname()[1]
+            c.sendall(b"GET /cgi-bin/peer HTTP/1.0\r\n\r\n")
+            body = b""
+            while chunk := c.recv(4096):
+                body += chunk
+        # (busybox httpd listens on :: and writes IPv4 peers as [::ffff:a.b.c.d])
+        assert _unmapped(body.decode().split()[-2:]) == ["10.0.2.2", str(cport)], body
+        # from the internet namespace: its own address and port
+        out = subprocess.run(
+            ["ip", "netns", "exec", internet, sys.executable, "-c",
+             "import socket,sys\n"
+             f"c = socket.create_connection(('198.51.100.1', {port}), timeout=30)\n"
+             "c.sendall(b'GET /cgi-bin/peer HTTP/1.0\\r\\n\\r\\n')\n"
+             "b = b''\n"
+             "while (d := c.recv(4096)): b += d\n"
+             "print(c.getsockname()[1], *b.decode().split()[-2:])"],
+            capture_output=True, text=True, timeout=60, check=True).stdout.split()
+        assert _unmapped(out[1:]) == [PEER4, out[0]], out
+    finally:
+        fwd.close()
+        leased_vm.run("killall httpd")

@@ -1,4 +1,4 @@
-"""Host port forwarding (apps/hostfwd.py): QEMU's hostfwd rule syntax and its errors; the
+"""Host port forwarding (gateway/hostfwd.py): QEMU's hostfwd rule syntax and its errors; the
 TCP and UDP relays between a host socket and a second stack of ours standing in for the
 guest (two runtimes over an in-memory link); then, with QEMU (mark `qemu`), the Linux
 guest's busybox httpd and nc and its UDP echo server (vhn-udp -l) served to host sockets
@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from apps.hostfwd import (
+from gateway.hostfwd import (
     DEFAULT_HOST_ADDR,
     HostForwarder,
     HostFwd,

@@ -34,7 +34,10 @@ makes the stack-side TCP connection or UDP socket IPv6. The two sides are indepe
 `tcp:[::1]:8080-10.0.2.15:80` and `tcp:127.0.0.1:8080-[fd00:10:0:2::15]:80` both work.
 
 TCP: a thread accepts on the host socket; each connection opens a `netstack.net.TcpStream`
-to the guest and two pump threads copy both ways. A FIN on one side becomes a shutdown of
+to the guest and two pump threads copy both ways. With the gateway (the default), the
+connection reaches the guest from the real client's address and port (a client on the
+host's loopback: from the gateway address standing for it, 10.0.2.2), which libslirp
+cannot do; `--hostfwd-masquerade` makes them all come from our address, as before. A FIN on one side becomes a shutdown of
 writing on the other (half-close); a failure (the guest refuses or resets, the host
 resets) resets both. UDP: one thread relays each host peer's datagrams from a stack
 socket of its own (connected to the guest's port, so only its replies come back) and the
@@ -43,6 +46,7 @@ replies to that peer; a peer idle for `udp_idle` seconds loses its socket.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import selectors
@@ -61,6 +65,9 @@ DEFAULT_HOST_ADDR = "127.0.0.1"
 CONNECT_TIMEOUT = 15.0  # seconds for the guest to answer our SYN
 UDP_IDLE = 60.0  # seconds a UDP peer's mapping lives without traffic
 _BUF = 65536
+# a connect from the client's address cannot even start: use ours
+_NOT_FROM_CLIENT = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.ENETUNREACH,
+                    errno.EAFNOSUPPORT, errno.EINVAL)
 
 
 class HostFwdError(ValueError):
@@ -232,8 +239,7 @@ class _TcpConnection:
         """The connection's thread: connect to the guest, then pump guest -> host."""
         fwd = self.fwd
         try:
-            self.stream = TcpStream.connect(fwd.runtime, fwd.guest, fwd.connect_timeout,
-                                            nodelay=True)
+            self.stream = self._connect()
         except OSError as e:  # refused, timed out, unreachable: the host sees a close
             log.info("hostfwd %s: %s -> %s: %s", fwd.rule.proto, self.peer,
                      format_endpoint(*fwd.guest), e)
@@ -246,6 +252,21 @@ class _TcpConnection:
         threading.Thread(target=self._pump, args=(True,), daemon=True,
                          name=f"hostfwd-up-{self.peer}").start()
         self._pump(False)
+
+    def _connect(self) -> TcpStream:
+        """To the guest, from the client's own address and port when the forward has a
+        `source` for it (else, or when that cannot be used, from our address)."""
+        fwd = self.fwd
+        local = fwd.source(self.peer) if fwd.source is not None else None
+        if local is not None:
+            try:
+                return TcpStream.connect(fwd.runtime, fwd.guest, fwd.connect_timeout,
+                                         nodelay=True, local_addr=local, transparent=True)
+            except OSError as e:
+                if e.errno not in _NOT_FROM_CLIENT:
+                    raise
+                log.debug("hostfwd %s: from our address (%s)", self.peer, e)
+        return TcpStream.connect(fwd.runtime, fwd.guest, fwd.connect_timeout, nodelay=True)
 
     def _pump(self, up: bool) -> None:
         conn, stream = self.conn, self.stream
@@ -302,11 +323,13 @@ class TcpForward:
     """A host TCP listener whose connections go to `guest` = (addr, port) on our stack."""
 
     def __init__(self, runtime: Runtime, rule: HostFwd, guest: tuple[str, int], *,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+                 connect_timeout: float = CONNECT_TIMEOUT, source=None) -> None:
         self.runtime = runtime
         self.rule = rule
         self.guest = guest
         self.connect_timeout = connect_timeout
+        # peer -> the (address, port) the guest sees the connection come from, or None
+        self.source = source
         self.closing = False
         self._conns: set[_TcpConnection] = set()
         self._lock = threading.Lock()
@@ -484,7 +507,7 @@ class HostForwarder:
             try:
                 if rule.proto == "tcp":
                     fwd = TcpForward(runtime, rule, guest, connect_timeout=options.get(
-                        "connect_timeout", CONNECT_TIMEOUT))
+                        "connect_timeout", CONNECT_TIMEOUT), source=options.get("source"))
                 else:
                     fwd = UdpForward(runtime, rule, guest,
                                      idle=options.get("udp_idle", UDP_IDLE))
