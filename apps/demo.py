@@ -4,7 +4,8 @@ console lines.
 
 The steps: start the backend and its stack, boot the guest, bring eth0 up, get a DHCP lease
 from us, ping us, resolve a name through us, talk UDP to our apps, download and upload over
-HTTP, and configure IPv6 from our router advertisement and use it. Each step is a function of the `Demo` (backend, guest, app) that returns a short result
+HTTP, configure IPv6 from our router advertisement and use it, and reach a server on the
+host's loopback through the gateway (NAT). Each step is a function of the `Demo` (backend, guest, app) that returns a short result
 line; the runner prints it with its timing. Plain text, one line per step, so it reads the
 same on a terminal and in a CI log.
 """
@@ -160,6 +161,27 @@ class Demo:
         return f"SLAAC {addr}; 5 ping6 to fd00:10:0:2::2, 0% loss, avg {m.group(3)} ms; " \
                f"4 MiB over IPv6, SHA-256 ok"
 
+    def step_gateway(self) -> str:
+        """A server on the host's loopback (HTTP, the same routes as ours), reached by the
+        guest through 10.0.2.2 on its port: NAT through our gateway and a host socket."""
+        from apps.benchvm import HostPeers
+
+        peers = HostPeers()
+        try:
+            n = 8 << 20
+            want = hashlib.sha256(bytes(range(256)) * (n // 256)).hexdigest()
+            t0 = time.monotonic()
+            got = self.vm.run_ok(f"wget -q -O - http://10.0.2.2:{peers.http_port}/bytes/{n} "
+                                 "| sha256sum", timeout=300).split()[0]
+            dt = time.monotonic() - t0
+            if got != want:
+                raise RuntimeError(f"hash {got} != {want}")
+            opened = self.stack.gateway.status()["counters"].get("tcp_opened", 0)
+        finally:
+            peers.close()
+        return f"wget of 8 MiB from a server on the host's 127.0.0.1:{peers.http_port}, via " \
+               f"10.0.2.2: SHA-256 ok, {n * 8 / dt / 1e6:.0f} Mbit/s; {opened} NAT flow(s)"
+
     STEPS = [
         ("start the backend and the stack", step_backend),
         ("boot the guest in QEMU", step_guest),
@@ -171,6 +193,7 @@ class Demo:
         ("guest downloads over HTTP (hash checked)", step_download),
         ("guest uploads over HTTP (hash checked)", step_upload),
         ("guest gets IPv6 from our RA, uses it", step_ipv6),
+        ("guest reaches the host through the gateway", step_gateway),
     ]
 
     # -- runner ------------------------------------------------------------------------
