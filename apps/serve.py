@@ -130,7 +130,12 @@ class StackApp:
         self._sync_frame_hook()
 
     def poll(self, now: float):
-        return self.stack.runtime.poll(now)
+        deadline = self.stack.runtime.poll(now)
+        gw = self.stack.gateway
+        if gw is not None and gw._thread is None:
+            at = gw.tick(now)
+            deadline = at if deadline is None else min(deadline, at)
+        return deadline
 
 
 def make_server(*, stack_config: StackConfig | None = None, backend: BackendConfig | None = None,
@@ -145,12 +150,14 @@ def make_server(*, stack_config: StackConfig | None = None, backend: BackendConf
     at that path (`app.control`, see apps/control.py: close it before the server); with
     `hostfwd` (QEMU-style rule strings or `gateway.hostfwd.HostFwd`), host ports forwarded
     to the guest (`app.hostfwd`, see gateway/hostfwd.py: close it before the server)."""
-    stack = build_stack(stack_config)
+    stack = build_stack(stack_config, gateway_thread=False)
     sink = PcapSink(pcap, rotate=pcap_rotate) if pcap else None  # pcap "-": stdout
     app = StackApp(stack, sink)
     server = VhostUserServer(socket_path=socket_path, connect_path=connect_path, fd=fd,
                              config=backend or BackendConfig(mtu=stack.config.mtu), app=app)
     stack.runtime.set_waker(server.wake)
+    if stack.gateway is not None:  # host sockets in the same loop as the rings
+        stack.gateway.attach_loop(server.add_reader, server.remove_reader)
     if control is not None:
         from apps.control import ControlServer
 

@@ -210,9 +210,11 @@ class Stack:
             t.join(max(0.0, deadline - time.monotonic()))
 
 
-def build_stack(config: StackConfig | None = None) -> Stack:
+def build_stack(config: StackConfig | None = None, *, gateway_thread: bool = True) -> Stack:
     """The interface, its services and the runtime; the caller attaches a device (the
-    vhost-user server drives `runtime` as its App, or `runtime.start()` runs it alone)."""
+    vhost-user server drives `runtime` as its App, or `runtime.start()` runs it alone).
+    The gateway runs a thread of its own unless `gateway_thread` is False: then the
+    caller's loop drives it (`Gateway.attach_loop`, as `make_server` does)."""
     config = config or StackConfig()
     config.check()
     net = config.interface
@@ -258,7 +260,8 @@ def build_stack(config: StackConfig | None = None) -> Stack:
     if config.gateway.enabled:
         gateway = Gateway(runtime, config.gateway, gateway4=net.ip,
                           gateway6=config.ipv6_address if config.ipv6 else None)
-        gateway.start()
+        if gateway_thread:
+            gateway.start()
         for sock in sockets.of_kind("udp"):
             if isinstance(sock, DnsServerSocket):
                 sock.forwarder = gateway.dns

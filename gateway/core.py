@@ -83,6 +83,8 @@ class Gateway:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._next_expiry = 0.0
+        self._dns_tick = 0.0
+        self._loop = None  # attach_loop's remove_reader
         _room_for_fds(3 * config.max_flows + 512)
         self.icmp = IcmpEcho(self)
         self.dns: DnsForwarder | None = None
@@ -213,6 +215,40 @@ class Gateway:
             return self._visible.get(host_addr)
         return host_addr
 
+    # -- in the vhost-user server's loop (no thread of ours) ------------------------------
+    def attach_loop(self, add_reader, remove_reader) -> None:
+        """Run in another loop instead of a thread of ours: our selector's fd is watched
+        by it (`add_reader(fd, callback)`, as `VhostUserServer.add_reader`), and its
+        app's poll calls `tick(now)` (whose deadline it honours). No thread hop between
+        a host socket and the guest's rings: the loop that reads one writes the other."""
+        if self._thread is not None:
+            raise RuntimeError("the gateway runs its own thread already")
+        self._loop = remove_reader
+        add_reader(self.selector.fileno(), self.run_ready)
+
+    def run_ready(self) -> None:
+        """The loop saw our selector readable: handle what is ready, without waiting."""
+        rt = self.runtime
+        with rt.lock:
+            try:
+                self._step(rt.clock(), self.selector.select(0))
+            except Exception:
+                log.exception("gateway: step failed")
+                self.count("gateway_errors")
+
+    def tick(self, now: float) -> float:
+        """Timers (flow expiry, DNS retries) when due; the next time to call again."""
+        if now >= self._next_tick:
+            with self.runtime.lock:
+                self._step(now, ())
+        return self._next_tick
+
+    @property
+    def _next_tick(self) -> float:
+        if self.dns is not None and self.dns.pending:
+            return min(self._next_expiry, self._dns_tick)
+        return self._next_expiry
+
     # -- our thread ---------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
@@ -278,7 +314,8 @@ class Gateway:
             paused, self.paused = self.paused, set()
             for flow in paused:
                 flow.resume()
-        if self.dns is not None and self.dns.pending:
+        if self.dns is not None and self.dns.pending and now >= self._dns_tick:
+            self._dns_tick = now + 0.25
             self.dns.expire(now)
         if now >= self._next_expiry:
             self._next_expiry = now + 1.0
@@ -322,6 +359,9 @@ class Gateway:
         self._signal()
         if thread is not None:
             thread.join(JOIN_TIMEOUT)
+        if self._loop is not None:
+            self._loop(self.selector.fileno())
+            self._loop = None
         with self.runtime.lock:
             self.reset()
             if self.iface.gateway is self:
