@@ -439,9 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", help="frame sizes (default 64,1500,65536; dpdk: 64,1500)")
     p.add_argument("--size-mib", type=int, default=100,
                    help="vm: MiB each way (default 100; 2 with --smoke)")
-    p.add_argument("--backends", default="ours,slirp,tap,passt",
-                   help="vm: of ours,slirp,tap,passt (tap, passt: root, a netns; passt "
-                        "skipped with a note when not installed); default all")
+    p.add_argument("--backends", default="ours,gateway,slirp,tap,passt",
+                   help="vm: of ours,gateway,slirp,tap,passt,passt-vu (tap, passt: root, a "
+                        "netns; passt skipped with a note when not installed; passt-vu needs "
+                        "--qemu 10); default all but passt-vu")
+    p.add_argument("--qemu", default=None, metavar="VERSION",
+                   help="vm: 10 runs every guest on Debian 13's QEMU 10 (needed by passt-vu, "
+                        "passt's vhost-user mode); default the system's")
     p.add_argument("--http-count", type=int, default=500,
                    help="vm: HTTP requests for requests/s (default 500; 50 with --smoke)")
     p.add_argument("--smoke", action="store_true",
@@ -498,7 +502,8 @@ def _run(what: str, args: argparse.Namespace, argv: list[str] | None) -> dict:
         size = 2 if args.smoke and "--size-mib" not in given else args.size_mib
         http_count = 50 if args.smoke and "--http-count" not in given else args.http_count
         vm = bench_vm(size, args.backends.split(","), ping_count=5 if args.smoke else 20,
-                      udp_count=200 if args.smoke else 2000, http_count=http_count)
+                      udp_count=200 if args.smoke else 2000, http_count=http_count,
+                      qemu=args.qemu)
         print_vm(vm)
         out = {"vm": asdict(vm)}
     elif what == "stack":

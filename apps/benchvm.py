@@ -13,6 +13,9 @@ slirp — QEMU's `-netdev user` (libslirp); the guest reaches the host's loopbac
 tap   — `-netdev tap,script=no,downscript=no` into a network namespace this benchmark
         creates and removes: the Linux kernel at 10.0.2.2, the same peers run inside it
         (root and `ip` needed; the guest gets 10.0.2.15/24 by hand).
+passt-vu — passt's vhost-user mode (`passt --vhost-user`, Debian 13's, from the root
+        ci/install.sh makes, run through bwrap), set up as for passt; it needs QEMU 10
+        (`--qemu 10`, which then runs every backend's guest for a fair comparison).
 passt — passt (https://passt.top) behind `-netdev stream` on its unix socket, when the
         `passt` binary is installed (otherwise skipped with a note). passt runs in a network
         namespace of ours with the same peers: a veth pair there is its template interface
@@ -54,7 +57,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from apps.http import CHUNK, pattern_chunks, sink
 from apps.vm import GuestError, QemuVM, vhost_user_nic_args
 
-BACKENDS = ("ours", "gateway", "slirp", "tap", "passt")
+BACKENDS = ("ours", "gateway", "slirp", "tap", "passt", "passt-vu")
+# the QEMU every backend's guest runs on: None, the system's (Debian 12's 7.2, NICs on INTx);
+# set by bench_vm(qemu="10") to Debian 13's QEMU 10 (apps.vm.qemu10; MSI-X)
+_QEMU: str | None = None
 GUEST_MEMORY_MB = 512  # the upload file lives in the guest's tmpfs
 # the metrics, in table order: (key, column title, format, higher is better)
 METRICS = (
@@ -95,6 +101,7 @@ class VmBench:
     skipped: dict[str, str] = field(default_factory=dict)
     # metric -> backend -> value / slirp's value (for ping, lower is better all the same)
     ratios_to_slirp: dict[str, dict[str, float]] = field(default_factory=dict)
+    qemu: str = "system"  # the QEMU every guest ran on: "system" (7.2 here) or "10"
 
 
 # -- host-side peers for slirp -----------------------------------------------------------
@@ -271,6 +278,15 @@ def run_workload(vm: QemuVM, backend: str, host: str, http_port: int, udp_port: 
         http_s=round(http_s, 4), boot_s=round(boot_s, 2))
 
 
+def _vm(nic: list[str]) -> QemuVM:
+    kw = {"qemu": _QEMU} if _QEMU else {}
+    return QemuVM(nic_args=nic, memory_mb=GUEST_MEMORY_MB, **kw)
+
+
+def _vectors() -> int | None:
+    return None if _QEMU else 0  # MSI-X with QEMU 10; INTx on 7.2 (its TCG crash)
+
+
 def _boot(vm: QemuVM) -> float:
     t0 = time.monotonic()
     vm.wait_ready(timeout=120)
@@ -284,7 +300,7 @@ def bench_ours(size_mib: int, ping_count: int, udp_count: int,
         path = os.path.join(d, "vhost.sock")
         proc = start_ours(path)
         try:
-            with QemuVM(nic_args=vhost_user_nic_args(path), memory_mb=GUEST_MEMORY_MB) as vm:
+            with _vm(vhost_user_nic_args(path, vectors=_vectors())) as vm:
                 boot_s = _boot(vm)
                 return run_workload(vm, "ours", "10.0.2.2", 80, 7, size_mib, ping_count,
                                     udp_count, http_count, boot_s)
@@ -300,8 +316,7 @@ def bench_gateway(size_mib: int, ping_count: int, udp_count: int,
             path = os.path.join(d, "vhost.sock")
             proc = start_ours(path)
             try:
-                with QemuVM(nic_args=vhost_user_nic_args(path),
-                            memory_mb=GUEST_MEMORY_MB) as vm:
+                with _vm(vhost_user_nic_args(path, vectors=_vectors())) as vm:
                     boot_s = _boot(vm)
                     return run_workload(vm, "gateway", "10.0.2.2", peers.http_port,
                                         peers.udp_port, size_mib, ping_count, udp_count,
@@ -317,7 +332,7 @@ def bench_slirp(size_mib: int, ping_count: int, udp_count: int,
     peers = HostPeers()
     try:
         nic = ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
-        with QemuVM(nic_args=nic, memory_mb=GUEST_MEMORY_MB) as vm:
+        with _vm(nic) as vm:
             boot_s = _boot(vm)
             return run_workload(vm, "slirp", "10.0.2.2", peers.http_port, peers.udp_port,
                                 size_mib, ping_count, udp_count, http_count, boot_s)
@@ -343,7 +358,7 @@ def bench_tap(size_mib: int, ping_count: int, udp_count: int,
         peers, http_port, udp_port = _ns_peers(ns)
         nic = ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
                "-device", "virtio-net-pci,netdev=n0"]
-        with QemuVM(nic_args=nic, memory_mb=GUEST_MEMORY_MB) as vm:
+        with _vm(nic) as vm:
             t0 = time.monotonic()
             vm.wait_ready(timeout=120)
             _ip("link", "set", tap, "netns", ns)
@@ -382,7 +397,7 @@ def passt_missing() -> str | None:
 
 
 def bench_passt(size_mib: int, ping_count: int, udp_count: int,
-                http_count: int) -> BackendResult:
+                http_count: int, vhost_user: bool = False) -> BackendResult:
     """passt in a network namespace of our own (see the module docstring), QEMU connected to
     its unix socket with `-netdev stream`; the peers run in the same namespace."""
     tag = f"vhnb{os.getpid() % 100000}"
@@ -406,8 +421,14 @@ def bench_passt(size_mib: int, ping_count: int, udp_count: int,
             with open(log, "w") as logf:
                 # -f: foreground, -1: exit when QEMU goes, -4: IPv4 only, --runas: the socket
                 # lives in our private directory
+                if vhost_user:  # Debian 13's passt, in its root (bwrap: it makes a userns)
+                    argv = ["bwrap", "--bind", _trixie(), "/", "--proc", "/proc", "--dev-bind",
+                            "/dev", "/dev", "--bind", d, d, "--die-with-parent", "passt",
+                            "--vhost-user"]
+                else:
+                    argv = ["passt"]
                 passt = subprocess.Popen(
-                    ["ip", "netns", "exec", ns, "passt", "-f", "-e", "-q", "-1", "-4",
+                    ["ip", "netns", "exec", ns, *argv, "-f", "-e", "-q", "-1", "-4",
                      "--runas", "0:0", "-s", sock],
                     stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
             deadline = time.monotonic() + 10
@@ -419,9 +440,11 @@ def bench_passt(size_mib: int, ping_count: int, udp_count: int,
                 time.sleep(0.05)
             nic = ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}",
                    "-device", "virtio-net-pci,netdev=n0"]
-            with QemuVM(nic_args=nic, memory_mb=GUEST_MEMORY_MB) as vm:
+            if vhost_user:
+                nic = vhost_user_nic_args(sock, vectors=None, reconnect=0)
+            with _vm(nic) as vm:
                 boot_s = _boot(vm)
-                return run_workload(vm, "passt", "10.0.2.2", http_port, udp_port, size_mib,
+                return run_workload(vm, "passt-vu" if vhost_user else "passt", "10.0.2.2", http_port, udp_port, size_mib,
                                     ping_count, udp_count, http_count, boot_s)
     finally:
         for proc in (passt, peers):
@@ -432,20 +455,55 @@ def bench_passt(size_mib: int, ping_count: int, udp_count: int,
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-RUNNERS = {"ours": bench_ours, "gateway": bench_gateway, "slirp": bench_slirp, "tap": bench_tap, "passt": bench_passt}
+def _trixie() -> str:
+    from apps.vm import cache_dir
+
+    return str(cache_dir().parent / "trixie")
+
+
+def passt_vu_missing() -> str | None:
+    if not os.path.exists(os.path.join(_trixie(), "usr/bin/passt")):
+        return "no passt in the Debian 13 root (make install puts it there)"
+    if shutil.which("bwrap") is None:
+        return "bwrap is not installed"
+    if _QEMU is None:
+        return "passt's vhost-user mode needs QEMU 10: --qemu 10"
+    if os.geteuid() != 0:
+        return "needs root (a network namespace of its own)"
+    return None
+
+
+def bench_passt_vu(size_mib: int, ping_count: int, udp_count: int,
+                   http_count: int) -> BackendResult:
+    return bench_passt(size_mib, ping_count, udp_count, http_count, vhost_user=True)
+
+
+RUNNERS = {"ours": bench_ours, "gateway": bench_gateway, "slirp": bench_slirp, "tap": bench_tap, "passt": bench_passt,
+           "passt-vu": bench_passt_vu}
 # backend -> a function telling why it cannot run here (None: it can); such backends are
 # skipped with that note instead of failing the run
-PREREQUISITES = {"passt": passt_missing}
+PREREQUISITES = {"passt": passt_missing, "passt-vu": passt_vu_missing}
 
 
 def bench_vm(size_mib: int = 100, backends=BACKENDS, ping_count: int = 20,
-             udp_count: int = 2000, http_count: int = 500) -> VmBench:
+             udp_count: int = 2000, http_count: int = 500, qemu: str | None = None) -> VmBench:
     """Each backend in turn, in a fresh guest; a backend whose PREREQUISITES say it cannot
     run here (passt not installed) is left out with the reason in `skipped`."""
     unknown = [b for b in backends if b not in RUNNERS]
     if unknown:
         raise ValueError(f"unknown backend(s) {', '.join(unknown)}; of {', '.join(BACKENDS)}")
+    global _QEMU
+    _QEMU = None
+    if qemu == "10":
+        from apps.vm import qemu10
+
+        _QEMU = qemu10()
+        if _QEMU is None:
+            raise ValueError("--qemu 10: no Debian 13 root (make install makes it) or no bwrap")
+    elif qemu not in (None, "7.2", "system"):
+        raise ValueError(f"--qemu {qemu}: 10, or system (the default)")
     out = VmBench(size_mib, ping_count, udp_count, http_count)
+    out.qemu = "10" if _QEMU else "system"
     for name in backends:
         why = PREREQUISITES.get(name, lambda: None)()
         if why is not None:
@@ -462,7 +520,7 @@ def bench_vm(size_mib: int = 100, backends=BACKENDS, ping_count: int = 20,
 
 
 def print_vm(res: VmBench) -> None:
-    print(f"vm: TCG guest, {res.size_mib} MiB each way, ping x{res.ping_count}, "
+    print(f"vm: TCG guest on QEMU {res.qemu}, {res.size_mib} MiB each way, ping x{res.ping_count}, "
           f"UDP 64 B x{res.udp_count}, HTTP GET of {HTTP_BODY} B x{res.http_count} (a wget "
           f"each); (x.xx) = ratio to slirp")
     cols = [title for _, title, _, _ in METRICS]

@@ -258,11 +258,28 @@ def build_stack(config: StackConfig | None = None, *, gateway_thread: bool = Tru
     runtime = Runtime(iface, None, sockets)
     gateway = None
     if config.gateway.enabled:
+        from apps.tcpapps import APP_BUFFER
+
+        # NAT flows send with the apps' buffer (it grows only as it fills): the bytes in
+        # flight to a TCG guest, not our CPU, bound a download; all flows together hold
+        # at most Gateway.TX_BUDGET of them (gateway/tcp.py)
         gateway = Gateway(runtime, config.gateway, gateway4=net.ip,
-                          gateway6=config.ipv6_address if config.ipv6 else None)
+                          gateway6=config.ipv6_address if config.ipv6 else None,
+                          tcp_options={"tx_buffer_size": APP_BUFFER})
         if gateway_thread:
             gateway.start()
         for sock in sockets.of_kind("udp"):
             if isinstance(sock, DnsServerSocket):
                 sock.forwarder = gateway.dns
-    return Stack(config, iface, sockets, runtime, dhcp, dns, gateway)
+    st = Stack(config, iface, sockets, runtime, dhcp, dns, gateway)
+    if gateway is not None and gateway.dns is not None:
+        from gateway.dns import serve_tcp
+
+        # DNS over TCP, where resolvers go after a truncated answer
+        t = threading.Thread(target=serve_tcp, name="dns-tcp", daemon=True,
+                             args=(runtime, st.stop_event, dns, gateway.dns.servers,
+                                   gateway.stats))
+        t.start()
+        st.app_threads.append(t)
+    return st
+

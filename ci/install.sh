@@ -43,11 +43,19 @@ if [ ! -x "$CACHE/trixie/usr/bin/qemu-system-x86_64" ]; then
     echo "install: QEMU 10 (debootstrap trixie into $CACHE/trixie)"
     rm -rf "$CACHE/trixie.tmp"
     mkdir -p "$CACHE"
-    if debootstrap --variant=minbase --include=qemu-system-x86,ipxe-qemu trixie \
+    if debootstrap --variant=minbase --include=qemu-system-x86,ipxe-qemu,passt trixie \
             "$CACHE/trixie.tmp" http://deb.debian.org/debian >/dev/null 2>&1; then
         mv "$CACHE/trixie.tmp" "$CACHE/trixie"
     else
         echo "install: debootstrap of trixie failed; the QEMU 10 tests will be skipped" >&2
         rm -rf "$CACHE/trixie.tmp"
     fi
+fi
+# passt's vhost-user mode (bench vm's passt-vu), added to a root made before it was asked for
+if [ -x "$CACHE/trixie/usr/bin/qemu-system-x86_64" ] && [ ! -x "$CACHE/trixie/usr/bin/passt" ]; then
+    echo "install: passt into $CACHE/trixie"
+    bwrap --bind "$CACHE/trixie" / --proc /proc --dev-bind /dev /dev \
+        --ro-bind /etc/resolv.conf /etc/resolv.conf \
+        apt-get -o APT::Sandbox::User=root install -y -q passt >/dev/null 2>&1 \
+        || echo "install: passt in the trixie root failed; bench vm skips passt-vu" >&2
 fi

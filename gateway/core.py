@@ -58,6 +58,11 @@ class Gateway:
     """NAT for one stack. `start()` runs its thread; `close()` resets every flow, closes
     every host socket and detaches from the interface."""
 
+    # bytes read from host sockets and not yet acknowledged by the guest, all TCP flows
+    # together: a guest that stops acknowledging on thousands of flows cannot make us hold
+    # more (the rest waits in the host's kernel)
+    TX_BUDGET = 256 << 20
+
     def __init__(self, runtime, config: GatewayConfig | None = None, *, gateway4=None,
                  gateway6=None, tcp_options: dict | None = None) -> None:
         self.config = config = config or GatewayConfig()
@@ -70,12 +75,14 @@ class Gateway:
         self.tcp_options = tcp_options or {}
         self.stats: Counter[str] = Counter()
         self.tcp_flows: dict[tuple, TcpFlow] = {}
+        self.tx_held = 0  # see TX_BUDGET
         self.udp_flows: dict[tuple, UdpFlow] = {}
         self.paused: set[UdpFlow] = set()
         self.selector = selectors.DefaultSelector()
         self._new: deque[TcpFlow] = deque()
         self._udp_out: deque = deque()
         self._poked: set[TcpFlow] = set()
+        self._later: set[TcpFlow] = set()
         self._resume = False
         self._signalled = False
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -174,6 +181,10 @@ class Gateway:
         self._poked.add(flow)
         self._signal()
 
+    def poke_later(self, flow: TcpFlow) -> None:
+        """A flow held back by TX_BUDGET: looked at again on the next timer tick."""
+        self._later.add(flow)
+
     def _outbox_room(self) -> None:
         if self.paused:
             self._resume = True
@@ -192,6 +203,7 @@ class Gateway:
         if self.tcp_flows.get(flow.key) is flow:
             del self.tcp_flows[flow.key]
         self._poked.discard(flow)
+        self._later.discard(flow)
 
     def hostfwd_source(self, peer) -> tuple | None:
         """A forwarded connection's client as the guest should see it: its own address
@@ -322,6 +334,10 @@ class Gateway:
             self._expire(now)
 
     def _expire(self, now: float) -> None:
+        if self._later:
+            later, self._later = self._later, set()
+            for flow in later:
+                flow.pump()
         self.icmp.expire(now)
         for flow in [f for f in self.tcp_flows.values() if f.state == "connecting"]:
             flow.expire(now)

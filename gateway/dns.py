@@ -8,6 +8,10 @@ went to, with our id. No answer within `TRY_TIMEOUT` seconds: the next server; n
 `TOTAL_TIMEOUT`: SERVFAIL. At most `MAX_PENDING` queries are in flight; more are dropped
 and counted (the guest's resolver retries). Malformed queries never get here: the
 responder answers them FORMERR itself.
+
+A truncated answer (TC) is relayed as it is; the guest's resolver then asks again over
+TCP (RFC 7766), which `serve_tcp` answers on port 53: our names from the responder, the
+rest forwarded over TCP to the same servers, SERVFAIL when none answers.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ def parse_server(text: str) -> tuple[str, int]:
     elif t.count(":") == 1:
         addr, p = t.split(":")
         port = int(p)
+    elif ":" in t:
+        raise ValueError("an IPv6 address goes in brackets, [::1] or [::1]:53")
     else:
         addr = t
     ipaddress.ip_address(addr)
@@ -196,3 +202,62 @@ class DnsForwarder:
         self.socks.clear()
         self.pending.clear()
         self.queue.clear()
+
+
+def _read_msg(sock: socket.socket) -> bytes:
+    """One length-prefixed DNS message from a host TCP socket (EOFError: closed)."""
+    def exact(n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                raise EOFError("closed")
+            buf += chunk
+        return buf
+
+    return exact(int.from_bytes(exact(2), "big"))
+
+
+def forward_tcp(servers: list[tuple[str, int]], query: bytes,
+                timeout: float = TOTAL_TIMEOUT) -> bytes | None:
+    """The answer to `query` over TCP from the first server that gives one, or None."""
+    for addr, port in servers:
+        try:
+            with socket.create_connection((addr, port), timeout=timeout) as s:
+                s.sendall(len(query).to_bytes(2, "big") + query)
+                answer = _read_msg(s)
+        except (OSError, EOFError) as e:
+            log.debug("gateway: dns over tcp to %s:%d: %s", addr, port, e)
+            continue
+        if len(answer) >= 12 and answer[:2] == query[:2]:
+            return answer
+    return None
+
+
+def serve_tcp(runtime, stop, responder, servers: list[tuple[str, int]], counters) -> None:
+    """DNS over TCP on our port 53 (both families), a thread per connection (apps.tcpapps
+    .serve_tcp): each length-prefixed query answered or forwarded in turn."""
+    from apps.tcpapps import serve_tcp as accept_loop
+    from netstack.socket.services import forwardable
+
+    def handle(stream) -> None:
+        while True:
+            try:
+                n = int.from_bytes(stream.read_exact(2), "big")
+                query = stream.read_exact(n)
+            except EOFError:
+                return
+            parsed = forwardable(responder, query) if servers else None
+            if parsed is None:
+                answer = responder.handle_bytes(query)
+                if answer is None:
+                    continue
+            else:
+                counters["dns_forwarded_tcp"] += 1
+                answer = forward_tcp(servers, query)
+                if answer is None:
+                    counters["dns_servfail"] += 1
+                    answer = responder._response(parsed, Rcode.SERVFAIL).to_bytes()
+            stream.write_all(len(answer).to_bytes(2, "big") + answer)
+
+    accept_loop(runtime, stop, 53, handle, max_connections=64, idle_timeout=30.0)

@@ -36,7 +36,7 @@ _LINGER_RST = struct.pack("ii", 1, 0)
 class TcpFlow:
     __slots__ = ("gw", "key", "ip", "seg", "host_addr", "host", "tcp", "handle", "state",
                  "host_eof", "host_wr_closed", "up", "down", "since", "deadline", "events",
-                 "local")
+                 "local", "held")
 
     def __init__(self, gw, key: tuple, ip, seg, host_addr, now: float) -> None:
         self.gw = gw
@@ -56,6 +56,7 @@ class TcpFlow:
         self.deadline = now + gw.config.connect_timeout
         self.events = 0
         self.local = None  # the host socket's own address, once connected
+        self.held = 0  # our send queue when last looked at (the gateway's tx_held)
 
     # -- the host side --------------------------------------------------------------------
     def start(self) -> None:
@@ -153,9 +154,13 @@ class TcpFlow:
                     host.shutdown(socket.SHUT_WR)
                     self.host_wr_closed = True
             # host → guest
+            gw = self.gw
             while not self.host_eof and tcp.may_send:
-                room = tcp.send_capacity - tcp.send_queue
+                self._account()
+                room = min(tcp.send_capacity - tcp.send_queue, gw.TX_BUDGET - gw.tx_held)
                 if room <= 0:
+                    if tcp.send_queue == 0:  # the budget is spent elsewhere: try later
+                        gw.poke_later(self)
                     break
                 try:
                     data = host.recv(min(room, CHUNK))
@@ -167,6 +172,7 @@ class TcpFlow:
                     break
                 tcp.send(data)
                 self.down += len(data)
+            self._account()
         except OSError as e:  # the host reset, or the network said no
             self.gw.count("tcp_host_reset")
             log.debug("gateway: %s: host side %s", self.key, e)
@@ -177,11 +183,17 @@ class TcpFlow:
             self.finish(rst=False)  # both FINs crossed: our socket finishes on its own
             return
         want = 0
-        if not self.host_eof and tcp.may_send and tcp.send_queue < tcp.send_capacity:
+        if not self.host_eof and tcp.may_send and tcp.send_queue < tcp.send_capacity \
+                and self.gw.tx_held < self.gw.TX_BUDGET:
             want |= selectors.EVENT_READ
         if tcp.recv_queue and not self.host_wr_closed:
             want |= selectors.EVENT_WRITE
         self._interest(want)
+
+    def _account(self) -> None:
+        q = self.tcp.send_queue if self.tcp is not None else 0
+        self.gw.tx_held += q - self.held
+        self.held = q
 
     def _interest(self, events: int) -> None:
         if events == self.events or self.host is None:
@@ -199,6 +211,8 @@ class TcpFlow:
         """Close the host socket (with a RST when `rst`) and hand our TCP socket to the
         runtime, which reaps it once its FIN handshake or TIME-WAIT is done."""
         self.close_host(rst)
+        self.gw.tx_held -= self.held
+        self.held = 0
         if self.handle is not None:
             self.tcp.set_waker(None)
             self.gw.runtime.release_socket(self.handle)

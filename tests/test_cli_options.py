@@ -30,6 +30,13 @@ from apps.stack import StackConfig
     (["--dhcp-range", "10.0.2.15,999"], "240 addresses from 10.0.2.15"),
     (["--dhcp-range", "10.0.2.15,many"], "COUNT must be a number"),
     (["--queues", "0"], "--queues must be 1..127"),
+    (["--allow-outbound", "10.0.0.0/33"], "--allow-outbound 10.0.0.0/33"),
+    (["--deny-outbound", "example.com"], "--deny-outbound example.com"),
+    (["--dns-forward", "1.2.3.4:99999"], "--dns-forward 1.2.3.4:99999"),
+    (["--dns-forward", "::1"], "--dns-forward ::1: an IPv6 address goes in brackets"),
+    (["--map-host-loopback", "localhost"], "--map-host-loopback localhost"),
+    (["--max-flows", "0"], "--max-flows 0: must be at least 1"),
+    (["--udp-timeout", "0"], "--udp-timeout 0.0: must be positive"),
 ])
 def test_bad_values_are_one_line_errors(tmp_path, argv, message):
     p = subprocess.run([sys.executable, "-m", "apps.cli", "serve", "--socket-path",

@@ -94,15 +94,19 @@ class DnsServerSocket(UdpSocket):
             log.warning("DNS answer to %s not sent: %s", ip_repr.src_addr, e)
 
     def _forwardable(self, data: bytes):
-        """The parsed query when it is a well-formed standard query for a name that is not
-        ours, else None (answered here: ours, FORMERR, NOTIMP, REFUSED...)."""
-        try:
-            query = DnsRepr.parse(DnsPacket.new_checked(data))
-        except WireError:
-            return None
-        if query.is_response or query.opcode != Opcode.QUERY or len(query.questions) != 1:
-            return None
-        q = query.questions[0]
-        if q.qclass not in (Class.IN, Class.ANY) or self.responder.is_local(q.name):
-            return None
-        return query
+        return forwardable(self.responder, data)
+
+
+def forwardable(responder: DnsResponder, data: bytes):
+    """The parsed query when it is a well-formed standard query for a name that is not
+    the responder's, else None (answered by it: ours, FORMERR, NOTIMP, REFUSED...)."""
+    try:
+        query = DnsRepr.parse(DnsPacket.new_checked(data))
+    except WireError:
+        return None
+    if query.is_response or query.opcode != Opcode.QUERY or len(query.questions) != 1:
+        return None
+    q = query.questions[0]
+    if q.qclass not in (Class.IN, Class.ANY) or responder.is_local(q.name):
+        return None
+    return query

@@ -125,7 +125,9 @@ def dns_server():
             asked.append(name)
             if name == "silent.test":
                 continue
-            if name == "example.test":  # (A: the address; AAAA: no data)
+            if name == "big.test":  # too big for UDP: truncated, no answers
+                r = DNS(id=q.id, qr=1, aa=1, tc=1, rd=q.rd, ra=1, qd=[qd])
+            elif name == "example.test":  # (A: the address; AAAA: no data)
                 an = [DNSRR(rrname=qd.qname, type="A", ttl=60, rdata="198.51.100.7")] \
                     if qd.qtype == 1 else []
                 r = DNS(id=q.id, qr=1, aa=1, rd=q.rd, ra=1, qd=[qd], an=an)
@@ -133,12 +135,43 @@ def dns_server():
                 r = DNS(id=q.id, qr=1, aa=1, rd=q.rd, ra=1, rcode=3, qd=[qd])
             sock.sendto(bytes(r), peer)
 
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
+    big_an = [DNSRR(rrname="big.test.", type="A", ttl=60, rdata=f"198.51.100.{i}")
+              for i in range(1, 41)]  # 40 records: more than 512 bytes
+
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind(("127.0.0.1", sock.getsockname()[1]))
+    tcp.listen(8)
+    tcp.settimeout(0.5)
+
+    def tcp_loop() -> None:  # big.test in full over TCP
+        while not stop.is_set():
+            try:
+                c, _ = tcp.accept()
+            except TimeoutError:
+                continue
+            with c:
+                c.settimeout(5)
+                n = int.from_bytes(c.recv(2), "big")
+                data = b""
+                while len(data) < n:
+                    data += c.recv(n - len(data))
+                q = DNS(data)
+                qd = q.qd[0] if isinstance(q.qd, list) else q.qd
+                asked.append("tcp:" + qd.qname.decode().rstrip("."))
+                r = bytes(DNS(id=q.id, qr=1, aa=1, rd=q.rd, ra=1, qd=[qd], an=big_an))
+                c.sendall(len(r).to_bytes(2, "big") + r)
+
+    threads = [threading.Thread(target=loop, daemon=True),
+               threading.Thread(target=tcp_loop, daemon=True)]
+    for t in threads:
+        t.start()
     yield sock.getsockname()[1], asked
     stop.set()
-    t.join(2)
+    for t in threads:
+        t.join(2)
     sock.close()
+    tcp.close()
 
 
 @pytest.fixture(scope="module")
@@ -339,3 +372,24 @@ def test_hostfwd_shows_the_guest_the_real_client(leased_vm, internet, served):
     finally:
         fwd.close()
         leased_vm.run("killall httpd")
+
+
+def _raw_query(qid: bytes, name: str) -> bytes:
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
+    return qid + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + labels + b"\x00\x00\x01\x00\x01"
+
+
+def test_a_truncated_answer_then_the_same_question_over_tcp(leased_vm, dns_server):
+    _port, asked = dns_server
+    q = _raw_query(b"\x43\x21", "big.test")
+    octal = "".join(f"\\{b:03o}" for b in q)
+    out = leased_vm.run_ok(f"printf '{octal}' | vhn-udp -w 5 10.0.2.3 53 | od -An -tx1 | "
+                           "head -1", timeout=60).split()
+    assert out[:2] == ["43", "21"] and int(out[2], 16) & 0x02, out  # TC, relayed as it was
+    framed = len(q).to_bytes(2, "big") + q
+    octal = "".join(f"\\{b:03o}" for b in framed)
+    out = leased_vm.run_ok(f"printf '{octal}' | nc -w 3 10.0.2.3 53 | od -An -tx1 -v | "
+                           "tr -s ' \\n' ' '", timeout=60).split()
+    # length, then the answer: our id back, 40 answers
+    assert out[2:4] == ["43", "21"] and int(out[8] + out[9], 16) == 40, out
+    assert "tcp:big.test" in asked
