@@ -34,14 +34,16 @@ makes the stack-side TCP connection or UDP socket IPv6. The two sides are indepe
 `tcp:[::1]:8080-10.0.2.15:80` and `tcp:127.0.0.1:8080-[fd00:10:0:2::15]:80` both work.
 
 TCP: a thread accepts on the host socket; each connection opens a `netstack.net.TcpStream`
-to the guest and two pump threads copy both ways. With the gateway (the default), the
-connection reaches the guest from the real client's address and port (a client on the
-host's loopback: from the gateway address standing for it, 10.0.2.2), which libslirp
-cannot do; `--hostfwd-masquerade` makes them all come from our address, as before. A FIN on one side becomes a shutdown of
+to the guest and two pump threads copy both ways. A FIN on one side becomes a shutdown of
 writing on the other (half-close); a failure (the guest refuses or resets, the host
 resets) resets both. UDP: one thread relays each host peer's datagrams from a stack
 socket of its own (connected to the guest's port, so only its replies come back) and the
 replies to that peer; a peer idle for `udp_idle` seconds loses its socket.
+
+The client's address: with the gateway (the default) a connection or a peer's datagrams
+reach the guest from the real client's address and port (a client on the host's
+loopback: from the gateway address standing for it, 10.0.2.2), which libslirp cannot do;
+`--hostfwd-masquerade` makes them all come from our address, as before.
 """
 
 from __future__ import annotations
@@ -391,11 +393,12 @@ class UdpForward:
     replies back to that peer, mappings dropped after `idle` seconds without traffic."""
 
     def __init__(self, runtime: Runtime, rule: HostFwd, guest: tuple[str, int], *,
-                 idle: float = UDP_IDLE) -> None:
+                 idle: float = UDP_IDLE, source=None) -> None:
         self.runtime = runtime
         self.rule = rule
         self.guest = guest
         self.idle = idle
+        self.source = source  # as TcpForward's
         self.peers: dict[tuple, _UdpPeer] = {}  # host peer (AF_INET or AF_INET6) -> its mapping
         self.stats = {"to_guest": 0, "to_host": 0, "dropped": 0}
         sock = _host_socket(rule, socket.SOCK_DGRAM)
@@ -443,7 +446,7 @@ class UdpForward:
             now = time.monotonic()
             peer = self.peers.get(addr)
             if peer is None:
-                s = self.runtime.udp_bind((self._any, 0))
+                s = self._stack_socket(addr)
                 s.connect(self.guest)
                 peer = self.peers[addr] = _UdpPeer(addr, s, now)
                 self._sel.register(s, selectors.EVENT_READ, peer)
@@ -453,6 +456,17 @@ class UdpForward:
                 self.stats["to_guest"] += 1
             except OSError:  # full transmit queue, or too large: UDP drops it
                 self.stats["dropped"] += 1
+
+    def _stack_socket(self, addr):
+        """The stack socket for a new host peer: bound to the peer's own address and port
+        when the forward has a `source` for it, else to ours."""
+        local = self.source(addr) if self.source is not None else None
+        if local is not None and (local[0].version == 6) == is_ipv6(self.guest[0]):
+            try:
+                return self.runtime.udp_bind(local, transparent=True)
+            except OSError as e:
+                log.debug("hostfwd udp %s: from our address (%s)", addr, e)
+        return self.runtime.udp_bind((self._any, 0))
 
     def _from_guest(self, peer: _UdpPeer) -> None:
         while True:
@@ -510,7 +524,8 @@ class HostForwarder:
                         "connect_timeout", CONNECT_TIMEOUT), source=options.get("source"))
                 else:
                     fwd = UdpForward(runtime, rule, guest,
-                                     idle=options.get("udp_idle", UDP_IDLE))
+                                     idle=options.get("udp_idle", UDP_IDLE),
+                                     source=options.get("source"))
             except OSError as e:
                 self.close()
                 raise OSError(e.errno, f"hostfwd {rule.proto}:"

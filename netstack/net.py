@@ -381,13 +381,15 @@ class UdpSocket(_Waitable):
     @classmethod
     def bind(cls, runtime: Runtime, addr: Address = ("0.0.0.0", 0), *, rx_packets: int = 256,
              rx_bytes: int = 1 << 20, tx_packets: int = 256, tx_bytes: int = 1 << 20,
-             v6only: bool = False) -> UdpSocket:
+             v6only: bool = False, transparent: bool = False) -> UdpSocket:
         """Bind a new socket to `addr` (port 0: an ephemeral port; "::" both families
-        unless `v6only`)."""
+        unless `v6only`). `transparent` (Linux's IP_TRANSPARENT): the address need not be
+        ours (host forwarding sends from the real client's address)."""
         ip, port = _endpoint(addr)
         sock = _udp.UdpSocket(PacketBuffer(rx_packets, rx_bytes), PacketBuffer(tx_packets, tx_bytes))
         with runtime.lock:
-            _check_local(runtime, ip)
+            if not transparent:
+                _check_local(runtime, ip)
             handle = _add(runtime, sock)
             try:
                 sock.bind((ip, port), v6only=v6only)

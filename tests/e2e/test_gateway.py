@@ -344,7 +344,8 @@ def test_hostfwd_shows_the_guest_the_real_client(leased_vm, internet, served):
                      "/tmp/www/cgi-bin/peer && chmod +x /tmp/www/cgi-bin/peer && "
                      "httpd -p 8000 -h /tmp/www && sleep 0.5 && "
                      "wget -q -O - http://127.0.0.1:8000/cgi-bin/peer")
-    fwd = HostForwarder(served.stack.runtime, ["tcp:0.0.0.0:0-:8000"],
+    leased_vm.run_ok("(vhn-udp -l 9000 -c 1 -v > /tmp/udpv 2>&1 &) ; sleep 0.3")
+    fwd = HostForwarder(served.stack.runtime, ["tcp:0.0.0.0:0-:8000", "udp:127.0.0.1:0-:9000"],
                         str(served.stack.config.dhcp_first),
                         source=served.stack.gateway.hostfwd_source)
     try:
@@ -369,6 +370,14 @@ def test_hostfwd_shows_the_guest_the_real_client(leased_vm, internet, served):
              "print(c.getsockname()[1], *b.decode().split()[-2:])"],
             capture_output=True, text=True, timeout=60, check=True).stdout.split()
         assert _unmapped(out[1:]) == [PEER4, out[0]], out
+        # UDP too: the guest's echo server saw the datagram come from 10.0.2.2, our port
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.settimeout(10)
+            u.sendto(b"hello", ("127.0.0.1", fwd.address(1)[1]))
+            assert u.recvfrom(100)[0] == b"hello"
+            uport = u.getsockname()[1]
+        seen = leased_vm.run_ok("grep -v listening /tmp/udpv").split()
+        assert _unmapped(seen[:3]) == ["10.0.2.2", str(uport), "5"], seen
     finally:
         fwd.close()
         leased_vm.run("killall httpd")

@@ -251,6 +251,12 @@ class Cubic:
 _CONTROLLERS = {"cubic": Cubic, "reno": Reno}
 
 
+def check_controller(name: str) -> None:
+    """ValueError for a name `make_controller` does not know."""
+    if not isinstance(name, str) or name.lower() not in _CONTROLLERS:
+        make_controller(name)  # (raises, with the names it has)
+
+
 def make_controller(name: str = "cubic", mss: int = 536) -> Reno | Cubic:
     """A controller by name: "cubic" (the default, as on Linux) or "reno"."""
     try:

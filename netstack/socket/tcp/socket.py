@@ -63,7 +63,7 @@ from netstack.socket.addr import endpoint as _ep
 from netstack.socket.errors import AddrInUse, SocketError, Unaddressable
 from netstack.socket.set import Socket, touches
 from netstack.socket.tcp.assembler import Assembler
-from netstack.socket.tcp.congestion import make_controller
+from netstack.socket.tcp.congestion import check_controller, make_controller
 from netstack.socket.tcp.isn import generate_isn
 from netstack.socket.tcp.rtt import RttEstimator
 from netstack.socket.tcp.seq import seq_add, seq_ge, seq_gt, seq_le, seq_lt, seq_max, seq_sub
@@ -182,7 +182,7 @@ class TcpSocket(Socket):
         self.rx_capacity = rx_buffer_size
         self.tx_capacity = tx_buffer_size
         self._cc_name = congestion
-        make_controller(congestion, DEFAULT_MSS)  # fail early on an unknown name
+        check_controller(congestion)  # fail early on an unknown name
         self._ts_enabled = timestamps
         self._sack_enabled = sack
         self._ws_enabled = window_scaling
@@ -297,6 +297,8 @@ class TcpSocket(Socket):
     def set_mtu(self, mtu: int) -> None:
         """The interface's IP MTU: our MSS becomes `mtu - 40` over IPv4, `mtu - 60` over
         IPv6 (or the `mss` given, if smaller)."""
+        if mtu == self._mtu:
+            return  # (the interface tells every new socket; the MSS follows the endpoints)
         self._mtu = mtu
         self._update_local_mss()
 
