@@ -760,8 +760,8 @@ def _format_gateway(gw: dict | None) -> list[str]:
              f"  counters: {_counters(gw['counters'])}"]
     for f in gw["flows"]:
         lines.append(f"  {f['proto']} {f['guest']:>21} -> {f['dst'] or '-':21} host "
-                     f"{f.get('host_local') or '-'} {f['state']} up {f['up']} down "
-                     f"{f['down']} age {f['age']}s")
+                     f"{f.get('host_local') or '-'} -> {f.get('host_remote') or '-'} "
+                     f"{f['state']} up {f['up']} down {f['down']} age {f['age']}s")
     return lines
 
 

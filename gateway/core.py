@@ -162,7 +162,7 @@ class Gateway:
         if len(self._udp_out) >= UDP_QUEUE:
             self.count("udp_queue_full")
             return True
-        self._udp_out.append((flow, target, udp_repr.dst_port, bytes(payload)))
+        self._udp_out.append((flow, target, udp_repr.dst_port, bytes(payload), dst))
         self._signal()
         return True
 
@@ -308,7 +308,7 @@ class Gateway:
                 flow.start()
         out = self._udp_out
         while out:
-            flow, target, port, data = out.popleft()
+            flow, target, port, data, dst = out.popleft()
             if flow.host is None:
                 if self.udp_flows.get(flow.key) is not flow:
                     continue  # expired meanwhile
@@ -316,7 +316,7 @@ class Gateway:
                     del self.udp_flows[flow.key]
                     continue
                 self.count("udp_opened")
-            flow.send(now, target, port, data)
+            flow.send(now, target, port, data, dst)
         if self._poked:
             poked, self._poked = self._poked, set()
             for flow in poked:

@@ -64,7 +64,7 @@ class UdpFlow:
         self.gw.selector.register(host, selectors.EVENT_READ, self)
         return True
 
-    def send(self, now: float, host_addr, port: int, data: bytes) -> None:
+    def send(self, now: float, host_addr, port: int, data: bytes, dst=None) -> None:
         self.last = now
         try:
             self.host.sendto(data, (str(host_addr), port))
@@ -77,7 +77,7 @@ class UdpFlow:
             return
         self.up += len(data)
         if len(self.peers) < 64:
-            self.peers.add((host_addr, port))
+            self.peers.add((dst if dst is not None else host_addr, port, host_addr))
 
     def on_event(self, now: float, mask: int) -> None:
         gw = self.gw
@@ -152,12 +152,17 @@ class UdpFlow:
     def status(self, now: float) -> dict:
         g, gp = self.key
         return {"proto": "udp", "guest": f"{g}:{gp}" if g.version == 4 else f"[{g}]:{gp}",
-                "dst": ", ".join(sorted(f"{a}:{p}" if a.version == 4 else f"[{a}]:{p}"
-                                        for a, p in self.peers)),
-                "host_local": f"{self.local[0]}:{self.local[1]}" if self.local else None,
+                "dst": ", ".join(sorted(_ep(a, p) for a, p, _h in self.peers)),
+                "host_local": _ep(*self.local) if self.local else None,
+                "host_remote": ", ".join(sorted(_ep(h, p) for _a, p, h in self.peers)),
                 "state": "paused" if self.paused else "open",
                 "up": self.up, "down": self.down, "age": round(now - self.since, 1),
                 "idle": round(now - self.last, 1)}
+
+
+def _ep(addr, port: int) -> str:
+    a = str(addr)
+    return f"[{a}]:{port}" if ":" in a else f"{a}:{port}"
 
 
 def _quote(src, sport: int, dst, dport: int, payload: bytes) -> bytes:

@@ -410,3 +410,30 @@ def test_serve_json_logs_and_control_socket_lifetime(tmp_path):
     assert any(m.startswith("control socket") for m in msgs)
     assert any(m.startswith("faults on") for m in msgs)
     assert not os.path.exists(path + ".ctl") and not os.path.exists(path)
+
+
+def test_cli_status_lists_nat_flows(served, guest):
+    """A guest datagram to the gateway address on a port none of our apps holds goes to
+    the host's loopback; `vhostnet status` shows the flow: the guest's end, the host
+    socket's, the bytes."""
+    from scapy.layers.inet import IP, UDP
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as echo:
+        echo.bind(("127.0.0.1", 0))
+        echo.settimeout(5)
+        port = echo.getsockname()[1]
+        frame = (Ether(src="52:54:00:12:34:56", dst="52:55:0a:00:02:02")
+                 / IP(src="10.0.2.15", dst="10.0.2.2") / UDP(sport=40000, dport=port) / b"hi")
+        guest.send_frame(bytes(frame))
+        data, host_end = echo.recvfrom(100)
+        assert data == b"hi"
+    r = vhostnet("status", "--control", served.ctl)
+    assert r.returncode == 0, r.stderr
+    assert "gateway: 0 TCP and 1 UDP flows; host loopback 10.0.2.2 -> 127.0.0.1" in r.stdout
+    line = next(ln for ln in r.stdout.splitlines() if "udp" in ln and "10.0.2.15:40000" in ln)
+    # (the guest's view, then the host socket's: unconnected, so bound to 0.0.0.0)
+    assert f"10.0.2.15:40000 -> 10.0.2.2:{port}" in " ".join(line.split()), line
+    assert f"host 0.0.0.0:{host_end[1]} -> 127.0.0.1:{port}" in line, line
+    assert "up 2 down 0" in line, line
+    st = json.loads(vhostnet("status", "--control", served.ctl, "--json").stdout)
+    assert st["gateway"]["counters"]["udp_opened"] == 1 and 80 not in st["gateway"]["our_tcp_ports"]
