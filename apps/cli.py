@@ -282,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--no-map-host-loopback", action="store_true",
                     help="the guest cannot reach the host's loopback")
     gw.add_argument("--restrict", action="store_true",
-                    help="no outbound flows at all (as -netdev user,restrict=on); "
-                         "--hostfwd still works")
+                    help="no outbound flows at all, DNS forwarding included (as -netdev "
+                         "user,restrict=on); --hostfwd still works")
     gw.add_argument("--allow-outbound", action="append", default=[], metavar="CIDR",
                     help="only these destinations (repeatable; default: all)")
     gw.add_argument("--deny-outbound", action="append", default=[], metavar="CIDR",

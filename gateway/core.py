@@ -95,7 +95,7 @@ class Gateway:
         _room_for_fds(3 * config.max_flows + 512)
         self.icmp = IcmpEcho(self)
         self.dns: DnsForwarder | None = None
-        if config.dns:
+        if config.dns and not config.restrict:  # (restrict: nothing leaves, queries neither)
             servers = ([parse_server(t) for t in config.dns_forward] if config.dns_forward
                        else resolv_conf_servers())
             if servers:

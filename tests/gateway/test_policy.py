@@ -60,3 +60,21 @@ def test_dns_forward_addresses(text, want):
 def test_bad_dns_forward_addresses(text):
     with pytest.raises(ValueError):
         parse_server(text)
+
+
+def test_restrict_forwards_no_dns_either():
+    from apps.stack import StackConfig, build_stack
+
+    cfg = StackConfig(apps=False)
+    cfg.gateway = GatewayConfig(restrict=True, dns_forward=["127.0.0.1:5353"])
+    st = build_stack(cfg)
+    try:
+        assert st.gateway is not None and st.gateway.dns is None
+    finally:
+        st.stop()
+    cfg.gateway = GatewayConfig(dns_forward=["127.0.0.1:5353"])
+    st = build_stack(cfg)
+    try:
+        assert st.gateway.dns.servers == [("127.0.0.1", 5353)]
+    finally:
+        st.stop()
