@@ -1,5 +1,5 @@
 # One image for both compose services: the backend (`vhostnet serve`) and a QEMU VM with the
-# bundled guest (`python -m apps.vm`). See docker-compose.yml.
+# bundled guest (`python -m apps.harness.vm`). See docker-compose.yml.
 FROM debian:bookworm
 # python3 (3.11) + venv + a C toolchain for the cffi helpers; qemu-system-x86 for the vm
 # service; busybox-static, cpio for ci/guest/build.py (it apt-get downloads the cloud kernel).
@@ -15,7 +15,7 @@ COPY apps apps
 COPY netstack netstack
 COPY vhostuser vhostuser
 COPY ci ci
-# The guest image lives here at build time and at run time (apps.vm looks in the same place).
+# The guest image lives here at build time and at run time (apps.harness.vm looks in the same place).
 ENV VHOSTNET_CACHE=/opt/vhostnet/cache
 RUN find . -name '*.so' -delete \
     && python3 -m venv /opt/venv \
@@ -23,6 +23,6 @@ RUN find . -name '*.so' -delete \
     && /opt/venv/bin/python ci/guest/build.py --quiet \
     && rm -rf /var/lib/apt/lists/* build
 ENV PATH=/opt/venv/bin:$PATH
-# Run outside the source tree, so `python -m apps.vm` imports the installed package.
+# Run outside the source tree, so `python -m apps.harness.vm` imports the installed package.
 WORKDIR /opt/vhostnet
 CMD ["vhostnet", "serve", "--socket-path", "/run/vhostnet/vhostnet.sock"]

@@ -28,7 +28,7 @@ bench: install
 # e.g. STRESS_ARGS="race --seconds 300".
 STRESS_ARGS ?=
 stress: install
-	$(PY) -m apps.stress $(STRESS_ARGS)
+	$(PY) -m apps.bench.stress $(STRESS_ARGS)
 
 clean:
 	rm -rf build *.egg-info netstack/_fast.* vhostuser/_fast.* .pytest_cache

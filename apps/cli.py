@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                       choices=["debug", "info", "warning", "error"], help="default: warning")
     demo.set_defaults(func=cmd_demo)
 
-    # apps/bench.py parses its own arguments (and prints its own --help): main() hands it
+    # apps/bench/__init__.py parses its own arguments (and prints its own --help): main() hands it
     # everything after `bench`; this entry only names the command in `vhostnet --help`
     bench = sub.add_parser("bench", help="run the benchmarks (see `vhostnet bench --help`)",
                            add_help=False)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apps.vm import GuestImage, QemuVM, vhost_user_nic_args
+from apps.harness.vm import GuestImage, QemuVM, vhost_user_nic_args
 from vhostuser.server import VhostUserServer
 
 GUEST_MAC = "52:54:00:12:34:56"
@@ -164,7 +164,7 @@ class Demo:
     def step_gateway(self) -> str:
         """A server on the host's loopback (HTTP, the same routes as ours), reached by the
         guest through 10.0.2.2 on its port: NAT through our gateway and a host socket."""
-        from apps.benchvm import HostPeers
+        from apps.bench.vm import HostPeers
 
         peers = HostPeers()
         try:

@@ -67,8 +67,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def cmd_get(args: argparse.Namespace) -> int:
     from apps.common import check_mtu, print_capabilities, qemu_hint, setup_logging
-    from apps.http import parse_url
     from apps.serve import make_server
+    from apps.servers.http import parse_url
     from vhostuser.backend import BackendConfig
 
     if args.print_capabilities:
@@ -116,7 +116,7 @@ def fetch(runtime, url: str, output: str | None, *, wait: float, timeout: float,
           report=sys.stdout) -> int:
     """Open `url` (retrying until `wait` runs out while the guest is not there yet), stream
     the body to `output` and print the report. Returns the exit status."""
-    from apps.http import HttpError, http_open
+    from apps.servers.http import HttpError, http_open
 
     deadline = time.monotonic() + wait
     said_waiting = False

@@ -147,7 +147,7 @@ def make_server(*, stack_config: StackConfig | None = None, backend: BackendConf
                 hostfwd: list | None = None,
                 hostfwd_masquerade: bool = False) -> tuple[VhostUserServer, Stack, StackApp]:
     """The server, its stack and the App between them; with `control`, a control socket
-    at that path (`app.control`, see apps/control.py: close it before the server); with
+    at that path (`app.control`, see apps/control/__init__.py: close it before the server); with
     `hostfwd` (QEMU-style rule strings or `gateway.hostfwd.HostFwd`), host ports forwarded
     to the guest (`app.hostfwd`, see gateway/hostfwd.py: close it before the server)."""
     stack = build_stack(stack_config, gateway_thread=False)

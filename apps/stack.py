@@ -187,7 +187,7 @@ class Stack:
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     def start_apps(self) -> None:
-        from apps import echo, http, tcpapps, udpserver
+        from apps.servers import echo, http, tcpapps, udpserver
 
         for target in (echo.serve_udp, udpserver.serve, tcpapps.serve_echo,
                        tcpapps.serve_discard, tcpapps.serve_chargen, tcpapps.serve_echoserver,
@@ -258,7 +258,7 @@ def build_stack(config: StackConfig | None = None, *, gateway_thread: bool = Tru
     runtime = Runtime(iface, None, sockets)
     gateway = None
     if config.gateway.enabled:
-        from apps.tcpapps import APP_BUFFER
+        from apps.servers.tcpapps import APP_BUFFER
 
         # NAT flows send with the apps' buffer (it grows only as it fills): the bytes in
         # flight to a TCG guest, not our CPU, bound a download; all flows together hold

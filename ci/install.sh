@@ -37,7 +37,7 @@ fi
 .venv/bin/python ci/guest/build.py --quiet
 
 # QEMU 10 beside the system's 7.2 (tests run multiqueue on both): Debian 13's, in a root
-# made once with debootstrap (~40 s, ~360 MB) and run through bwrap (apps.vm.qemu10)
+# made once with debootstrap (~40 s, ~360 MB) and run through bwrap (apps.harness.vm.qemu10)
 CACHE=${VHOSTNET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vhostnet}
 if [ ! -x "$CACHE/trixie/usr/bin/qemu-system-x86_64" ]; then
     echo "install: QEMU 10 (debootstrap trixie into $CACHE/trixie)"

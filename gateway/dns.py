@@ -235,9 +235,9 @@ def forward_tcp(servers: list[tuple[str, int]], query: bytes,
 
 
 def serve_tcp(runtime, stop, responder, servers: list[tuple[str, int]], counters) -> None:
-    """DNS over TCP on our port 53 (both families), a thread per connection (apps.tcpapps
+    """DNS over TCP on our port 53 (both families), a thread per connection (apps.servers.tcpapps
     .serve_tcp): each length-prefixed query answered or forwarded in turn."""
-    from apps.tcpapps import serve_tcp as accept_loop
+    from apps.servers.tcpapps import serve_tcp as accept_loop
     from netstack.socket.services import forwardable
 
     def handle(stream) -> None:

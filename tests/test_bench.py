@@ -73,7 +73,7 @@ def test_bench_all_runs_every_part_into_one_json(tmp_path):
     assert big["sockets"] == 301 and big["time_wait"] == 100
     assert big["unknown_segment_us"] > 0 and big["bytes_per_connection"] > 0
     assert data["ring"] and data["vm"]
-    from apps.dpdk import testpmd_path
+    from apps.harness.dpdk import testpmd_path
 
     if testpmd_path() is not None:  # one size both ways, ours against DPDK's vhost
         assert {(r["direction"], r["frame_size"]) for r in data["dpdk"]} == {

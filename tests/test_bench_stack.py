@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from apps.benchstack import tap_bench, tap_skip_reason
+from apps.bench.stack import tap_bench, tap_skip_reason
 
 
 def _bench(tmp_path, *args: str) -> tuple[dict, str]:

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from apps import benchvm
+from apps.bench import vm as benchvm
 
 no_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU")
 METRIC_KEYS = ("download_mbit_s", "upload_mbit_s", "ping_avg_ms", "udp_rr_per_s",

@@ -287,7 +287,7 @@ def wait_path(path: Path, proc: subprocess.Popen, timeout: float = 15.0) -> None
 @pytest.mark.qemu
 @pytest.mark.netns
 def test_guest_joins_the_namespace_through_the_tap(netns, tmp_path):
-    from apps.vm import GuestImage, QemuVM, vhost_user_nic_args
+    from apps.harness.vm import GuestImage, QemuVM, vhost_user_nic_args
 
     sock = tmp_path / "bridge.sock"
     tap = unique("vhnbr")

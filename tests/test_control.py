@@ -1,4 +1,4 @@
-"""The control socket of `vhostnet serve` (apps/control.py): `make_server` with a control
+"""The control socket of `vhostnet serve` (apps/control/__init__.py): `make_server` with a control
 socket in a thread, the Python front-end attached as the guest, and the status, faults and
 capture requests, in-process and through the `vhostnet` commands as subprocesses."""
 

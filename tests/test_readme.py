@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.vm import QemuVM, vhost_user_nic_args
+from apps.harness.vm import QemuVM, vhost_user_nic_args
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -100,6 +100,6 @@ def test_the_pytest_plugin_snippet_passes(tmp_path):
 
 @pytest.fixture(scope="module")
 def guest_image_for_readme():
-    from apps.vm import GuestImage
+    from apps.harness.vm import GuestImage
 
     return GuestImage.default()

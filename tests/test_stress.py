@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from apps.stress import RACE_CASES, StressFailure, race, race_frame, ring_repeat
+from apps.bench.stress import RACE_CASES, StressFailure, race, race_frame, ring_repeat
 
 
 @pytest.mark.parametrize("ring,frontend,event_idx", RACE_CASES)
@@ -38,9 +38,9 @@ def test_ring_bench_repeated():
 def test_a_stall_is_a_failure(monkeypatch):
     """Frames that stop coming back (a lost notification looks the same) fail the race
     within STALL seconds instead of hanging it."""
-    import apps.stress
+    import apps.bench.stress
 
-    monkeypatch.setattr(apps.stress, "STALL", 1.0)
+    monkeypatch.setattr(apps.bench.stress, "STALL", 1.0)
 
     def no_reap(self, *a, **k):  # the front-end never looks at RX: no progress
         return 0, []
@@ -58,7 +58,7 @@ def test_a_stall_is_a_failure(monkeypatch):
     (["nonsense"], "invalid choice"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, message):
-    p = subprocess.run([sys.executable, "-m", "apps.stress", *argv], capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "apps.bench.stress", *argv], capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 2
     assert message in p.stderr and "Traceback" not in p.stderr

@@ -1,4 +1,4 @@
-"""The TCP apps: first the sans-I/O HTTP pieces of `apps.http` fed bytes, then every app
+"""The TCP apps: first the sans-I/O HTTP pieces of `apps.servers.http` fed bytes, then every app
 served by one stack and used from another over an in-memory link (a Runtime each)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import apps.http
-from apps.http import (
+import apps.servers.http
+from apps.servers.http import (
     MAX_BYTES,
     NEED_DATA,
     ConnectionClosed,
@@ -31,7 +31,7 @@ from apps.http import (
     response_head,
     route,
 )
-from apps.tcpapps import (
+from apps.servers.tcpapps import (
     chargen_lines,
     serve_chargen,
     serve_discard,
@@ -80,7 +80,7 @@ def bytewise(reader: Reader, data: bytes) -> list:
 
 
 def test_module_doctest():
-    assert doctest.testmod(apps.http).failed == 0
+    assert doctest.testmod(apps.servers.http).failed == 0
 
 
 # -- requests -----------------------------------------------------------------------------
@@ -291,7 +291,7 @@ def test_not_found_and_wrong_methods():
 # -- the apps between two stacks --------------------------------------------------------------
 
 APPS = [(serve_echo, 7), (serve_discard, 9), (serve_chargen, 19), (serve_echoserver, 5555),
-        (apps.http.serve_http, 80)]
+        (apps.servers.http.serve_http, 80)]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""apps.vm: the QEMU harness boots the bundled guest and drives its console (no NIC)."""
+"""apps.harness.vm: the QEMU harness boots the bundled guest and drives its console (no NIC)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from apps.vm import GuestError, GuestImage, QemuVM, newc_archive, vhost_user_nic_args
+from apps.harness.vm import GuestError, GuestImage, QemuVM, newc_archive, vhost_user_nic_args
 
 needs_qemu = pytest.mark.skipif(
     shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 not installed"

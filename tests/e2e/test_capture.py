@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from scapy.utils import rdpcap
 
-from apps.vm import QemuVM, vhost_user_nic_args
+from apps.harness.vm import QemuVM, vhost_user_nic_args
 from tests.e2e.conftest import GUEST_MAC, Served
 
 pytestmark = pytest.mark.qemu

@@ -161,7 +161,7 @@ def test_every_program_the_services_run_is_in_the_image(config):
         else:
             assert prog in BASE_IMAGE_PROGRAMS, f"{where}: {prog} is not in the image"
     # the vm services boot QEMU: the image's apt line has it
-    from apps.vm import QemuVM
+    from apps.harness.vm import QemuVM
 
     assert QemuVM().qemu == "qemu-system-x86_64" and "qemu-system-x86" in apt
 
@@ -282,7 +282,7 @@ def namespaces():
 @pytest.mark.qemu
 @pytest.mark.netns
 def test_backend_vm_and_server_in_three_namespaces(namespaces, tmp_path):
-    from apps.vm import GuestImage, QemuVM, vhost_user_nic_args
+    from apps.harness.vm import GuestImage, QemuVM, vhost_user_nic_args
 
     ns_a, ns_b, ns_c = namespaces
     shared = tmp_path / "run-vhostnet"  # the compose file's vhostnet-sock volume

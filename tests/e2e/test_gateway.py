@@ -278,7 +278,7 @@ def test_many_flows_at_once_all_exact(leased_vm, internet, served):
 
 
 def test_the_guest_going_away_closes_every_host_socket(tmp_path, guest_image, internet):
-    from apps.vm import QemuVM, vhost_user_nic_args
+    from apps.harness.vm import QemuVM, vhost_user_nic_args
 
     served = Served(str(tmp_path / "gw.sock"))
     try:

@@ -22,8 +22,8 @@ import time
 
 import pytest
 
-from apps.http import pattern_chunks
-from apps.vm import GuestImage, QemuVM, vhost_user_nic_args
+from apps.harness.vm import GuestImage, QemuVM, vhost_user_nic_args
+from apps.servers.http import pattern_chunks
 from tests.e2e.conftest import GUEST_MAC, Served
 
 pytestmark = pytest.mark.qemu
@@ -309,7 +309,7 @@ def test_our_stack_connects_to_the_guest_over_ipv6(slaac_vm, served6):
     assert ipaddress.IPv6Address(peer.host.split("%")[0]) == GUEST_LINK_LOCAL6, peer
     assert hashlib.sha256(body).hexdigest() == digest
     # and through the HTTP client `vhostnet get` uses, with a bracketed literal
-    from apps.http import http_get
+    from apps.servers.http import http_get
 
     status, _, body = http_get(rt, f"http://[{GUEST_SLAAC}]:8080/blob", timeout=60)
     assert (status, hashlib.sha256(body).hexdigest()) == (200, digest)

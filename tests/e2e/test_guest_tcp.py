@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from apps.http import pattern_chunks
+from apps.servers.http import pattern_chunks
 
 pytestmark = pytest.mark.qemu
 
@@ -109,7 +109,7 @@ def test_echoserver_and_chargen_and_discard(leased_vm):
     out = vm.run_ok("printf 'hello\\nvhostnet\\n' | nc 10.0.2.2 5555")
     assert out.splitlines() == ["olleh", "tentsohv"], out
     out = vm.run_ok("nc 10.0.2.2 19 | head -c 7400 | sha256sum")
-    from apps.tcpapps import chargen_lines
+    from apps.servers.tcpapps import chargen_lines
 
     assert out.split()[0] == hashlib.sha256((chargen_lines() * 2)[:7400]).hexdigest(), out
     deadline = time.monotonic() + 30  # nc died with unread data: a RST ends our writer
@@ -132,7 +132,7 @@ def test_200_concurrent_connections(leased_vm):
 
 
 def test_our_client_fetches_from_the_guest_httpd(leased_vm, served):
-    from apps.http import http_get, http_open
+    from apps.servers.http import http_get, http_open
 
     vm = leased_vm
     digest = vm.run_ok("mkdir -p /tmp/www && dd if=/dev/urandom of=/tmp/www/blob bs=1K "
@@ -191,7 +191,7 @@ def test_vhostnet_get_command(tmp_path, guest_image):
     import subprocess
     import sys
 
-    from apps.vm import QemuVM, vhost_user_nic_args
+    from apps.harness.vm import QemuVM, vhost_user_nic_args
     from tests.e2e.conftest import GUEST_MAC
 
     sock, out = tmp_path / "get.sock", tmp_path / "blob"

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from apps.vm import QemuVM, vhost_user_nic_args
+from apps.harness.vm import QemuVM, vhost_user_nic_args
 from tests.e2e.conftest import GUEST_MAC, Served
 from tests.e2e.test_lifecycle_qemu import lease, rx_bytes, wait_for
 from tests.test_bridge import (

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
+from apps.harness.vm import QemuVM, vhost_user_nic_args
 from apps.serve import make_server
-from apps.vm import QemuVM, vhost_user_nic_args
 from tests.e2e.conftest import GUEST_MAC, Served
 from tests.e2e.test_guest_tcp import pattern_sha256
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
+from apps.harness.vm import QemuVM, qemu10, vhost_user_nic_args
 from apps.stack import StackConfig
-from apps.vm import QemuVM, qemu10, vhost_user_nic_args
 from tests.e2e.conftest import GUEST_MAC
 from tests.e2e.test_guest_tcp import pattern_sha256
 from vhostuser.backend import BackendConfig

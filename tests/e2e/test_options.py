@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from apps.harness.vm import QemuVM, vhost_user_nic_args
 from apps.stack import StackConfig
-from apps.vm import QemuVM, vhost_user_nic_args
 from tests.e2e.conftest import GUEST_MAC, Served
 
 pytestmark = pytest.mark.qemu

@@ -1,4 +1,4 @@
-"""The pytest plugin (apps/testing.py) as a user writes tests with it: the README example."""
+"""The pytest plugin (apps/harness/testing.py) as a user writes tests with it: the README example."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from apps.vm import QemuVM, vhost_user_nic_args
+from apps.harness.vm import QemuVM, vhost_user_nic_args
 
 pytestmark = pytest.mark.qemu
 

@@ -14,7 +14,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from apps import echo, udpserver
+from apps.servers import echo, udpserver
 from tests.netns.conftest import KERNEL_IP, OUR_IP, OUR_MAC, Link, Pinger, wait_until
 
 pytestmark = pytest.mark.netns
@@ -24,7 +24,7 @@ ECHO_PORT = 7777
 
 @pytest.fixture
 def our_apps(link: Link):
-    """apps.echo (UDP 7) and apps.udpserver (UDP 5555) on our runtime, stopped at teardown."""
+    """apps.servers.echo (UDP 7) and apps.servers.udpserver (UDP 5555) on our runtime, stopped at teardown."""
     stop = threading.Event()
     threads = [threading.Thread(target=fn, args=(link.runtime, stop), daemon=True)
                for fn in (echo.serve_udp, udpserver.serve)]

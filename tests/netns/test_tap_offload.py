@@ -15,7 +15,7 @@ from contextlib import ExitStack
 
 import pytest
 
-from apps import echo
+from apps.servers import echo
 from netstack.iface import Interface, InterfaceConfig
 from netstack.phy.tap import TapDevice
 from netstack.runtime import Runtime

@@ -259,7 +259,7 @@ def test_the_echo_app_resets_a_client_that_never_reads(pair):
     """A client sends 2.4 MB to the echo app and never reads: the app's thread sat in
     write_all forever holding 2 MiB and a slot; now its write times out and the
     connection is reset."""
-    from apps.tcpapps import echo, serve_tcp
+    from apps.servers.tcpapps import echo, serve_tcp
     from netstack.net import TcpStream
     from tests.test_net_udp import B_IP
 

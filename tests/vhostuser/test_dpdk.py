@@ -3,7 +3,7 @@ backend at full rate: every forward mode, frame size and driver path DPDK offers
 our C ring path and (fewer cases) the Python one. `make stress` runs the same cases
 for 30 s each; here each runs a second.
 
-What each run must show (apps.dpdk.DpdkRun.problems): no queue declared broken, no
+What each run must show (apps.harness.dpdk.DpdkRun.problems): no queue declared broken, no
 error counted by testpmd, every frame testpmd sent counted by us (exactly), every RX
 buffer we filled read by testpmd but at most a ring's worth still unread at the end,
 and in io mode every frame forwarded back unchanged; and testpmd must have taken the
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from apps import dpdk
-from apps.stress import DPDK_CONFIGS, dpdk_case
+from apps.bench.stress import DPDK_CONFIGS, dpdk_case
+from apps.harness import dpdk
 
 needs_testpmd = pytest.mark.skipif(
     dpdk.testpmd_path() is None, reason="dpdk-testpmd is not installed (apt-get install dpdk-dev; "

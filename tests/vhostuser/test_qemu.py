@@ -10,7 +10,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import ARP, Ether
 
-from apps.vm import GuestImage, QemuVM, vhost_user_nic_args
+from apps.harness.vm import GuestImage, QemuVM, vhost_user_nic_args
 from tests.vhostuser.conftest import ServerThread
 
 pytestmark = pytest.mark.qemu

@@ -18,10 +18,10 @@ Three parts, each failing loudly (exit status 1, the first broken invariant prin
   Python front-end paths.
 - **ring** — `vhostnet bench ring` N times in a row (it once crashed 2 runs in 7).
 
-    python -m apps.stress                  # everything: 30 s per DPDK case, ~25 min
-    python -m apps.stress dpdk --seconds 5
-    python -m apps.stress race --seconds 120
-    python -m apps.stress ring --runs 50
+    python -m apps.bench.stress                  # everything: 30 s per DPDK case, ~25 min
+    python -m apps.bench.stress dpdk --seconds 5
+    python -m apps.bench.stress race --seconds 120
+    python -m apps.bench.stress ring --runs 50
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class StressFailure(AssertionError):
 def dpdk_case(mode: str, size: int, config: str, seconds: float, ring: str = "c"):
     """One testpmd run against our backend; raises StressFailure on a broken invariant
     or when testpmd did not take the driver paths the configuration asks for."""
-    from apps.dpdk import run_vhostnet
+    from apps.harness.dpdk import run_vhostnet
 
     run = run_vhostnet(mode, size, seconds, ring=ring, **DPDK_CONFIGS[config])
     problems = run.problems()
@@ -252,7 +252,7 @@ def ring_repeat(runs: int, seconds: float = 1.0, log=print) -> None:
 
 # -- the command ----------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m apps.stress", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m apps.bench.stress", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("parts", nargs="*", choices=["dpdk", "race", "ring", []],
                    metavar="PART", help="dpdk, race, ring (default: all three)")
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         if "dpdk" in parts:
-            from apps.dpdk import testpmd_path
+            from apps.harness.dpdk import testpmd_path
 
             if testpmd_path() is None:
                 print("dpdk  skipped: dpdk-testpmd is not installed (apt-get install "

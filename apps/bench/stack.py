@@ -12,7 +12,7 @@ stack — our TCP/IP stack's throughput:
 memory — resident set sizes (VmRSS from /proc/PID/status):
   * `vhostnet serve` (backend + stack) idle, nothing attached, then with the Python
     front-end (vhostuser.frontend.NetFrontend) attached;
-  * the stack alone in a subprocess (`python -m apps.benchstack conns N SECONDS`): two
+  * the stack alone in a subprocess (`python -m apps.bench.stack conns N SECONDS`): two
     stacks over loopback_pair idle, holding N established connections (both ends in that
     one process), and its peak during a bulk transfer with those connections open.
 """
@@ -451,7 +451,7 @@ def serve_rss(settle: float = 0.5) -> dict:
 
 def bench_memory(seconds: float, connections: int = 1000) -> dict:
     out = serve_rss()
-    proc = subprocess.run([sys.executable, "-m", "apps.benchstack", "conns", str(connections),
+    proc = subprocess.run([sys.executable, "-m", "apps.bench.stack", "conns", str(connections),
                            str(seconds)], capture_output=True, text=True,
                           timeout=120 + seconds)
     if proc.returncode != 0:
@@ -489,5 +489,5 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "conns":
         print(json.dumps(conns_child(int(sys.argv[2]), float(sys.argv[3]))), flush=True)
         sys.exit(0)
-    print("usage: python -m apps.benchstack conns N SECONDS", file=sys.stderr)
+    print("usage: python -m apps.bench.stack conns N SECONDS", file=sys.stderr)
     sys.exit(2)

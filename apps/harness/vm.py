@@ -5,7 +5,7 @@ This is the harness every end-to-end test and ``make demo`` use; the guest itsel
 
 Typical use::
 
-    from apps.vm import QemuVM, vhost_user_nic_args
+    from apps.harness.vm import QemuVM, vhost_user_nic_args
 
     with QemuVM(nic_args=vhost_user_nic_args("/tmp/vhost.sock", server=True)) as vm:
         vm.wait_ready()
@@ -105,7 +105,7 @@ def qemu10() -> str | None:
         return None
     wrapper = cache_dir().parent / "qemu10"
     home = os.path.expanduser("~")
-    text = ("#!/bin/sh\n# QEMU 10 from the Debian 13 root (apps.vm.qemu10)\n"
+    text = ("#!/bin/sh\n# QEMU 10 from the Debian 13 root (apps.harness.vm.qemu10)\n"
             f"exec bwrap --bind {root} / --proc /proc --dev-bind /dev /dev "
             f"--bind /tmp /tmp --bind {home} {home} --die-with-parent "
             '/usr/bin/qemu-system-x86_64 "$@"\n')
@@ -580,8 +580,8 @@ class QemuVM:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m apps.vm [--shell | --run CMD] [--socket PATH [--server]]``."""
-    ap = argparse.ArgumentParser(prog="python -m apps.vm", description="Boot the test guest.")
+    """``python -m apps.harness.vm [--shell | --run CMD] [--socket PATH [--server]]``."""
+    ap = argparse.ArgumentParser(prog="python -m apps.harness.vm", description="Boot the test guest.")
     what = ap.add_mutually_exclusive_group()
     what.add_argument("--shell", action="store_true", help="attach stdin/stdout to the guest")
     what.add_argument("--run", metavar="CMD", help="run CMD in the guest, print, exit with rc")

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from apps.harness.vm import GuestImage, QemuVM, vhost_user_nic_args
 from apps.serve import make_server
-from apps.vm import GuestImage, QemuVM, vhost_user_nic_args
 
 GUEST_MAC = "52:54:00:12:34:56"
 

@@ -11,7 +11,7 @@ RawFrameApp: `sink` drops what the guest sends, `source` fills every RX buffer t
 posts with frames of the asked size.
 
 stack, memory — our TCP/IP stack's throughput (loopback, and over a TAP against Linux) and
-the backend's resident memory; see apps/benchstack.py.
+the backend's resident memory; see apps/bench/stack.py.
 """
 
 from __future__ import annotations
@@ -360,7 +360,7 @@ def bench_dpdk(seconds: float, sizes=(64, 1500), repeat: int = 3) -> list[DpdkRe
     counts them (runs on this kind of machine vary by a third)."""
     import statistics
 
-    from apps.dpdk import run_dpdk_vhost, run_vhostnet
+    from apps.harness.dpdk import run_dpdk_vhost, run_vhostnet
 
     out = []
     for size in sizes:
@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(what: str, args: argparse.Namespace, argv: list[str] | None) -> dict:
     """Run one benchmark, print its table, return its results for the JSON."""
     if what == "vm":
-        from apps.benchvm import bench_vm, print_vm
+        from apps.bench.vm import bench_vm, print_vm
 
         given = argv or sys.argv  # --smoke's defaults yield to explicit options
         size = 2 if args.smoke and "--size-mib" not in given else args.size_mib
@@ -507,12 +507,12 @@ def _run(what: str, args: argparse.Namespace, argv: list[str] | None) -> dict:
         print_vm(vm)
         out = {"vm": asdict(vm)}
     elif what == "stack":
-        from apps.benchstack import bench_stack, print_stack
+        from apps.bench.stack import bench_stack, print_stack
 
         out = {"stack": bench_stack(args.seconds, tap=not args.no_tap)}
         print_stack(out["stack"])
     elif what == "dpdk":
-        from apps.dpdk import testpmd_path
+        from apps.harness.dpdk import testpmd_path
 
         if testpmd_path() is None:
             print("dpdk: skipped, dpdk-testpmd is not installed (apt-get install dpdk-dev)")
@@ -522,14 +522,14 @@ def _run(what: str, args: argparse.Namespace, argv: list[str] | None) -> dict:
         print_dpdk(results)
         out = {"dpdk": [asdict(r) for r in results]}
     elif what == "table":
-        from apps.benchtable import bench_table, print_table
+        from apps.bench.table import bench_table, print_table
 
         if args.sockets < 100:
             raise SystemExit("vhostnet bench: --sockets must be at least 100")
         out = {"table": bench_table(args.sockets, min(args.sockets, 10_000))}
         print_table(out["table"])
     elif what == "memory":
-        from apps.benchstack import bench_memory, print_memory
+        from apps.bench.stack import bench_memory, print_memory
 
         out = {"memory": bench_memory(args.seconds, args.connections)}
         print_memory(out["memory"])
@@ -559,7 +559,3 @@ def _sizes(text: str | None, default: tuple[int, ...]) -> list[int]:
     if any(not 60 <= n <= 65536 for n in sizes):
         raise SystemExit(f"vhostnet bench: --sizes {text!r}: each size must be 60..65536")
     return sizes
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -499,8 +499,8 @@ DRAIN_LIMIT = 1 << 20  # an unread request body up to this size is read and drop
 def serve_http(runtime: Runtime, stop: threading.Event, port: int = 80, *,
                max_connections: int = 256) -> None:
     """Serve the routes above on `port` until `stop` is set: a thread per connection, at
-    most `max_connections` at a time (see `apps.tcpapps.serve_tcp`)."""
-    from apps.tcpapps import serve_tcp
+    most `max_connections` at a time (see `apps.servers.tcpapps.serve_tcp`)."""
+    from apps.servers.tcpapps import serve_tcp
 
     serve_tcp(runtime, stop, port, handle_connection, max_connections=max_connections)
 

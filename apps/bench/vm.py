@@ -1,6 +1,6 @@
 """`vhostnet bench vm`: one TCG Linux guest, one workload, several network backends.
 
-The backends, each behind the same virtio-net-pci NIC of the same guest (apps/vm.py):
+The backends, each behind the same virtio-net-pci NIC of the same guest (apps/harness/vm.py):
 
 ours  — `vhostnet serve` in its own process, a vhost-user NIC; the guest talks to our stack
         at 10.0.2.2 (HTTP on 80, UDP echo on 7).
@@ -9,7 +9,7 @@ gateway — `vhostnet serve` as for ours, but the guest reaches the same host-si
         gateway's NAT and a host socket, as with slirp and passt.
 slirp — QEMU's `-netdev user` (libslirp); the guest reaches the host's loopback through
         10.0.2.2, where this process runs the same HTTP routes (`/bytes/N`, `POST /sink`,
-        from apps/http.py) on a ThreadingHTTPServer and a UDP echo, both on 127.0.0.1.
+        from apps/servers/http.py) on a ThreadingHTTPServer and a UDP echo, both on 127.0.0.1.
 tap   — `-netdev tap,script=no,downscript=no` into a network namespace this benchmark
         creates and removes: the Linux kernel at 10.0.2.2, the same peers run inside it
         (root and `ip` needed; the guest gets 10.0.2.15/24 by hand).
@@ -54,12 +54,12 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from apps.http import CHUNK, pattern_chunks, sink
-from apps.vm import GuestError, QemuVM, vhost_user_nic_args
+from apps.harness.vm import GuestError, QemuVM, vhost_user_nic_args
+from apps.servers.http import CHUNK, pattern_chunks, sink
 
 BACKENDS = ("ours", "gateway", "slirp", "tap", "passt", "passt-vu")
 # the QEMU every backend's guest runs on: None, the system's (Debian 12's 7.2, NICs on INTx);
-# set by bench_vm(qemu="10") to Debian 13's QEMU 10 (apps.vm.qemu10; MSI-X)
+# set by bench_vm(qemu="10") to Debian 13's QEMU 10 (apps.harness.vm.qemu10; MSI-X)
 _QEMU: str | None = None
 GUEST_MEMORY_MB = 512  # the upload file lives in the guest's tmpfs
 # the metrics, in table order: (key, column title, format, higher is better)
@@ -107,7 +107,7 @@ class VmBench:
 # -- host-side peers for slirp -----------------------------------------------------------
 
 class _Handler(BaseHTTPRequestHandler):
-    """apps/http.py's `/bytes/N` and `POST /sink` on a plain kernel socket."""
+    """apps/servers/http.py's `/bytes/N` and `POST /sink` on a plain kernel socket."""
 
     protocol_version = "HTTP/1.0"
 
@@ -347,7 +347,7 @@ def _ip(*args: str) -> None:
 def bench_tap(size_mib: int, ping_count: int, udp_count: int,
              http_count: int) -> BackendResult:
     """`-netdev tap` into a network namespace of our own, where the Linux kernel answers at
-    10.0.2.2 and `python -m apps.benchvm peers` runs the host-side HTTP server and UDP echo.
+    10.0.2.2 and `python -m apps.bench.vm peers` runs the host-side HTTP server and UDP echo.
     QEMU creates the TAP in our namespace; once it holds it, the TAP moves to the new one."""
     tag = f"vhnb{os.getpid() % 100000}"
     ns, tap = f"{tag}ns", f"{tag}t"
@@ -376,9 +376,9 @@ def bench_tap(size_mib: int, ping_count: int, udp_count: int,
 
 
 def _ns_peers(ns: str) -> tuple[subprocess.Popen, int, int]:
-    """`python -m apps.benchvm peers` inside namespace `ns`: (process, HTTP port, UDP port)."""
+    """`python -m apps.bench.vm peers` inside namespace `ns`: (process, HTTP port, UDP port)."""
     peers = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m",
-                              "apps.benchvm", "peers"],
+                              "apps.bench.vm", "peers"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = peers.stdout.readline().split()
     if len(line) != 3:
@@ -456,7 +456,7 @@ def bench_passt(size_mib: int, ping_count: int, udp_count: int,
 
 
 def _trixie() -> str:
-    from apps.vm import cache_dir
+    from apps.harness.vm import cache_dir
 
     return str(cache_dir().parent / "trixie")
 
@@ -495,7 +495,7 @@ def bench_vm(size_mib: int = 100, backends=BACKENDS, ping_count: int = 20,
     global _QEMU
     _QEMU = None
     if qemu == "10":
-        from apps.vm import qemu10
+        from apps.harness.vm import qemu10
 
         _QEMU = qemu10()
         if _QEMU is None:
@@ -539,10 +539,10 @@ def print_vm(res: VmBench) -> None:
 
 
 def main() -> int:
-    """`python -m apps.benchvm peers`: HostPeers on all addresses (bench_tap runs it in its
+    """`python -m apps.bench.vm peers`: HostPeers on all addresses (bench_tap runs it in its
     namespace); prints `ports HTTP UDP`, serves until stdin closes."""
     if sys.argv[1:] != ["peers"]:
-        print("usage: python -m apps.benchvm peers", file=sys.stderr)
+        print("usage: python -m apps.bench.vm peers", file=sys.stderr)
         return 2
     peers = HostPeers("0.0.0.0")
     print(f"ports {peers.http_port} {peers.udp_port}", flush=True)
