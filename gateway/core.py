@@ -25,6 +25,7 @@ import threading
 from collections import Counter, deque
 
 from gateway.dns import DnsForwarder, parse_server, resolv_conf_servers
+from gateway.hostfwd import format_endpoint
 from gateway.icmp import IcmpEcho
 from gateway.outbox import Outbox
 from gateway.policy import LOOPBACK4, LOOPBACK6, GatewayConfig, Policy
@@ -110,8 +111,16 @@ class Gateway:
         self.stats[what] += n
 
     # -- called by the interface (runtime thread, lock held) ------------------------------
-    def _ours(self, dst) -> bool:
-        return self.iface.has_ip_addr(dst) and not self.policy.maps_loopback(dst)
+    def _target(self, proto: str, dst):
+        """The host address for a guest's destination, or None: ours (not the mapped
+        gateway address), or refused by the policy (counted by reason)."""
+        if self.iface.has_ip_addr(dst) and not self.policy.maps_loopback(dst):
+            return None
+        target = self.policy.target(proto, dst)
+        if isinstance(target, str):
+            self.count(f"{proto}_refused_{target}")
+            return None
+        return target
 
     def tcp(self, now: float, ip, seg) -> bool:
         """A segment no socket took: a SYN to elsewhere opens a flow. True: taken."""
@@ -126,12 +135,8 @@ class Gateway:
             return True  # (a retransmitted SYN: the answer comes with the connect)
         if not seg.flags & SYN or seg.flags & (ACK | RST | FIN):
             return False
-        dst = ip.dst_addr
-        if self._ours(dst):
-            return False
-        target = self.policy.target("tcp", dst)
-        if isinstance(target, str):
-            self.count(f"tcp_refused_{target}")
+        target = self._target("tcp", ip.dst_addr)
+        if target is None:
             return False
         if len(self.tcp_flows) >= self.config.max_flows:
             self.count("tcp_flow_limit")
@@ -146,11 +151,8 @@ class Gateway:
         """A datagram no socket took: to elsewhere, it goes out through the guest port's
         flow. True: taken."""
         dst = ip.dst_addr
-        if self._ours(dst):
-            return False
-        target = self.policy.target("udp", dst)
-        if isinstance(target, str):
-            self.count(f"udp_refused_{target}")
+        target = self._target("udp", dst)
+        if target is None:
             return False
         key = (ip.src_addr, udp_repr.src_port)
         flow = self.udp_flows.get(key)
@@ -169,9 +171,8 @@ class Gateway:
     def icmp_echo(self, now: float, ip, icmp) -> bool:
         """An echo request to an address that is not ours: through the host's ping or raw
         socket. False: refused by policy (dropped, never answered in its name)."""
-        target = self.policy.target("icmp", ip.dst_addr)
-        if isinstance(target, str):
-            self.count(f"icmp_refused_{target}")
+        target = self._target("icmp", ip.dst_addr)
+        if target is None:
             return False
         self.icmp.submit(now, ip, icmp, target)
         return True
@@ -404,6 +405,6 @@ class Gateway:
                     "icmp_mode": {f"v{v}": m for v, m in self.icmp.mode.items()},
                     "outbox_dropped": self.outbox.dropped, "counters": dict(self.stats),
                     "flows": listed,
-                    "dns_servers": [f"{a}:{p}" if ":" not in a else f"[{a}]:{p}"
+                    "dns_servers": [format_endpoint(a, p)
                                     for a, p in (self.dns.servers if self.dns else [])],
                     "loopback": {str(g): str(h) for g, h in self.policy.loopback.items()}}

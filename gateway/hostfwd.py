@@ -203,8 +203,10 @@ def parse_hostfwd(spec: str) -> HostFwd:
     return HostFwd(proto, host_addr, host_port, guest_addr, guest_port)
 
 
-def format_endpoint(addr: str, port: int) -> str:
-    """`10.0.2.15:80`, `[fd00::15]:80`: as the rules write them."""
+def format_endpoint(addr, port: int) -> str:
+    """`10.0.2.15:80`, `[fd00::15]:80`: as the rules write them (`addr` a string or an
+    ip_address)."""
+    addr = str(addr)
     return f"[{addr}]:{port}" if is_ipv6(addr) else f"{addr}:{port}"
 
 

@@ -72,7 +72,7 @@ class IcmpEcho:
                     s = socket.socket(_FAMILY[version], socket.SOCK_RAW | socket.SOCK_NONBLOCK
                                       | socket.SOCK_CLOEXEC, _PROTO[version])
                     self.raw[version] = s
-                    self.gw.selector.register(s, selectors.EVENT_READ, _RawReader(self, version))
+                    self.gw.selector.register(s, selectors.EVENT_READ, _Reader(self, version))
                     mode = "raw"
                 except OSError as e:
                     log.warning("gateway: no ping or raw ICMP%s socket (%s): the guest's "
@@ -123,7 +123,7 @@ class IcmpEcho:
         self.flows[key] = flow
         self.by_id[(v, our_id)] = flow
         if sock is not None:
-            self.gw.selector.register(sock, selectors.EVENT_READ, _PingReader(self, flow, v))
+            self.gw.selector.register(sock, selectors.EVENT_READ, _Reader(self, v, flow))
         self.gw.count("icmp_opened")
         return flow
 
@@ -200,20 +200,22 @@ class IcmpEcho:
         self._dst.clear()
 
 
-class _PingReader:
-    """A flow's ping socket became readable."""
+class _Reader:
+    """A host ICMP socket became readable: a flow's ping socket (`flow`), or the family's
+    raw socket (flow None: it sees every ICMP message, an IPv4 one with its IP header)."""
 
     __slots__ = ("echo", "flow", "v")
 
-    def __init__(self, echo: IcmpEcho, flow: _Flow, v: int) -> None:
+    def __init__(self, echo: IcmpEcho, v: int, flow: _Flow | None = None) -> None:
         self.echo, self.flow, self.v = echo, flow, v
 
     @property
     def host(self):
-        return self.flow.sock
+        return self.echo.raw.get(self.v) if self.flow is None else self.flow.sock
 
     def on_event(self, now: float, mask: int) -> None:
-        sock = self.flow.sock
+        sock = self.host
+        strip = self.flow is None and self.v == 4
         while sock is not None:
             try:
                 data, peer = sock.recvfrom(65535)
@@ -222,31 +224,7 @@ class _PingReader:
             except OSError:
                 self.echo.gw.count("icmp_host_error")
                 continue
-            self.echo.reply(self.v, peer[0], data)
-
-
-class _RawReader:
-    """The family's raw ICMP socket became readable (it sees every ICMP message)."""
-
-    __slots__ = ("echo", "v")
-
-    def __init__(self, echo: IcmpEcho, v: int) -> None:
-        self.echo, self.v = echo, v
-
-    @property
-    def host(self):
-        return self.echo.raw.get(self.v)
-
-    def on_event(self, now: float, mask: int) -> None:
-        sock = self.echo.raw.get(self.v)
-        while sock is not None:
-            try:
-                data, peer = sock.recvfrom(65535)
-            except BlockingIOError:
-                return
-            except OSError:
-                continue
-            if self.v == 4:  # a raw IPv4 socket hands us the IP header too
+            if strip:
                 if len(data) < 20:
                     continue
                 data = data[(data[0] & 15) * 4:]

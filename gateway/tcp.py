@@ -23,6 +23,7 @@ import selectors
 import socket
 import struct
 
+from gateway.hostfwd import format_endpoint
 from netstack.socket.errors import TableFull
 from netstack.socket.tcp.socket import TcpSocket, rst_reply
 from netstack.socket.tcp.state import State
@@ -242,15 +243,9 @@ class TcpFlow:
 
     def status(self, now: float) -> dict:
         g, gp, d, dp = self.key
-        return {"proto": "tcp", "guest": f"{g}:{gp}" if g.version == 4 else f"[{g}]:{gp}",
-                "dst": f"{d}:{dp}" if d.version == 4 else f"[{d}]:{dp}",
-                "host_local": _fmt(self.local), "host_remote": _fmt((self.host_addr, dp)),
+        return {"proto": "tcp", "guest": format_endpoint(g, gp), "dst": format_endpoint(d, dp),
+                "host_local": format_endpoint(*self.local) if self.local else None,
+                "host_remote": format_endpoint(self.host_addr, dp),
                 "state": self.state if self.tcp is None else self.tcp.state.name,
                 "up": self.up, "down": self.down, "age": round(now - self.since, 1)}
 
-
-def _fmt(ep) -> str | None:
-    if ep is None:
-        return None
-    a, p = str(ep[0]), ep[1]
-    return f"[{a}]:{p}" if ":" in a else f"{a}:{p}"

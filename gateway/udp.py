@@ -13,6 +13,7 @@ import selectors
 import socket
 import struct
 
+from gateway.hostfwd import format_endpoint
 from netstack.wire.checksum import checksum
 
 log = logging.getLogger("vhostnet.gateway")
@@ -151,18 +152,14 @@ class UdpFlow:
 
     def status(self, now: float) -> dict:
         g, gp = self.key
-        return {"proto": "udp", "guest": f"{g}:{gp}" if g.version == 4 else f"[{g}]:{gp}",
-                "dst": ", ".join(sorted(_ep(a, p) for a, p, _h in self.peers)),
-                "host_local": _ep(*self.local) if self.local else None,
-                "host_remote": ", ".join(sorted(_ep(h, p) for _a, p, h in self.peers)),
+        return {"proto": "udp", "guest": format_endpoint(g, gp),
+                "dst": ", ".join(sorted(format_endpoint(a, p) for a, p, _h in self.peers)),
+                "host_local": format_endpoint(*self.local) if self.local else None,
+                "host_remote": ", ".join(sorted(format_endpoint(h, p)
+                                                for _a, p, h in self.peers)),
                 "state": "paused" if self.paused else "open",
                 "up": self.up, "down": self.down, "age": round(now - self.since, 1),
                 "idle": round(now - self.last, 1)}
-
-
-def _ep(addr, port: int) -> str:
-    a = str(addr)
-    return f"[{a}]:{port}" if ":" in a else f"{a}:{port}"
 
 
 def _quote(src, sport: int, dst, dport: int, payload: bytes) -> bytes:

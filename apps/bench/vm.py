@@ -294,35 +294,35 @@ def _boot(vm: QemuVM) -> float:
     return time.monotonic() - t0
 
 
-def bench_ours(size_mib: int, ping_count: int, udp_count: int,
-              http_count: int) -> BackendResult:
+def _bench_vhostnet(backend: str, http_port: int, udp_port: int, size_mib: int,
+                    ping_count: int, udp_count: int, http_count: int) -> BackendResult:
+    """`vhostnet serve` in its own process, the guest on its vhost-user NIC, the workload
+    against 10.0.2.2 on the given ports."""
     with tempfile.TemporaryDirectory(prefix="vhostnet-benchvm-") as d:
         path = os.path.join(d, "vhost.sock")
         proc = start_ours(path)
         try:
             with _vm(vhost_user_nic_args(path, vectors=_vectors())) as vm:
                 boot_s = _boot(vm)
-                return run_workload(vm, "ours", "10.0.2.2", 80, 7, size_mib, ping_count,
-                                    udp_count, http_count, boot_s)
+                return run_workload(vm, backend, "10.0.2.2", http_port, udp_port, size_mib,
+                                    ping_count, udp_count, http_count, boot_s)
         finally:
             stop_process(proc)
 
 
+def bench_ours(size_mib: int, ping_count: int, udp_count: int,
+               http_count: int) -> BackendResult:
+    """Our own apps: HTTP on 80, UDP echo on 7."""
+    return _bench_vhostnet("ours", 80, 7, size_mib, ping_count, udp_count, http_count)
+
+
 def bench_gateway(size_mib: int, ping_count: int, udp_count: int,
                   http_count: int) -> BackendResult:
+    """slirp's peers on the host's loopback, reached through our gateway."""
     peers = HostPeers()
     try:
-        with tempfile.TemporaryDirectory(prefix="vhostnet-benchvm-") as d:
-            path = os.path.join(d, "vhost.sock")
-            proc = start_ours(path)
-            try:
-                with _vm(vhost_user_nic_args(path, vectors=_vectors())) as vm:
-                    boot_s = _boot(vm)
-                    return run_workload(vm, "gateway", "10.0.2.2", peers.http_port,
-                                        peers.udp_port, size_mib, ping_count, udp_count,
-                                        http_count, boot_s)
-            finally:
-                stop_process(proc)
+        return _bench_vhostnet("gateway", peers.http_port, peers.udp_port, size_mib,
+                               ping_count, udp_count, http_count)
     finally:
         peers.close()
 

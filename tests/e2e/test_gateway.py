@@ -15,74 +15,36 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
 from apps.stack import StackConfig
 from gateway import GatewayConfig
 from tests.e2e.conftest import GUEST_MAC, Served
+from tests.gateway.internet import (
+    HTTP,
+    NET4,
+    PEER4,
+    PEER6,
+    UDP,
+    internet_namespace,
+    spawn_peer,
+    stop_peer,
+)
 from tests.gateway.peer import pattern_sha256
 
 pytestmark = [pytest.mark.qemu]
 
-NET4, PEER4 = "198.51.100.1/24", "198.51.100.2"
-NET6, PEER6 = "2001:db8:1::1/64", "2001:db8:1::2"
-HTTP, UDP = 8080, 7007
 MiB = 1 << 20
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30,
-                          check=check)
-
-
-def _spawn_peer(argv_prefix: list[str], *args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([*argv_prefix, sys.executable, "-u", "-m", "tests.gateway.peer",
-                             *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    line = proc.stdout.readline().strip()
-    if line != "ready":
-        proc.kill()
-        raise AssertionError(f"peer did not start: {line!r} {proc.stderr.read()}")
-    return proc
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.kill()
-    proc.wait(5)
-    for pipe in (proc.stdout, proc.stderr):
-        pipe.close()
 
 
 @pytest.fixture(scope="module")
 def internet():
-    """A namespace with 198.51.100.2/24 and 2001:db8:1::2/64 behind a veth whose host side
-    is .1 / ::1, running the peer; removed at teardown."""
+    """The namespace of tests/gateway/internet.py, for the module."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("the internet namespace needs root and iproute2")
-    ns = "vhn-inet-" + uuid.uuid4().hex[:8]
-    host_if, ns_if = "vhi" + uuid.uuid4().hex[:8], "vhn" + uuid.uuid4().hex[:8]
-    _ip("netns", "add", ns)
-    proc = None
-    try:
-        _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", ns)
-        _ip("addr", "add", NET4, "dev", host_if)
-        _ip("-6", "addr", "add", NET6, "dev", host_if, "nodad")
-        _ip("link", "set", host_if, "up")
-        inns = ["ip", "netns", "exec", ns]
-        for cmd in (["ip", "addr", "add", f"{PEER4}/24", "dev", ns_if],
-                    ["ip", "-6", "addr", "add", f"{PEER6}/64", "dev", ns_if, "nodad"],
-                    ["ip", "link", "set", ns_if, "up"], ["ip", "link", "set", "lo", "up"]):
-            subprocess.run([*inns, *cmd], check=True, timeout=30, capture_output=True)
-        proc = _spawn_peer(inns, str(HTTP), str(UDP))
+    with internet_namespace() as ns:
         yield ns
-    finally:
-        if proc is not None:
-            _stop(proc)
-        _ip("link", "del", host_if, check=False)
-        _ip("netns", "del", ns, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +55,9 @@ def host_peer():
         with socket.socket(socket.AF_INET, kind) as s:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
-    proc = _spawn_peer([], str(ports[0]), str(ports[1]), "127.0.0.1", "::1")
+    proc = spawn_peer([], str(ports[0]), str(ports[1]), "127.0.0.1", "::1")
     yield ports[0], ports[1]
-    _stop(proc)
+    stop_peer(proc)
 
 
 @pytest.fixture(scope="module")

@@ -13,19 +13,17 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from ipaddress import IPv4Address
 
 import pytest
 
 from gateway import Gateway, GatewayConfig
+from tests.gateway.internet import HTTP, internet_namespace
 from tests.gateway.peer import pattern_sha256
 from tests.netns.conftest import KERNEL_IP, OUR_IP, Link, wait_until
 
 pytestmark = pytest.mark.netns
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HTTP, UDP = 8080, 7007
 MAX_FLOWS = 4096
 
 FLOOD = r"""
@@ -81,40 +79,12 @@ print(hashlib.sha256(buf.split(b"\r\n\r\n", 1)[1]).hexdigest())
 """
 
 
-def _ip(*args: str, ns: str | None = None, check: bool = True):
-    argv = ["ip", "netns", "exec", ns, "ip", *args] if ns else ["ip", *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=check)
-
-
 @pytest.fixture
 def internet():
-    ns = "vhn-inet-" + uuid.uuid4().hex[:8]
-    host_if, ns_if = "vhi" + uuid.uuid4().hex[:8], "vhn" + uuid.uuid4().hex[:8]
-    _ip("netns", "add", ns)
-    proc = None
-    try:
-        _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", ns)
-        _ip("addr", "add", "198.51.100.1/24", "dev", host_if)
-        _ip("link", "set", host_if, "up")
-        _ip("route", "add", "198.18.0.0/15", "via", "198.51.100.2")
-        _ip("addr", "add", "198.51.100.2/24", "dev", ns_if, ns=ns)
-        _ip("link", "set", ns_if, "up", ns=ns)
-        _ip("link", "set", "lo", "up", ns=ns)
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-u", "-m",
-                                 "tests.gateway.peer", str(HTTP), str(UDP), "0.0.0.0", "-"],
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
-        assert proc.stdout.readline().strip() == "ready"
+    """tests/gateway/internet.py's namespace, IPv4 only, also taking 198.18.0.0/15 (the
+    flood's destinations), which it drops."""
+    with internet_namespace(ipv6=False, routes=("198.18.0.0/15",)) as ns:
         yield ns
-    finally:
-        if proc is not None:
-            proc.kill()
-            proc.wait(5)
-            proc.stdout.close()
-            proc.stderr.close()
-        _ip("route", "del", "198.18.0.0/15", check=False)
-        _ip("link", "del", host_if, check=False)
-        _ip("netns", "del", ns, check=False)
 
 
 def _fds() -> int:
