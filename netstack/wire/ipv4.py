@@ -282,7 +282,7 @@ class Ipv4Packet:
         _U16.pack_into(b, 10, _checksum(b[: self.header_len]))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # a value (see netstack.wire)
 class Ipv4Repr:
     """An IPv4 header without options. `payload_len` excludes the header."""
 

@@ -157,7 +157,7 @@ class Ipv6Packet:
         return self.buffer[HEADER_LEN : HEADER_LEN + self.payload_len]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # a value (see netstack.wire)
 class Ipv6Repr:
     """The fixed header, with `next_header` the header that follows it. For received
     datagrams the interface sets `protocol` to the upper layer found by `walk_headers`;
@@ -174,7 +174,7 @@ class Ipv6Repr:
 
     def __post_init__(self) -> None:
         if self.protocol == -1:
-            object.__setattr__(self, "protocol", self.next_header)
+            self.protocol = self.next_header
 
     version = 6
 

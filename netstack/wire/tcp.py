@@ -295,7 +295,7 @@ class TcpPacket:
         _U16.pack_into(b, 16, finish(partial(b, _pseudo(src_addr, dst_addr, len(b)))))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # a value (see netstack.wire)
 class TcpRepr:
     """A TCP header, high level. The ACK bit of `flags` follows `ack_number` (set iff it is
     not None); `__post_init__` corrects `flags` if they disagree. `window_len` is the raw
@@ -323,9 +323,9 @@ class TcpRepr:
         flags = self.flags
         if self.ack_number is None:
             if flags & ACK:
-                object.__setattr__(self, "flags", flags & ~ACK)
+                self.flags = flags & ~ACK
         elif not flags & ACK:
-            object.__setattr__(self, "flags", flags | ACK)
+            self.flags = flags | ACK
 
     @classmethod
     def parse(

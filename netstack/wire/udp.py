@@ -114,7 +114,7 @@ class UdpPacket:
         _U16.pack_into(b, 6, value or 0xFFFF)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # a value (see netstack.wire)
 class UdpRepr:
     src_port: int
     dst_port: int
