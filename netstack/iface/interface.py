@@ -458,11 +458,11 @@ class Interface(Ipv6Layer):
             self._tcp_sig = sig
             sockets.touch_all()
             fresh = list(sockets.of_kind("tcp"))
-        if fresh:  # (and each new TCP socket once)
+        if fresh:  # (and each new TCP socket once; new sockets are dirty already)
+            mtu, tso, v6 = sig
             for sock in fresh:
                 if sock._set is sockets:
-                    sock.set_mtu(self._mtu)
-                    sock.set_max_segment_size(self._tso_max, self._ipv6_offload)
+                    sock.set_link(mtu, tso, v6)
             sockets.fresh = []
 
     def poll_at(self, now: float, sockets: SocketSet) -> float | None:

@@ -138,7 +138,10 @@ class SocketSet:
         self.tcp_conns: dict[tuple, Socket | list[Socket]] = {}
         self.tcp_listen: dict[int, list[Socket]] = {}
         self.tcp_ports: dict[int, dict[Socket, None]] = {}
-        self._tcp_keys: dict[Socket, tuple] = {}
+        # socket -> its port (a listener) or its tcp_conns key (a connection): the key
+        # itself, not another tuple to hold (every tuple of addresses is one more object
+        # for the garbage collector to walk)
+        self._tcp_keys: dict[Socket, int | tuple] = {}
         self.limits = limits if limits is not None else Limits()
         self.stats: Counter[str] = Counter()
         self._tw: dict[Socket, None] = {}  # TIME-WAIT sockets, oldest first
@@ -285,35 +288,36 @@ class SocketSet:
         self.tcp_ports.setdefault(port, {})[sock] = None
         if remote is None:
             self.tcp_listen.setdefault(port, []).append(sock)
-        else:
-            ck = (port, remote[0], remote[1])
-            have = self.tcp_conns.get(ck)
-            if have is None:
-                self.tcp_conns[ck] = sock
-            elif have.__class__ is list:
-                have.append(sock)
-            else:  # two connections share it (different local addresses): rare
-                self.tcp_conns[ck] = [have, sock]
-        self._tcp_keys[sock] = key
+            self._tcp_keys[sock] = port
+            return
+        ck = (port, remote[0], remote[1])
+        have = self.tcp_conns.get(ck)
+        if have is None:
+            self.tcp_conns[ck] = sock
+        elif have.__class__ is list:
+            have.append(sock)
+        else:  # two connections share it (different local addresses): rare
+            self.tcp_conns[ck] = [have, sock]
+        self._tcp_keys[sock] = ck
 
     def _unindex(self, sock: Socket) -> None:
         key = self._tcp_keys.pop(sock, None)
         if key is None:
             return
-        port, remote = key
+        port = key if key.__class__ is int else key[0]
         ports = self.tcp_ports.get(port)
         if ports is not None:
             ports.pop(sock, None)
             if not ports:
                 del self.tcp_ports[port]
-        if remote is None:
+        if key.__class__ is int:
             lst = self.tcp_listen.get(port)
             if lst is not None and sock in lst:
                 lst.remove(sock)
                 if not lst:
                     del self.tcp_listen[port]
             return
-        ck = (port, remote[0], remote[1])
+        ck = key
         have = self.tcp_conns.get(ck)
         if have is sock:
             del self.tcp_conns[ck]

@@ -44,7 +44,11 @@ class _Addr4(IPv4Address):
     their way (demux index, listener tables, schedules) and `IPv4Address.__hash__` builds
     a hex string each time. Equal to, and hashing as, the plain IPv4Address."""
 
-    __slots__ = ("_hash",)
+    __slots__ = ("_hash", "_packed")
+
+    @property
+    def packed(self) -> bytes:
+        return self._packed  # (set by addr4: the bytes it was made from)
 
     def __hash__(self) -> int:
         try:
@@ -72,6 +76,7 @@ def addr4(packed: bytes) -> IPv4Address:
         if len(_ADDRS) >= _ADDRS_MAX:
             _ADDRS.clear()
         a = _ADDRS[packed] = _Addr4(packed)
+        a._packed = bytes(packed)
     return a
 # version/ihl, dscp/ecn, total length, ident, flags/offset, ttl, protocol, checksum, src, dst
 _HEADER = struct.Struct("!BBHHHBBH4s4s")

@@ -30,15 +30,17 @@ def _tuple_bytes(local, remote) -> bytes:
 class IsnGenerator:
     """ISNs for one stack; `key` defaults to 32 random bytes (never logged)."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_keyed",)
 
     def __init__(self, key: bytes | None = None) -> None:
-        self._key = key if key is not None else os.urandom(32)
+        # keyed once: copying a keyed state costs less than keying a new one
+        self._keyed = blake2s(key=key if key is not None else os.urandom(32), digest_size=4)
 
     def isn(self, now: float, local, remote) -> int:
         """The ISN for the connection `local` → `remote` (`(address, port)` pairs)."""
-        f = blake2s(_tuple_bytes(local, remote), key=self._key, digest_size=4).digest()
-        return (int(now * TICKS_PER_SECOND) + int.from_bytes(f, "big")) & _MASK
+        h = self._keyed.copy()
+        h.update(_tuple_bytes(local, remote))
+        return (int(now * TICKS_PER_SECOND) + int.from_bytes(h.digest(), "big")) & _MASK
 
 
 _default = IsnGenerator()

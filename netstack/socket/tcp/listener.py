@@ -221,6 +221,21 @@ class TcpListener(Socket):
                 child.set_max_segment_size(max_bytes, ipv6)
                 self._due[key] = None
 
+    def set_link(self, mtu: int, tso_max: int | None, tso_v6: bool) -> None:
+        """The interface's MTU and TSO limit for the children to come and those it holds
+        (see `TcpSocket.set_link`)."""
+        self._mtu, self._tso, self._tso_v6 = mtu, tso_max, tso_v6
+        for table in (self._half, self._ready):
+            for key, child in table.items():
+                child.set_link(mtu, tso_max, tso_v6)
+                self._due[key] = None
+
+    def _new_child(self) -> TcpSocket:
+        child = TcpSocket(**self._options)
+        if self._mtu is not None or self._tso is not None:
+            child.set_link(self._mtu or child._mtu, self._tso, self._tso_v6)
+        return child
+
     # -- SYN cookies --------------------------------------------------------------------
     def _cookie_hash(self, key: tuple, irs: int, t: int, mss_idx: int) -> int:
         raddr, rport, laddr = key
@@ -286,7 +301,8 @@ class TcpListener(Socket):
             if child.state in SYNCHRONIZED:
                 del self._half[key]
                 self._ready[key] = child
-                self._due[key] = None
+                # (a visit only if it owes something now: most owe nothing once accepted)
+                self._schedule(key, child.poll_at(now), now)
                 self._wake()
             elif child.state is State.CLOSED:
                 self._flush_child_rst(child)
@@ -306,7 +322,10 @@ class TcpListener(Socket):
                 self._due[key] = None
             return
         flags = seg.flags
-        local = (ip_repr.dst_addr, self._local[1])
+        dst = ip_repr.dst_addr
+        # (the children share the listener's endpoint when they can: one tuple of
+        # addresses less per connection for the garbage collector to walk)
+        local = self._local if dst == self._local[0] else (dst, self._local[1])
         remote = (ip_repr.src_addr, seg.src_port)
         if flags & SYN:
             if len(self._ready) >= self.backlog:
@@ -320,12 +339,8 @@ class TcpListener(Socket):
                 del self._half[oldest]
                 self._forget(oldest)
                 self._count("half_open_evicted")
-            child = TcpSocket(**self._options)
+            child = self._new_child()
             child.syn_retries = SYNACK_RETRIES
-            if self._mtu is not None:
-                child.set_mtu(self._mtu)
-            if self._tso is not None:
-                child.set_max_segment_size(self._tso, self._tso_v6)
             child._syn_received(now, local, remote, seg, child.isn_fn(now, local, remote))
             self._half[key] = child
             self._due[key] = None
@@ -344,11 +359,7 @@ class TcpListener(Socket):
                 self._ctl.append((ip_repr.src_addr, ip_repr.dst_addr, reply))
             return
         self._count("cookie_accepted")
-        child = TcpSocket(**self._options)
-        if self._mtu is not None:
-            child.set_mtu(self._mtu)
-        if self._tso is not None:
-            child.set_max_segment_size(self._tso, self._tso_v6)
+        child = self._new_child()
         child._cookie_established(now, local, remote, iss, irs, mss, seg, self._rx_window())
         child.process(now, ip_repr, seg, payload, src_hw)  # data riding on the ACK
         self._ready[key] = child

@@ -62,7 +62,7 @@ from netstack.socket.addr import ANY4, ANY6, local_matches, overlaps, source_for
 from netstack.socket.addr import endpoint as _ep
 from netstack.socket.errors import AddrInUse, SocketError, Unaddressable
 from netstack.socket.set import Socket, touches
-from netstack.socket.tcp.assembler import Assembler
+from netstack.socket.tcp.assembler import NO_GAPS, Assembler
 from netstack.socket.tcp.congestion import check_controller, make_controller
 from netstack.socket.tcp.isn import generate_isn
 from netstack.socket.tcp.rtt import RttEstimator
@@ -243,7 +243,7 @@ class TcpSocket(Socket):
         self._ts_recent = 0
         self._ts_offset = 0
         self._rto_ts = None  # our TSval when the retransmission timer last fired
-        self._sacked: list[list[int]] = []
+        self._sacked: list[list[int]] | tuple = ()  # (a list once a block comes)
         self._rtt = RttEstimator()
         self._cc = None
         self._rtt_seq = None
@@ -336,6 +336,16 @@ class TcpSocket(Socket):
         (an IPv6 connection keeps to one MSS, never IP fragments)."""
         self._tso_max = min(max_bytes, MAX_GSO_PAYLOAD_V6) if max_bytes else None
         self._tso_v6 = ipv6
+
+    def set_link(self, mtu: int, tso_max: int | None, tso_v6: bool) -> None:
+        """`set_mtu` and `set_max_segment_size` at once, without marking the socket dirty:
+        the interface's call for a socket it dispatches anyway (a new one, or all of
+        them after a change), once per new socket, so it must cost little."""
+        if mtu != self._mtu:
+            self._mtu = mtu
+            self._update_local_mss()
+        self._tso_max = min(tso_max, MAX_GSO_PAYLOAD_V6) if tso_max else None
+        self._tso_v6 = tso_v6
 
     def set_path_mtu(self, mtu: int) -> None:
         """The path MTU toward the peer dropped to `mtu` (an ICMPv6 Packet Too Big or ICMPv4
@@ -456,7 +466,7 @@ class TcpSocket(Socket):
         self._tx_seq = seq_add(iss, 1)
         self._rcv_shift = _wscale_for(self.rx_capacity) if self._ws_enabled else 0
         self._ts_offset = _rng.getrandbits(32)
-        self._asm = Assembler(self.rx_capacity)
+        self._asm = NO_GAPS  # an Assembler once data comes out of order
 
     def _syn_received(self, now: float, local, remote, seg: TcpRepr, iss: int) -> None:
         """Take a SYN: record the peer's options and owe it our SYN-ACK."""
@@ -1071,6 +1081,8 @@ class TcpSocket(Socket):
                 self._ack_at = now + self.delayed_ack
             self._wake()
             return
+        if asm is NO_GAPS:
+            asm = self._asm = Assembler(self.rx_capacity)
         had_gap = not asm.is_empty
         if not asm.add(off, payload):
             self._count("ooo_dropped")
@@ -1533,7 +1545,7 @@ class TcpSocket(Socket):
         self._rtx_pending = None
         self._rtt_seq = None
         if self._rtx_count >= 2:
-            self._sacked = []  # the receiver may have reneged (RFC 2018 §8)
+            self._sacked = ()  # the receiver may have reneged (RFC 2018 §8)
         self.snd_nxt = self.snd_una
 
     def poll_at(self, now: float) -> float | None:
