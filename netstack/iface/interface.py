@@ -285,6 +285,7 @@ class Interface(Ipv6Layer):
         self._tx_blocked = False
         self._budget = 0
         self._emitted = 0
+        self._last_src_hw = EthernetAddress()  # the last frame's sender, made once
         # per-poll state
         self._now = now
         self._device = None
@@ -572,14 +573,16 @@ class Interface(Ipv6Layer):
         if self._rx_csum_ip and not pkt.verify_checksum():
             stats["ipv4_bad_checksum"] += 1
             return
+        checked = True  # (new_checked did)
         if pkt.is_fragment:
             stats["ipv4_fragments"] += 1
             datagram = self.reassembler.add(now, pkt)
             if datagram is None:
                 return
             pkt = Ipv4Packet(datagram)
+            checked = False
         try:
-            ip = Ipv4Repr.parse(pkt, verify_checksum=False)
+            ip = Ipv4Repr.parse(pkt, verify_checksum=False, length_checked=checked)
         except Error:
             stats["ipv4_malformed"] += 1
             return
@@ -611,7 +614,9 @@ class Interface(Ipv6Layer):
         else:
             stats["ipv4_not_for_us"] += 1
             return
-        src_hw = EthernetAddress(frame[6:12])
+        src_hw = self._last_src_hw  # (one peer sends nearly every frame: the guest)
+        if frame[6:12] != src_hw:
+            src_hw = self._last_src_hw = EthernetAddress(frame[6:12])
         if not cast and s and src not in self.neighbors and self._on_link(src):
             self.neighbors.fill(src, src_hw, now)  # what we would learn by asking
         payload = pkt.payload
@@ -675,7 +680,8 @@ class Interface(Ipv6Layer):
             stats["tcp_broadcast_dropped"] += 1
             return
         try:
-            seg = TcpRepr.parse(TcpPacket.new_checked(payload), ip.src_addr, ip.dst_addr,
+            # (parse checks the length: no new_checked first)
+            seg = TcpRepr.parse(TcpPacket(payload), ip.src_addr, ip.dst_addr,
                                 self._rx_csum_tcp)
         except Error:
             stats["tcp_malformed"] += 1

@@ -373,7 +373,9 @@ class Ipv6Layer:
         else:
             stats["ipv6_not_for_us"] += 1
             return
-        src_hw = EthernetAddress(frame[6:12])
+        src_hw = self._last_src_hw  # (see _rx_ipv4)
+        if frame[6:12] != src_hw:
+            src_hw = self._last_src_hw = EthernetAddress(frame[6:12])
         if not cast and b[8] != 0 and not frame[6] & 1:  # never learn a group MAC
             src = IPv6Address(bytes(b[8:24]))
             if src not in self.neighbors6 and self._route6(src) == src:

@@ -302,10 +302,13 @@ class Ipv4Repr:
     ecn: int = 0
 
     @classmethod
-    def parse(cls, packet: Ipv4Packet, verify_checksum: bool = True) -> Ipv4Repr:
+    def parse(cls, packet: Ipv4Packet, verify_checksum: bool = True,
+              length_checked: bool = False) -> Ipv4Repr:
         """Parse a whole (unfragmented) datagram. Pass `verify_checksum=False` when the
-        device has already verified it (checksum offload)."""
-        packet.check_len()
+        device has already verified it (checksum offload), `length_checked=True` when the
+        packet came from `Ipv4Packet.new_checked` (the interface's path: once per frame)."""
+        if not length_checked:
+            packet.check_len()
         b = packet.buffer
         vihl, tos, total_len, ident, flg_off, ttl, proto, _csum, src, dst = _HEADER.unpack_from(
             b, 0

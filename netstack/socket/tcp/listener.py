@@ -174,14 +174,21 @@ class TcpListener(Socket):
             self._forget(key)
             if not child.is_open:
                 continue
-            if self._set is not None:
+            s = self._set
+            if s is not None:
                 try:
-                    child.handle = self._set.add(child)
+                    child.handle = s.add(child)
                 except TableFull:  # the set counted it: the peer gets a RST
                     self._count("accept_table_full")
                     child.abort()
                     self._flush_child_rst(child)
                     continue
+                # a new socket is dirty (dispatched on the next poll); one that owes
+                # nothing now only needs its deadline (most, once accepted)
+                at = child.poll_at(self._now)
+                if at is None or at > self._now:
+                    s.dirty.discard(child)
+                    s.schedule(child, at)
             return child
         return None
 
