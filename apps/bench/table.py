@@ -43,10 +43,10 @@ class _Rx:
     __slots__ = ("frame",)
 
     def __init__(self, frame: bytes) -> None:
-        self.frame = bytearray(frame)
+        self.frame = frame
 
     def consume(self, fn):
-        return fn(memoryview(self.frame))
+        return fn(memoryview(self.frame))  # (read-only: the stack never writes a frame)
 
 
 class _Tx:
@@ -58,7 +58,7 @@ class _Tx:
     def consume(self, length: int, fn):
         buf = bytearray(length)
         r = fn(memoryview(buf))
-        self.dev.tx.append(bytes(buf))
+        self.dev.tx.append(buf)
         return r
 
 
@@ -68,7 +68,8 @@ class FakeDevice:
 
     def __init__(self) -> None:
         self.rx: deque[bytes] = deque()
-        self.tx: list[bytes] = []
+        self.tx: list[bytearray] = []
+        self._tx_token = _Tx(self)  # (one will do: it keeps nothing between frames)
         self.caps = DeviceCapabilities(mtu=1500, checksum=ChecksumCapabilities(
             ipv4=True, udp=True, tcp=True, icmp=True))
 
@@ -78,10 +79,10 @@ class FakeDevice:
     def receive(self, now):
         if not self.rx:
             return None
-        return _Rx(self.rx.popleft()), _Tx(self)
+        return _Rx(self.rx.popleft()), self._tx_token
 
     def transmit(self, now):
-        return _Tx(self)
+        return self._tx_token
 
 
 def _frame(src: IPv4Address, sport: int, seq: int, ack: int, flags: int) -> bytes:
@@ -180,7 +181,7 @@ def _build(n: int, measure_memory: bool):
     for f in dev.tx:
         seg = _tcp_of(f)
         if seg is not None:
-            fins[(f[30:34], seg.dst_port)] = seg.seq_number
+            fins[(bytes(f[30:34]), seg.dst_port)] = seg.seq_number
     dev.tx.clear()
     for c in conns[: n // 3]:
         ip, port = c.remote_endpoint
