@@ -74,7 +74,9 @@ def _families(addr: IpAddress, v6only: bool) -> tuple[int, ...]:
 
 def local_matches(bound: IpAddress, v6only: bool, dst: IpAddress) -> bool:
     """Does a socket bound to `bound` take a datagram (or SYN) addressed to `dst`?"""
-    if bound.is_unspecified:
+    if bound is dst:  # (wire addresses are shared objects: the common case, no __eq__)
+        return True
+    if not bound._ip:  # (`is_unspecified` costs two Python calls, per segment)
         return dst.version in _families(bound, v6only)
     return bound == dst
 

@@ -332,7 +332,8 @@ class TcpListener(Socket):
         dst = ip_repr.dst_addr
         # (the children share the listener's endpoint when they can: one tuple of
         # addresses less per connection for the garbage collector to walk)
-        local = self._local if dst == self._local[0] else (dst, self._local[1])
+        bound = self._local[0]
+        local = self._local if dst is bound or dst == bound else (dst, self._local[1])
         remote = (ip_repr.src_addr, seg.src_port)
         if flags & SYN:
             if len(self._ready) >= self.backlog:

@@ -1217,11 +1217,11 @@ class TcpSocket(Socket):
     def _send(self, emit, repr_: TcpRepr, **kw) -> bool:
         dst = self._remote[0]
         src = self._local[0]
-        if src.is_unspecified:
+        if not src._ip:  # unspecified (`is_unspecified` costs two Python calls)
             src = None
 
         def fill(buf, src_addr, csum):
-            if self._local[0].is_unspecified:
+            if src is None and not self._local[0]._ip:
                 self._local = (src_addr, self._local[1])
             repr_.emit(TcpPacket(buf), src_addr, dst, csum)
 
