@@ -258,14 +258,12 @@ def build_stack(config: StackConfig | None = None, *, gateway_thread: bool = Tru
     runtime = Runtime(iface, None, sockets)
     gateway = None
     if config.gateway.enabled:
-        from apps.servers.tcpapps import APP_BUFFER
+        from gateway.tcp import FLOW_RX_BUFFER, FLOW_TX_BUFFER
 
-        # NAT flows send with the apps' buffer (it grows only as it fills): the bytes in
-        # flight to a TCG guest, not our CPU, bound a download; all flows together hold
-        # at most Gateway.TX_BUDGET of them (gateway/tcp.py)
         gateway = Gateway(runtime, config.gateway, gateway4=net.ip,
                           gateway6=config.ipv6_address if config.ipv6 else None,
-                          tcp_options={"tx_buffer_size": APP_BUFFER})
+                          tcp_options={"tx_buffer_size": FLOW_TX_BUFFER,
+                                       "rx_buffer_size": FLOW_RX_BUFFER})
         if gateway_thread:
             gateway.start()
         for sock in sockets.of_kind("udp"):
