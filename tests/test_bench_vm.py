@@ -6,6 +6,7 @@ where it cannot run, it is skipped with a note rather than failing the bench."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,11 @@ def _smoke(tmp_path, backends: str) -> tuple[dict, str]:
 def _check(r: dict) -> None:
     for key in METRIC_KEYS:
         assert r[key] > 0, (r["backend"], key, r)
+    # ping through the backend's NAT to a namespace the bench makes: root only
+    if os.geteuid() == 0:
+        assert r["ping_nat_ms"] > 0, r
+    else:
+        assert r["ping_nat_ms"] is None, r
     assert r["udp_replies"] == r["udp_sent"] == 200, r
     assert r["http_requests"] == 50 and r["http_s"] > 0, r
 
@@ -47,6 +53,9 @@ def test_vm_bench_smoke(tmp_path):
     assert vm["ratios_to_slirp"]["download_mbit_s"]["slirp"] == 1.0
     assert vm["ratios_to_slirp"]["http_req_per_s"]["slirp"] == 1.0
     assert "UDP rr/s" in stdout and "HTTP req/s" in stdout and "ours" in stdout
+    assert "ping NAT ms" in stdout
+    left = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    assert not [n for n in left if n.startswith("vhnb")], f"the bench left namespaces: {left}"
 
 
 @pytest.mark.qemu

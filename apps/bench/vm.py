@@ -32,7 +32,10 @@ tmpfs to `/sink`), ping RTT (`ping -c 20 -i 0.2`, the average) and UDP 64-byte
 request/response rate (`vhn-udp -q -n N -s 64`, one datagram in flight) and HTTP
 requests/s (a shell loop of N `wget -q -O /dev/null .../bytes/64`, a new TCP connection
 each; every request also spawns a busybox wget in the TCG guest, a cost the same for every
-backend, so the rate is a lower bound that understates the differences). Throughput is
+backend, so the rate is a lower bound that understates the differences), and ping through
+the backend's NAT (the same ping to 198.51.100.2, a namespace this benchmark creates behind
+a veth from the backend's host side — ours for vhostnet and slirp, passt's namespace for
+passt — and removes; root only, "-" otherwise and for tap, which has no NAT). Throughput is
 measured with busybox wget, never `dd | nc` (that measures nc). Results are a table of
 backend × metric with ratios to slirp, and JSON.
 
@@ -51,6 +54,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -69,7 +73,11 @@ METRICS = (
     ("ping_avg_ms", "ping ms", "{:.3f}", False),
     ("http_req_per_s", "HTTP req/s", "{:.1f}", True),
     ("udp_rr_per_s", "UDP rr/s", "{:.0f}", True),
+    ("ping_nat_ms", "ping NAT ms", "{:.3f}", False),
 )
+# The "internet" of the ping NAT column: a namespace of our own behind a veth from the
+# backend's host side (documentation addresses, removed after each backend)
+WORLD_HOST, WORLD_PEER = "198.51.100.1", "198.51.100.2"
 HTTP_BODY = 64  # bytes per HTTP response in the requests/s loop
 
 
@@ -88,6 +96,9 @@ class BackendResult:
     http_requests: int
     http_s: float
     boot_s: float
+    # the guest pinging a namespace peer (WORLD_PEER) through the backend's NAT, where the
+    # backend has one and we may make namespaces (root); None otherwise
+    ping_nat_ms: float | None = None
 
 
 @dataclass
@@ -236,8 +247,9 @@ def _timed(vm: QemuVM, cmd: str, timeout: float) -> tuple[float, str]:
 
 def run_workload(vm: QemuVM, backend: str, host: str, http_port: int, udp_port: int,
                  size_mib: int, ping_count: int, udp_count: int, http_count: int,
-                 boot_s: float) -> BackendResult:
-    """The workload against `host` from a guest whose eth0 is up; one BackendResult."""
+                 boot_s: float, nat: bool = False) -> BackendResult:
+    """The workload against `host` from a guest whose eth0 is up; one BackendResult.
+    `nat`: the backend's NAT reaches WORLD_PEER (see `_world`): ping it too."""
     nbytes = size_mib << 20
     url = f"http://{host}:{http_port}"
     slow = max(60.0, size_mib * 4.0)  # the generous per-command timeout
@@ -269,13 +281,20 @@ def run_workload(vm: QemuVM, backend: str, host: str, http_port: int, udp_port: 
             f"wget -q -O /dev/null {url}/bytes/{HTTP_BODY} || break; i=$((i + 1)); done; "
             f"echo requests=$i; [ $i = {http_count} ]", slow)
     http_s = max(http_s - overhead, 1e-6)
+    ping_nat = None
+    if nat:
+        out = vm.run_ok(f"ping -c {ping_count} -i 0.2 {WORLD_PEER}", ping_count * 0.2 + 30)
+        m3 = _PING_RE.search(out)
+        if m3 is None:
+            raise GuestError(f"{backend}: no ping summary for {WORLD_PEER} in {out!r}")
+        ping_nat = float(m3.group(1))
     return BackendResult(
         backend=backend, download_mbit_s=nbytes * 8 / down_s / 1e6,
         upload_mbit_s=nbytes * 8 / up_s / 1e6, ping_avg_ms=float(m.group(1)),
         udp_rr_per_s=replies / udp_s, http_req_per_s=http_count / http_s,
         download_s=round(down_s, 4), upload_s=round(up_s, 4),
         udp_replies=replies, udp_sent=int(m2.group(2)), http_requests=http_count,
-        http_s=round(http_s, 4), boot_s=round(boot_s, 2))
+        http_s=round(http_s, 4), boot_s=round(boot_s, 2), ping_nat_ms=ping_nat)
 
 
 def _vm(nic: list[str]) -> QemuVM:
@@ -294,6 +313,30 @@ def _boot(vm: QemuVM) -> float:
     return time.monotonic() - t0
 
 
+@contextmanager
+def _world(host_ns: str | None = None):
+    """A namespace holding WORLD_PEER behind a veth from `host_ns` (None: ours), the
+    "internet" a backend's NAT reaches for the ping NAT column. Yields True, or False where
+    we may not make namespaces (not root); removed on the way out."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        yield False
+        return
+    tag = f"vhnb{os.getpid() % 100000}"
+    ns, near, far = f"{tag}w", f"{tag}wh", f"{tag}wp"
+    _ip("netns", "add", ns)
+    try:
+        pre = [] if host_ns is None else ["-n", host_ns]
+        _ip(*pre, "link", "add", near, "type", "veth", "peer", "name", far, "netns", ns)
+        _ip(*pre, "addr", "add", f"{WORLD_HOST}/24", "dev", near)
+        _ip(*pre, "link", "set", near, "up")
+        _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("-n", ns, "addr", "add", f"{WORLD_PEER}/24", "dev", far)
+        _ip("-n", ns, "link", "set", far, "up")
+        yield True
+    finally:  # (the veth pair goes with the namespace)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
 def _bench_vhostnet(backend: str, http_port: int, udp_port: int, size_mib: int,
                     ping_count: int, udp_count: int, http_count: int) -> BackendResult:
     """`vhostnet serve` in its own process, the guest on its vhost-user NIC, the workload
@@ -302,10 +345,10 @@ def _bench_vhostnet(backend: str, http_port: int, udp_port: int, size_mib: int,
         path = os.path.join(d, "vhost.sock")
         proc = start_ours(path)
         try:
-            with _vm(vhost_user_nic_args(path, vectors=_vectors())) as vm:
+            with _world() as nat, _vm(vhost_user_nic_args(path, vectors=_vectors())) as vm:
                 boot_s = _boot(vm)
                 return run_workload(vm, backend, "10.0.2.2", http_port, udp_port, size_mib,
-                                    ping_count, udp_count, http_count, boot_s)
+                                    ping_count, udp_count, http_count, boot_s, nat)
         finally:
             stop_process(proc)
 
@@ -332,10 +375,10 @@ def bench_slirp(size_mib: int, ping_count: int, udp_count: int,
     peers = HostPeers()
     try:
         nic = ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]
-        with _vm(nic) as vm:
+        with _world() as nat, _vm(nic) as vm:
             boot_s = _boot(vm)
             return run_workload(vm, "slirp", "10.0.2.2", peers.http_port, peers.udp_port,
-                                size_mib, ping_count, udp_count, http_count, boot_s)
+                                size_mib, ping_count, udp_count, http_count, boot_s, nat)
     finally:
         peers.close()
 
@@ -442,10 +485,11 @@ def bench_passt(size_mib: int, ping_count: int, udp_count: int,
                    "-device", "virtio-net-pci,netdev=n0"]
             if vhost_user:
                 nic = vhost_user_nic_args(sock, vectors=None, reconnect=0)
-            with _vm(nic) as vm:
+            with _world(ns) as nat, _vm(nic) as vm:
                 boot_s = _boot(vm)
-                return run_workload(vm, "passt-vu" if vhost_user else "passt", "10.0.2.2", http_port, udp_port, size_mib,
-                                    ping_count, udp_count, http_count, boot_s)
+                return run_workload(vm, "passt-vu" if vhost_user else "passt", "10.0.2.2",
+                                    http_port, udp_port, size_mib, ping_count, udp_count,
+                                    http_count, boot_s, nat)
     finally:
         for proc in (passt, peers):
             if proc is not None:
@@ -514,8 +558,11 @@ def bench_vm(size_mib: int = 100, backends=BACKENDS, ping_count: int = 20,
     if base is not None:
         for key, _, _, _ in METRICS:
             ref = getattr(base, key)
+            if ref is None:  # (not measured: ping NAT as a user)
+                continue
             out.ratios_to_slirp[key] = {
-                r.backend: round(getattr(r, key) / ref, 3) if ref else 0.0 for r in out.results}
+                r.backend: round(getattr(r, key) / ref, 3) if ref else 0.0
+                for r in out.results if getattr(r, key) is not None}
     return out
 
 
@@ -528,7 +575,8 @@ def print_vm(res: VmBench) -> None:
     for r in res.results:
         cells = []
         for key, _, fmt, _ in METRICS:
-            cell = fmt.format(getattr(r, key))
+            value = getattr(r, key)
+            cell = "-" if value is None else fmt.format(value)
             ratio = res.ratios_to_slirp.get(key, {}).get(r.backend)
             if ratio is not None:
                 cell += f" ({ratio:.2f})"
