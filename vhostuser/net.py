@@ -286,6 +286,7 @@ class VirtioNetDevice:
     """The frame side of one vhost-user net device (all its queue pairs)."""
 
     def __init__(self, memory: GuestMemory, queues: list[Virtqueue], *, mtu: int = 1500) -> None:
+        self._caps: tuple | None = None  # (what it was made from, capabilities())
         self.memory = memory
         self.queues = queues
         self.mtu = mtu
@@ -335,13 +336,18 @@ class VirtioNetDevice:
         self.ipv6_offload = self.csum_offload and (self.guest_tso6 or not self.guest_tso)
 
     def capabilities(self) -> NetCapabilities:
-        return NetCapabilities(
-            mtu=self.mtu,
-            checksum=ChecksumOffload(tcp=True) if self.csum_offload else None,
-            tso_max=TSO_MAX if self.guest_tso else None,
-            lro=self.host_tso,
-            ipv6_offload=self.ipv6_offload,
-        )
+        # (asked on every poll: made again only when what it reports changed)
+        key = (self.mtu, self.csum_offload, self.guest_tso, self.host_tso, self.ipv6_offload)
+        caps = self._caps
+        if caps is None or caps[0] != key:
+            caps = self._caps = (key, NetCapabilities(
+                mtu=self.mtu,
+                checksum=ChecksumOffload(tcp=True) if self.csum_offload else None,
+                tso_max=TSO_MAX if self.guest_tso else None,
+                lro=self.host_tso,
+                ipv6_offload=self.ipv6_offload,
+            ))
+        return caps[1]
 
     def _guest_header(self, frame) -> bytes:
         """The first 10 header bytes for a frame to the guest (patches its TCP checksum

@@ -71,7 +71,8 @@ DHCP_CLIENT_PORT = 68
 ETH_HEADER_LEN = 14
 IP_HEADER_LEN = 20
 SWEEP_PER_POLL = 16  # sockets visited in turn beyond those with work ...
-SWEEP_INTERVAL = 0.01  # ... at most this often (1,600 a second)
+SWEEP_INTERVAL = 0.01  # ... at most this often (1,600 a second), on a poll that took no
+SWEEP_OVERDUE = 0.1  # frame (a reply waits for the poll to end), or this late on any
 ARP_FRAME_LEN = ETH_HEADER_LEN + 28
 _ETHERTYPE_IPV4 = b"\x08\x00"
 _ETHERTYPE_ARP = b"\x08\x06"
@@ -416,7 +417,8 @@ class Interface(Ipv6Layer):
         # a few more sockets in turn, every SWEEP_INTERVAL: a bounded safety net for a
         # change nobody announced (it was a visit of every socket every 50 ms)
         sweep = 0
-        if now >= self._next_sweep:
+        if now >= self._next_sweep and (not received or
+                                        now >= self._next_sweep + SWEEP_OVERDUE):
             sweep = SWEEP_PER_POLL
             self._next_sweep = now + SWEEP_INTERVAL
         due = sockets.due(now, sweep)
