@@ -120,7 +120,9 @@ def test_bridge_restart_keeps_the_guests_tcp_to_the_namespace(guest_image, netns
         want = hashlib.sha256(random.Random(11).randbytes(SIZE)).hexdigest()
         sender = ns_python(netns, THROTTLED_SENDER, NS_IP, "5001", str(SIZE), str(CHUNK))
         base = rx_bytes(vm)
-        vm.run_ok(f"(nc {NS_IP} 5001 | sha256sum > /tmp/h) >/dev/null 2>&1 &")
+        # (nc's stdin a silent pipe: a background job reading the console would eat the
+        # harness's next commands — the shell then waits on half a line, or gets EOF)
+        vm.run_ok(f"(sleep 3600 | nc {NS_IP} 5001 | sha256sum > /tmp/h) >/dev/null 2>&1 &")
         wait_for(lambda: rx_bytes(vm) > base + 2 * MiB, 30, "the transfer to get going")
         assert sender.poll() is None, "the transfer ended before the restart"
 
