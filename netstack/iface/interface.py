@@ -526,6 +526,14 @@ class Interface(Ipv6Layer):
         else:
             stats["eth_unknown_type"] += 1
 
+    def _sender_mac(self, frame: memoryview) -> EthernetAddress:
+        """The frame's source MAC, made once per run of frames from one sender (nearly
+        every frame comes from one peer: the guest)."""
+        mac = self._last_src_hw
+        if frame[6:12] != mac:
+            mac = self._last_src_hw = EthernetAddress(frame[6:12])
+        return mac
+
     def _on_link(self, addr: IPv4Address) -> bool:
         a = int(addr)
         for net, mask, _ in self._nets:
@@ -616,9 +624,7 @@ class Interface(Ipv6Layer):
         else:
             stats["ipv4_not_for_us"] += 1
             return
-        src_hw = self._last_src_hw  # (one peer sends nearly every frame: the guest)
-        if frame[6:12] != src_hw:
-            src_hw = self._last_src_hw = EthernetAddress(frame[6:12])
+        src_hw = self._sender_mac(frame)
         if not cast and s and src not in self.neighbors and self._on_link(src):
             self.neighbors.fill(src, src_hw, now)  # what we would learn by asking
         payload = pkt.payload

@@ -147,7 +147,8 @@ def _martian(src) -> bool:
 class Ipv6Layer:
     """Mixin: see the module docstring. Attributes it relies on from `Interface`:
     `hardware_addr`, `stats`, `_now`, `_device`, `_sockets`, `_mtu`, `_emitted`,
-    `_tx_blocked`, `protocol_handlers`, `_take_icmp_token()`, `_refresh_group_macs()`."""
+    `_tx_blocked`, `protocol_handlers`, `_take_icmp_token()`, `_refresh_group_macs()`,
+    `_sender_mac()`."""
 
     # -- configuration ------------------------------------------------------------------
     def _init_ipv6(self, config, now: float) -> None:
@@ -373,9 +374,7 @@ class Ipv6Layer:
         else:
             stats["ipv6_not_for_us"] += 1
             return
-        src_hw = self._last_src_hw  # (see _rx_ipv4)
-        if frame[6:12] != src_hw:
-            src_hw = self._last_src_hw = EthernetAddress(frame[6:12])
+        src_hw = self._sender_mac(frame)
         if not cast and b[8] != 0 and not frame[6] & 1:  # never learn a group MAC
             src = IPv6Address(bytes(b[8:24]))
             if src not in self.neighbors6 and self._route6(src) == src:

@@ -304,13 +304,14 @@ class SocketSet:
         key = self._tcp_keys.pop(sock, None)
         if key is None:
             return
-        port = key if key.__class__ is int else key[0]
+        listening = key.__class__ is int
+        port = key if listening else key[0]
         ports = self.tcp_ports.get(port)
         if ports is not None:
             ports.pop(sock, None)
             if not ports:
                 del self.tcp_ports[port]
-        if key.__class__ is int:
+        if listening:
             lst = self.tcp_listen.get(port)
             if lst is not None and sock in lst:
                 lst.remove(sock)

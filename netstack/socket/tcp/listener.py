@@ -214,33 +214,28 @@ class TcpListener(Socket):
             child._ctl_out = None
 
     def set_mtu(self, mtu: int) -> None:
-        self._mtu = mtu
-        for table in (self._half, self._ready):
-            for key, child in table.items():
-                child.set_mtu(mtu)
-                self._due[key] = None
+        self.set_link(mtu, self._tso, self._tso_v6)
 
     def set_max_segment_size(self, max_bytes: int | None, ipv6: bool = True) -> None:
-        self._tso = max_bytes
-        self._tso_v6 = ipv6
-        for table in (self._half, self._ready):
-            for key, child in table.items():
-                child.set_max_segment_size(max_bytes, ipv6)
-                self._due[key] = None
+        self.set_link(self._mtu, max_bytes, ipv6)
 
-    def set_link(self, mtu: int, tso_max: int | None, tso_v6: bool) -> None:
-        """The interface's MTU and TSO limit for the children to come and those it holds
-        (see `TcpSocket.set_link`)."""
+    def set_link(self, mtu: int | None, tso_max: int | None, tso_v6: bool) -> None:
+        """The interface's MTU (None: not told yet) and TSO limit for the children to
+        come and those it holds (see `TcpSocket.set_link`)."""
         self._mtu, self._tso, self._tso_v6 = mtu, tso_max, tso_v6
         for table in (self._half, self._ready):
             for key, child in table.items():
-                child.set_link(mtu, tso_max, tso_v6)
+                self._link_child(child)
                 self._due[key] = None
+
+    def _link_child(self, child: TcpSocket) -> None:
+        child.set_link(self._mtu if self._mtu is not None else child._mtu, self._tso,
+                       self._tso_v6)
 
     def _new_child(self) -> TcpSocket:
         child = TcpSocket(**self._options)
         if self._mtu is not None or self._tso is not None:
-            child.set_link(self._mtu or child._mtu, self._tso, self._tso_v6)
+            self._link_child(child)
         return child
 
     # -- SYN cookies --------------------------------------------------------------------

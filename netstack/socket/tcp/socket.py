@@ -297,10 +297,7 @@ class TcpSocket(Socket):
     def set_mtu(self, mtu: int) -> None:
         """The interface's IP MTU: our MSS becomes `mtu - 40` over IPv4, `mtu - 60` over
         IPv6 (or the `mss` given, if smaller)."""
-        if mtu == self._mtu:
-            return  # (the interface tells every new socket; the MSS follows the endpoints)
-        self._mtu = mtu
-        self._update_local_mss()
+        self.set_link(mtu, self._tso_max, self._tso_v6)
 
     def _v6(self) -> bool:
         ep = self._remote if self._remote is not None else self._local
@@ -334,14 +331,13 @@ class TcpSocket(Socket):
         less the headers of the connection's family); `emit` then gets `gso_size=<mss>`
         for them. None: segments of one MSS. `ipv6` False: the device segments IPv4 only
         (an IPv6 connection keeps to one MSS, never IP fragments)."""
-        self._tso_max = min(max_bytes, MAX_GSO_PAYLOAD_V6) if max_bytes else None
-        self._tso_v6 = ipv6
+        self.set_link(self._mtu, max_bytes, ipv6)
 
     def set_link(self, mtu: int, tso_max: int | None, tso_v6: bool) -> None:
         """`set_mtu` and `set_max_segment_size` at once, without marking the socket dirty:
         the interface's call for a socket it dispatches anyway (a new one, or all of
         them after a change), once per new socket, so it must cost little."""
-        if mtu != self._mtu:
+        if mtu != self._mtu:  # (the MSS follows the endpoints too)
             self._mtu = mtu
             self._update_local_mss()
         self._tso_max = min(tso_max, MAX_GSO_PAYLOAD_V6) if tso_max else None
