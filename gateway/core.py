@@ -35,7 +35,6 @@ from netstack.wire.tcp import ACK, FIN, RST, SYN
 
 log = logging.getLogger("vhostnet.gateway")
 
-UDP_QUEUE = 4096  # guest datagrams waiting for the gateway's thread
 JOIN_TIMEOUT = 1.0
 
 
@@ -81,7 +80,6 @@ class Gateway:
         self.paused: set[UdpFlow] = set()
         self.selector = selectors.DefaultSelector()
         self._new: deque[TcpFlow] = deque()
-        self._udp_out: deque = deque()
         self._poked: set[TcpFlow] = set()
         self._later: set[TcpFlow] = set()
         self._resume = False
@@ -160,12 +158,15 @@ class Gateway:
             if len(self.udp_flows) >= self.config.max_flows:
                 self.count("udp_flow_limit")
                 return True
-            flow = self.udp_flows[key] = UdpFlow(self, key, now)
-        if len(self._udp_out) >= UDP_QUEUE:
-            self.count("udp_queue_full")
-            return True
-        self._udp_out.append((flow, target, udp_repr.dst_port, bytes(payload), dst))
-        self._signal()
+            flow = UdpFlow(self, key, now)
+            if not flow.open():
+                return True
+            self.udp_flows[key] = flow
+            self.count("udp_opened")
+        # sent at once (a non-blocking socket; a full one drops, as a full NIC queue
+        # would): a hop to the gateway's turn of the loop would add a wake-up to every
+        # request and answer
+        flow.send(now, target, udp_repr.dst_port, payload, dst)
         return True
 
     def icmp_echo(self, now: float, ip, icmp) -> bool:
@@ -298,26 +299,11 @@ class Gateway:
             elif flow.host is not None:
                 flow.on_event(now, mask)
         self._signalled = False
-        if self.dns is not None and self.dns.queue:
-            self.dns.step(now)
-        if self.icmp.queue:
-            self.icmp.step(now)
         new = self._new
         while new:
             flow = new.popleft()
             if flow.state == "connecting" and flow.host is None:
                 flow.start()
-        out = self._udp_out
-        while out:
-            flow, target, port, data, dst = out.popleft()
-            if flow.host is None:
-                if self.udp_flows.get(flow.key) is not flow:
-                    continue  # expired meanwhile
-                if not flow.open():
-                    del self.udp_flows[flow.key]
-                    continue
-                self.count("udp_opened")
-            flow.send(now, target, port, data, dst)
         if self._poked:
             poked, self._poked = self._poked, set()
             for flow in poked:
@@ -368,7 +354,6 @@ class Gateway:
             self._close_udp(key, flow)
         self.icmp.close()
         self._new.clear()
-        self._udp_out.clear()
 
     def close(self) -> None:
         thread, self._thread = self._thread, None

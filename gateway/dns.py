@@ -84,22 +84,26 @@ class _Pending:
 
 
 class DnsForwarder:
-    """Owned by the Gateway: `submit` on the runtime's thread, the rest on the gateway's."""
+    """Owned by the Gateway; every method runs with the runtime's lock held. `submit` sends
+    at once (no hop to the gateway's turn of the loop); answers arrive on that turn."""
 
     def __init__(self, gw, servers: list[tuple[str, int]]) -> None:
         self.gw = gw
         self.servers = servers
         self.pending: dict[int, _Pending] = {}
         self.socks: dict[int, socket.socket] = {}  # by family
-        self.queue: list = []
 
-    def submit(self, data: bytes, parsed, reply_sock, guest: tuple) -> None:
-        """A query from the guest (runtime thread, lock held)."""
-        if len(self.queue) + len(self.pending) >= MAX_PENDING:
+    def submit(self, data: bytes, parsed, reply_sock, guest: tuple, now: float) -> None:
+        """A query from the guest, forwarded to the first server."""
+        if len(self.pending) >= MAX_PENDING:
             self.gw.count("dns_dropped_busy")
             return
-        self.queue.append((data, parsed, reply_sock, guest))
-        self.gw._signal()
+        qid = self._new_id()
+        p = _Pending(int.from_bytes(data[:2], "big"), qid.to_bytes(2, "big") + data[2:],
+                     parsed, reply_sock, guest, 0, now, now)
+        self.pending[qid] = p
+        self.gw.count("dns_forwarded")
+        self._send(qid, p, now)
 
     def _sock(self, family: int) -> socket.socket | None:
         s = self.socks.get(family)
@@ -118,16 +122,6 @@ class DnsForwarder:
             i = int.from_bytes(os.urandom(2), "big")
             if i not in self.pending:
                 return i
-
-    def step(self, now: float) -> None:
-        queue, self.queue = self.queue, []
-        for data, parsed, reply_sock, guest in queue:
-            qid = self._new_id()
-            p = _Pending(int.from_bytes(data[:2], "big"), qid.to_bytes(2, "big") + data[2:],
-                         parsed, reply_sock, guest, 0, now, now)
-            self.pending[qid] = p
-            self.gw.count("dns_forwarded")
-            self._send(qid, p, now)
 
     def _send(self, qid: int, p: _Pending, now: float) -> None:
         addr, port = self.servers[p.server]
@@ -201,7 +195,6 @@ class DnsForwarder:
             s.close()
         self.socks.clear()
         self.pending.clear()
-        self.queue.clear()
 
 
 def _read_msg(sock: socket.socket) -> bytes:

@@ -40,7 +40,9 @@ class _Flow:
 
 
 class IcmpEcho:
-    """Owned by the Gateway: `submit` on the runtime's thread, the rest on the gateway's."""
+    """Owned by the Gateway; every method runs with the runtime's lock held. `submit`
+    sends at once (a ping socket never blocks, and a hop to the gateway's turn of the loop
+    would add a wake-up to every round trip); replies arrive on the gateway's turn."""
 
     def __init__(self, gw) -> None:
         self.gw = gw
@@ -48,17 +50,27 @@ class IcmpEcho:
         self.by_id: dict[tuple, _Flow] = {}  # (version, our id) → flow (raw sockets)
         self.raw: dict[int, socket.socket] = {}
         self.mode: dict[int, str] = {}  # version → "ping" | "raw" | "none"
-        self.queue: list = []
         # (version, our id, seq) → (the host address pinged, the address the guest pinged)
         self._dst: dict[tuple, tuple] = {}
 
     def submit(self, now: float, ip, icmp, target) -> None:
-        if len(self.queue) >= 1024:
-            self.gw.count("icmp_queue_full")
+        """The guest's echo request to `target` (the host address for its destination)."""
+        v = ip.src_addr.version
+        mode = self._mode(v)
+        if mode == "none":
+            self.gw.count("icmp_unavailable")
             return
-        self.queue.append((ip.src_addr, ip.dst_addr, target, icmp.ident, icmp.seq_no,
-                           bytes(icmp.data)))
-        self.gw._signal()
+        key = (ip.src_addr, icmp.ident)
+        flow = self.flows.get(key)
+        if flow is None:
+            if len(self.flows) >= self.gw.config.max_flows:
+                self.gw.count("icmp_flow_limit")
+                return
+            flow = self._open(key, v, mode, now)
+            if flow is None:
+                return
+        flow.last = now
+        self._send(flow, v, target, ip.dst_addr, icmp.seq_no, bytes(icmp.data))
 
     def _mode(self, version: int) -> str:
         mode = self.mode.get(version)
@@ -79,26 +91,6 @@ class IcmpEcho:
                                 "ping reaches only us", "v6" if version == 6 else "", e)
             self.mode[version] = mode
         return mode
-
-    def step(self, now: float) -> None:
-        queue, self.queue = self.queue, []
-        for guest, dst, target, ident, seq, data in queue:
-            v = guest.version
-            mode = self._mode(v)
-            if mode == "none":
-                self.gw.count("icmp_unavailable")
-                continue
-            key = (guest, ident)
-            flow = self.flows.get(key)
-            if flow is None:
-                if len(self.flows) >= self.gw.config.max_flows:
-                    self.gw.count("icmp_flow_limit")
-                    continue
-                flow = self._open(key, v, mode, now)
-                if flow is None:
-                    continue
-            flow.last = now
-            self._send(flow, v, target, dst, seq, data)
 
     def _open(self, key, v: int, mode: str, now: float) -> _Flow | None:
         sock = None
@@ -196,7 +188,6 @@ class IcmpEcho:
             s.close()
         self.raw.clear()
         self.mode.clear()
-        self.queue.clear()
         self._dst.clear()
 
 

@@ -6,7 +6,7 @@ was a visit of every socket every 50 ms)."""
 from __future__ import annotations
 
 from netstack.iface import Interface, InterfaceConfig
-from netstack.iface.interface import SWEEP_INTERVAL, SWEEP_PER_POLL
+from netstack.iface.interface import SWEEP_INTERVAL, SWEEP_OVERDUE, SWEEP_PER_POLL
 from netstack.socket import SocketSet, UdpSocket
 from netstack.socket.set import Socket, touches
 from netstack.wire.ethernet import EthernetAddress
@@ -83,6 +83,51 @@ def test_the_sweep_visits_every_socket_in_bounded_steps():
     assert all(s.dispatched == 2 for s in socks)
 
 
+def _ping(seq: int) -> bytes:
+    from scapy.all import ICMP, IP, Ether, raw
+
+    return raw(Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01")
+               / IP(src="10.0.0.2", dst="10.0.0.1") / ICMP(id=1, seq=seq))
+
+
+def test_the_first_frame_after_an_idle_spell_is_answered_before_the_sweep():
+    """After a quiet second the sweep is long overdue; the poll that takes the next frame
+    (a ping) answers it without visiting SWEEP_PER_POLL sockets first: the sweep comes on
+    the next poll that takes no frame."""
+    iface, dev, sockets = _iface(), Dev(), SocketSet()
+    socks = [Counting() for _ in range(4 * SWEEP_PER_POLL)]
+    for s in socks:
+        sockets.add(s)
+    iface.poll(0.0, dev, sockets)
+    dev.take()  # (the gratuitous ARP)
+    dev.rx.append(_ping(1))
+    iface.poll(1.0, dev, sockets)
+    assert [f["ICMP"].type for f in dev.take()] == [0]  # the reply
+    assert sum(s.dispatched for s in socks) == len(socks)  # no sweep on its way
+    iface.poll(1.001, dev, sockets)
+    assert sum(s.dispatched for s in socks) == len(socks) + SWEEP_PER_POLL
+
+
+def test_the_sweep_still_runs_when_every_poll_takes_frames():
+    """A guest that never pauses: once polls with frames have put the sweep off for
+    SWEEP_OVERDUE, one of them sweeps anyway."""
+    iface, dev, sockets = _iface(), Dev(), SocketSet()
+    socks = [Counting() for _ in range(4 * SWEEP_PER_POLL)]
+    for s in socks:
+        sockets.add(s)
+    iface.poll(0.0, dev, sockets)
+    dev.take()
+    step = SWEEP_INTERVAL / 2
+    swept_at = None
+    for i in range(1, int(2 * SWEEP_OVERDUE / step)):
+        dev.rx.append(_ping(i))
+        iface.poll(1.0 + i * step, dev, sockets)
+        if swept_at is None and sum(s.dispatched for s in socks) > len(socks):
+            swept_at = i * step
+    assert swept_at is not None and SWEEP_OVERDUE <= swept_at < SWEEP_OVERDUE + 2 * step
+    assert len(dev.take()) == int(2 * SWEEP_OVERDUE / step) - 1
+
+
 def test_send_on_a_real_socket_marks_it_dirty():
     sockets = SocketSet()
     u = UdpSocket()
@@ -112,3 +157,18 @@ def test_a_new_tcp_socket_learns_tso_even_when_the_count_is_unchanged():
     sockets.add(b)
     iface.poll(0.01, dev, sockets)
     assert b._tso_max == 65000 and b._mtu == 1500
+
+
+def test_an_accept_that_finds_nothing_leaves_the_listener_clean():
+    """An app's accept loop with a timeout (every server of ours) calls accept on an
+    empty queue twice a second: that must not make the next poll dispatch the listener
+    (six listeners did, and each ping after a quiet spell paid for them)."""
+    from netstack.socket.tcp.listener import TcpListener
+
+    sockets = SocketSet()
+    listener = TcpListener()
+    listener.listen(("0.0.0.0", 80))
+    sockets.add(listener)
+    sockets.dirty.clear()
+    assert listener.accept() is None
+    assert listener not in sockets.dirty

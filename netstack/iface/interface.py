@@ -72,7 +72,9 @@ ETH_HEADER_LEN = 14
 IP_HEADER_LEN = 20
 SWEEP_PER_POLL = 16  # sockets visited in turn beyond those with work ...
 SWEEP_INTERVAL = 0.01  # ... at most this often (1,600 a second), on a poll that took no
-SWEEP_OVERDUE = 0.1  # frame (a reply waits for the poll to end), or this late on any
+SWEEP_OVERDUE = 0.1  # frame (a reply waits for the poll to end), or on any poll once a
+# poll with frames has put it off this long (the first frame after an idle spell is answered
+# first: the sweep comes on a later poll)
 ARP_FRAME_LEN = ETH_HEADER_LEN + 28
 _ETHERTYPE_IPV4 = b"\x08\x00"
 _ETHERTYPE_ARP = b"\x08\x06"
@@ -304,6 +306,7 @@ class Interface(Ipv6Layer):
         self._tso_max: int | None = None
         self._ipv6_offload = False
         self._next_sweep = 0.0
+        self._sweep_owed: float | None = None  # when a poll with frames first put it off
         self.set_ip_addrs(config.ip_addrs)
         self.set_default_gateway(config.default_gateway)
         for cidr, via in config.routes:
@@ -417,10 +420,14 @@ class Interface(Ipv6Layer):
         # a few more sockets in turn, every SWEEP_INTERVAL: a bounded safety net for a
         # change nobody announced (it was a visit of every socket every 50 ms)
         sweep = 0
-        if now >= self._next_sweep and (not received or
-                                        now >= self._next_sweep + SWEEP_OVERDUE):
-            sweep = SWEEP_PER_POLL
-            self._next_sweep = now + SWEEP_INTERVAL
+        if now >= self._next_sweep:
+            owed = self._sweep_owed
+            if not received or (owed is not None and now >= owed + SWEEP_OVERDUE):
+                sweep = SWEEP_PER_POLL
+                self._next_sweep = now + SWEEP_INTERVAL
+                self._sweep_owed = None
+            elif owed is None:
+                self._sweep_owed = now
         due = sockets.due(now, sweep)
         dirty, schedule = sockets.dirty, sockets.schedule
         budget = self.tx_budget

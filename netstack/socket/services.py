@@ -73,7 +73,7 @@ class DnsServerSocket(UdpSocket):
     def __init__(self, responder: DnsResponder, address: str, port: int = 53) -> None:
         super().__init__()
         self.responder = responder
-        # `submit(data, query, self, (addr, port))` takes the queries for names the
+        # `submit(data, query, self, (addr, port), now)` takes the queries for names the
         # responder does not own (the gateway's DNS forwarding); None: NXDOMAIN for them
         self.forwarder = None
         self.bind((address, port))
@@ -83,7 +83,8 @@ class DnsServerSocket(UdpSocket):
         if self.forwarder is not None:
             query = self._forwardable(data)
             if query is not None:
-                self.forwarder.submit(data, query, self, (ip_repr.src_addr, udp_repr.src_port))
+                self.forwarder.submit(data, query, self, (ip_repr.src_addr, udp_repr.src_port),
+                                      now)
                 return
         answer = self.responder.handle_bytes(data)
         if answer is None:

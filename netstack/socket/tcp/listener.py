@@ -65,7 +65,7 @@ COOKIE_MSS = (536, 1200, 1300, 1400, 1440, 1460, 4312, 8960)
 SYNACK_RETRIES = 5
 
 
-@touches("listen", "accept", "close", "set_mtu", "set_max_segment_size")
+@touches("listen", "close", "set_mtu", "set_max_segment_size")
 class TcpListener(Socket):
     """Listens on one endpoint; `accept()` returns established connections.
 
@@ -167,7 +167,15 @@ class TcpListener(Socket):
         return bool(self._ready)
 
     def accept(self) -> TcpSocket | None:
-        """The oldest established connection (added to the listener's set), or None."""
+        """The oldest established connection (added to the listener's set), or None.
+
+        Only an accept that took something marks the listener dirty (a RST it queued for
+        a child the table had no room for goes out on its dispatch): an application
+        waiting on an empty queue, with a timeout, must not wake the stack each time."""
+        if not self._ready:
+            return None
+        if self._set is not None:
+            self._set.dirty.add(self)
         while self._ready:
             key = next(iter(self._ready))
             child = self._ready.pop(key)
