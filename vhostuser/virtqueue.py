@@ -103,6 +103,7 @@ class QueueStats:
     notified: int = 0
     kicks: int = 0
     errors: int = 0
+    resyncs: int = 0  # starts whose base disagreed with the used ring (see Virtqueue.start)
 
 
 class Virtqueue:
@@ -268,6 +269,27 @@ class Virtqueue:
             self.started = True
             self._signalled_used = None
             self._armed = None
+            self._resync_base()
+
+    def _resync_base(self) -> None:
+        """Start from the used ring's index when the base we were given disagrees with it.
+
+        A front-end that reconnects to a restarted backend may not know where the old one
+        stopped: DPDK's virtio-user in server mode sends base 0 with its used ring at 40,000
+        (the avail index then looks 40,000 ahead: a broken ring), and a backend killed with
+        chains in hand left the used ring behind the avail index it had reached. The used
+        ring is what the driver saw: resuming there (as DPDK's own vhost library does)
+        leaves nothing stuck; chains the dead backend took and never returned are taken
+        again (a TX frame may go out twice, an RX buffer is filled anew)."""
+        if self._used16 is None:
+            return
+        used = self._used16[1]
+        if used == self.last_avail_idx and used == self.used_idx:
+            return
+        log.warning("queue %d: started at avail index %d, but the driver's used ring is at "
+                    "%d: resuming there", self.index, self.last_avail_idx, used)
+        self.stats.resyncs += 1
+        self.last_avail_idx = self._shadow_avail = self.used_idx = used
 
     def stop(self) -> int:
         """GET_VRING_BASE: publish what was used, stop, return the next avail index."""

@@ -66,7 +66,9 @@ def run_backend(mode: str, socket_path: str, size: int, path: str = "c") -> None
     SIGTERM prints one JSON line of counts: frames and bytes the guest sent us (and in
     `source` mode how many differ from the frame it sends: a guest forwarding what it
     receives sends them back), frames given to the device for the guest, RX used
-    entries written, ring errors (a queue declared broken) and the drops by reason."""
+    entries written, ring errors (a queue declared broken) and the drops by reason.
+    A `socket_path` of "connect:PATH" connects to a front-end listening there (DPDK's
+    virtio-user with server=1), retrying, instead of listening."""
     import vhostuser.virtqueue as virtqueue
     from vhostuser.server import VhostUserServer, install_signal_handlers
 
@@ -160,7 +162,10 @@ def run_backend(mode: str, socket_path: str, size: int, path: str = "c") -> None
     if mode not in apps_by_mode:
         raise ValueError(f"backend mode {mode!r}: one of {', '.join(apps_by_mode)}")
     app = apps_by_mode[mode]()
-    server = VhostUserServer(socket_path=socket_path, app=app)
+    if socket_path.startswith("connect:"):
+        server = VhostUserServer(connect_path=socket_path[len("connect:"):], app=app)
+    else:
+        server = VhostUserServer(socket_path=socket_path, app=app)
     if threading.current_thread() is threading.main_thread():
         install_signal_handlers(server)
     print("ready", flush=True)
@@ -174,9 +179,11 @@ def run_backend(mode: str, socket_path: str, size: int, path: str = "c") -> None
 
 
 # -- the front-end side -----------------------------------------------------------------
-def _start_backend(mode: str, path: str, size: int, ring: str = "c") -> subprocess.Popen:
+def _start_backend(mode: str, path: str, size: int, ring: str = "c",
+                   stderr=None) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "backend", mode, path,
-                             str(size), ring], stdout=subprocess.PIPE, text=True)
+                             str(size), ring], stdout=subprocess.PIPE, stderr=stderr,
+                            text=True)
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError("benchmark backend did not start")
     return proc

@@ -298,6 +298,7 @@ class ControlServer:
                     "used_idx": q.used_idx, "kicks": q.stats.kicks,
                     "notifications": q.stats.notified, "errors": q.stats.errors,
                     "popped": q.stats.popped, "used": q.stats.used,
+                    "resyncs": q.stats.resyncs,
                 } for q in be.queues],
                 "stats": dict(net.stats),
                 "drops": dict(net.drops),

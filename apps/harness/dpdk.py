@@ -344,6 +344,83 @@ def run_vhostnet(mode: str, size: int, seconds: float, *, ring: str = "c",
                    _rate(mode, stats, dt), paths)
 
 
+@dataclass
+class RestartRun:
+    """`run_restarts`: per kill, the seconds until frames moved both ways again."""
+
+    recovered_s: list[float | None]  # None: not within the deadline
+    port: PortCounters  # the virtio-user port's, over the whole run
+    counts: dict  # the last backend's (apps.bench.run_backend)
+    log: str  # what every backend wrote on stderr
+
+    def problems(self, deadline: float) -> list[str]:
+        out = [f"restart {i + 1}: frames did not move both ways within {deadline:.0f} s"
+               for i, s in enumerate(self.recovered_s) if s is None or s > deadline]
+        if self.port.rx_errors or self.port.tx_errors:
+            out.append(f"testpmd counted {self.port.rx_errors} RX and "
+                       f"{self.port.tx_errors} TX errors")
+        if self.counts["ring_errors"] or "queue stopped" in self.log:
+            out.append("a backend declared a queue broken")
+        if self.counts["mismatched"]:
+            out.append(f"{self.counts['mismatched']} frames came back different")
+        return out
+
+
+def run_restarts(kills: int, *, traffic_s: float = 0.5, deadline: float = 5.0,
+                 size: int = 64) -> RestartRun:
+    """testpmd's virtio-user port in server mode (`server=1`: it listens, we connect and
+    it takes us back after a reconnect) in io mode, against our backend as a source: what
+    we fill its RX ring with comes back on its TX ring, so frames cross both rings at full
+    rate. The backend is killed (SIGKILL, mid-traffic) `kills` times and a new one started
+    each time. virtio-user notices a dead backend and accepts a new one when its link
+    status is read, so we ask for it (`show port info`) while waiting."""
+    import tempfile
+
+    from apps.bench import _start_backend, _stop_backend
+
+    with tempfile.TemporaryDirectory(prefix="vhn-dpdk-") as d:
+        path = os.path.join(d, "vhost.sock")
+        target = "connect:" + path
+        with open(os.path.join(d, "backend.log"), "w+") as log:
+            proc = _start_backend("source", target, size, stderr=log)
+            recovered: list[float | None] = []
+            counts = None
+            try:
+                _pin(proc.pid, 0)
+                # (the port's probe waits for a backend to connect: ours is already trying)
+                with Testpmd(virtio_user_vdev(path) + ",server=1", mode="io",
+                             txpkts=size) as virtio:
+                    virtio.start()
+                    for _ in range(kills):
+                        time.sleep(traffic_s)
+                        proc.kill()
+                        proc.wait()
+                        t0 = time.monotonic()
+                        proc = _start_backend("source", target, size, stderr=log)
+                        _pin(proc.pid, 0)
+                        before = virtio.port_stats()
+                        took = None
+                        while time.monotonic() - t0 < deadline:
+                            time.sleep(0.05)
+                            virtio.command("show port info 0")
+                            now = virtio.port_stats()
+                            if now.rx > before.rx + 1000 and now.tx > before.tx + 1000:
+                                took = time.monotonic() - t0
+                                break
+                        recovered.append(took)
+                    time.sleep(traffic_s)
+                    virtio.stop()
+                    port = virtio.port_stats()
+                counts = _stop_backend(proc)
+            finally:
+                if counts is None:
+                    proc.kill()
+                    proc.wait(5)
+            log.seek(0)
+            text = log.read()
+    return RestartRun(recovered, port, counts, text)
+
+
 def run_dpdk_vhost(mode: str, size: int, seconds: float, *, queue_size: int = 256,
                    mrg_rxbuf: bool = True, hugepages: bool = False) -> DpdkRun:
     """The same virtio-user port against DPDK's vhost PMD in a second testpmd (rxonly
