@@ -28,6 +28,7 @@ from vhostuser.features import (
 )
 from vhostuser.memory import MAX_SLOTS, GuestMemory
 from vhostuser.net import VirtioNetDevice
+from vhostuser.packed import PackedVirtqueue, use_layout
 from vhostuser.protocol import (
     CONFIG_HEADER,
     MAX_CONFIG_SIZE,
@@ -69,6 +70,8 @@ DEFAULT_FEATURES = bits(
     # §2.7.9) and still write a used element for each, which IN_ORDER allows; drivers
     # that take it (DPDK's virtio-user) switch to their in-order paths.
     Feature.F_IN_ORDER,
+    # The packed ring layout (vhostuser/packed.py): QEMU's `packed=on`, DPDK's packed_vq
+    Feature.F_RING_PACKED,
 )
 # Checksum and TCP segmentation offloads (IPv4 and IPv6): the stack takes and gives 64 KiB
 # TCP segments with the checksum left to whoever delivers them (see offload.py).
@@ -328,7 +331,9 @@ class VhostUserBackend:
         self.net.set_features(features)
         event_idx = has(features, Feature.RING_F_EVENT_IDX)
         indirect = has(features, Feature.RING_F_INDIRECT_DESC)
+        packed = has(features, Feature.F_RING_PACKED)
         for q in self.queues:
+            use_layout(q, packed)
             q.event_idx = event_idx
             q.indirect = indirect
         if not has(features, Feature.PROTOCOL_FEATURES):
@@ -453,7 +458,7 @@ class VhostUserBackend:
         self._no_fds(msg)
         index, num = msg.vring_state()
         q = self._queue(index)
-        if num > 0xFFFF:
+        if num > 0xFFFF and not isinstance(q, PackedVirtqueue):  # (packed: two halves)
             raise InvalidRequest(f"queue {index}: base {num} does not fit 16 bits")
         q.set_base(num)
 

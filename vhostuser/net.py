@@ -293,6 +293,7 @@ class VirtioNetDevice:
         self.features = 0
         self.hdr_len = NET_HDR_LEN_LEGACY
         self.mergeable = False
+        self.packed = False
         self.csum_offload = False  # CSUM or GUEST_CSUM: TCP checksums left to the device
         self.guest_csum = False
         self.guest_tso = False
@@ -319,6 +320,8 @@ class VirtioNetDevice:
     # -- configuration -------------------------------------------------------------
     def set_features(self, features: int) -> None:
         self.features = features
+        # the C batch helpers walk split rings only: packed ones take the per-frame path
+        self.packed = has(features, Feature.F_RING_PACKED)
         self.mergeable = has(features, Feature.NET_F_MRG_RXBUF)
         if self.mergeable or has(features, Feature.F_VERSION_1):
             self.hdr_len = NET_HDR_LEN
@@ -501,7 +504,7 @@ class VirtioNetDevice:
         while n < limit and self._injected:
             handler(self._injected.popleft())
             n += 1
-        if _vq.USE_C and _ffi is not None:
+        if _vq.USE_C and _ffi is not None and not self.packed:
             return n + self._drain_tx_batched(handler, limit - n)
         pop = self._pop_tx
         complete = self._complete
@@ -523,7 +526,7 @@ class VirtioNetDevice:
         frames as a TxFrames (up to TX_BATCH frames, their count and bytes known without
         touching them); the buffers go back to the guest after the call. Returns the
         frames handed. Without the C helpers the batches come from the per-frame path."""
-        if not (_vq.USE_C and _ffi is not None):
+        if not (_vq.USE_C and _ffi is not None) or self.packed:
             frames: list = []
             n = self.drain_tx(frames.append, limit)  # views valid until the next pop
             if frames:
@@ -550,7 +553,7 @@ class VirtioNetDevice:
         (capture) or without the C helpers the frames go
         through `drain_tx_batches` instead, so the hook still sees them. Returns the
         frames taken (not counting drops), as `drain_tx`."""
-        if self.on_frame is not None or not (_vq.USE_C and _ffi is not None):
+        if self.on_frame is not None or not (_vq.USE_C and _ffi is not None) or self.packed:
             return self.drain_tx_batches(lambda frames: None, limit)
         if self._pending_rx is not None:
             self._pending_rx.complete(self)

@@ -132,11 +132,15 @@ def run_backend(mode: str, socket_path: str, size: int, path: str = "c") -> None
             self._drain(dev)
             rxq = dev.queues[0]
             # fill every buffer, a batch per call; the frames left in the backlog ask for
-            # the next kick
-            while rxq.ready and rxq.enabled and not dev.has_backlog:
+            # the next kick. Bounded: a driver that frees buffers as fast as we fill them
+            # (the per-frame path of a packed ring) must not keep the TX ring's used
+            # descriptors from being published (the server's flush comes after us)
+            for _ in range(8):
+                if not (rxq.ready and rxq.enabled) or dev.has_backlog:
+                    return None
                 if not dev.send_packed(packed, packed_lens):
-                    break
-            return None
+                    return None
+            return now  # (more to fill: straight back after the flush)
 
     class Echo(Sink):
         """Sends every frame the guest sends straight back, a batch at a time."""

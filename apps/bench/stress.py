@@ -46,6 +46,10 @@ DPDK_CONFIGS: dict[str, dict] = {
     "in-order": {"mrg_rxbuf": True, "in_order": True, "vectorized": False},
     "in-order-plain": {"mrg_rxbuf": False, "in_order": True, "vectorized": False},
     "vectorized": {"mrg_rxbuf": False, "in_order": False, "vectorized": True},
+    # packed rings (vhostuser/packed.py: the per-frame Python path, no C batches yet)
+    "packed": {"mrg_rxbuf": True, "in_order": False, "vectorized": False, "packed": True},
+    "packed-plain": {"mrg_rxbuf": False, "in_order": True, "vectorized": False,
+                     "packed": True},
 }
 DPDK_PATHS: dict[str, tuple[str, str]] = {  # config -> (Tx path, Rx path) testpmd logs
     "mergeable": ("standard", "mergeable buffer"),
@@ -53,6 +57,8 @@ DPDK_PATHS: dict[str, tuple[str, str]] = {  # config -> (Tx path, Rx path) testp
     "in-order": ("inorder", "inorder"),
     "in-order-plain": ("inorder", "inorder"),
     "vectorized": ("standard", "vectorized"),
+    "packed": ("packed ring standard", "packed ring mergeable buffer"),
+    "packed-plain": ("packed ring standard", "packed ring standard"),
 }
 
 

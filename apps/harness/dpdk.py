@@ -313,7 +313,8 @@ def _pin(pid: int, cpu: int) -> None:
 
 def run_vhostnet(mode: str, size: int, seconds: float, *, ring: str = "c",
                  queue_size: int = 256, mrg_rxbuf: bool = True, in_order: bool = False,
-                 vectorized: bool = False, hugepages: bool = False) -> DpdkRun:
+                 vectorized: bool = False, packed: bool = False,
+                 hugepages: bool = False) -> DpdkRun:
     """testpmd's virtio-user port in `mode` against our backend (`python -m apps.bench
     backend`: a sink for txonly, a source of `size`-byte frames for rxonly and io, whose
     frames io forwards back). After `stop` the port stays up a moment so that we take
@@ -329,7 +330,8 @@ def run_vhostnet(mode: str, size: int, seconds: float, *, ring: str = "c",
         try:
             _pin(proc.pid, 0)
             vdev = virtio_user_vdev(path, queue_size=queue_size, mrg_rxbuf=mrg_rxbuf,
-                                    in_order=in_order, vectorized=vectorized)
+                                    in_order=in_order, vectorized=vectorized,
+                                    packed=packed)
             with Testpmd(vdev, mode=mode, txpkts=size, hugepages=hugepages) as virtio:
                 stats, dt = _timed(virtio, seconds)
                 time.sleep(0.3)  # what testpmd sent before `stop` reaches us

@@ -1,0 +1,317 @@
+"""The device side of a packed virtqueue (virtio 1.2 §2.8), hardened as the split one.
+
+One ring of 16-byte descriptors (addr, len, id, flags) is shared both ways: the driver
+makes a descriptor available by setting its AVAIL flag to the driver's wrap counter and
+USED to the opposite; we hand a buffer back by writing a used descriptor (the buffer's
+id, the bytes written, AVAIL and USED both equal to our wrap counter) at our own used
+position, which then moves on by as many descriptors as the buffer took. The counters
+flip each time a position passes the end of the ring. A chain is consecutive descriptors
+linked by NEXT, its buffer id in the last one; an INDIRECT descriptor stands alone and
+points to a table whose every entry belongs to the buffer. Two 4-byte event suppression
+structures replace the split ring's flags and event indices: the driver's (the "driver
+area", SET_VRING_ADDR's avail address) says when it wants an interrupt, ours (the
+"device area", the used address) when we want a kick.
+
+`PackedVirtqueue` keeps `Virtqueue`'s interface, so the net device drives both alike;
+the C batch helpers walk split rings only, so a packed queue is never `batched` and its
+frames take the per-frame path. The driver sees a batch of used descriptors at once: the
+first one's flags are written last, by `publish` (a mergeable RX frame spans several, and
+Linux drops a frame whose later buffers are not there yet).
+
+In vhost-user a packed ring's base (SET/GET_VRING_BASE) is the next avail position with
+the driver's wrap counter in bit 15, and, from QEMU, the used position and counter in the
+upper 16 bits (0 there: the same as the avail half).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+
+from vhostuser.errors import GuestMemoryError, RingError
+from vhostuser.features import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
+from vhostuser.memory import GuestMemory
+from vhostuser.virtqueue import Chain, Virtqueue, fence, vring_need_event
+
+PDESC = struct.Struct("<QIHH")  # addr, len, id, flags
+PDESC_SIZE = 16
+_LEN = struct.Struct("<I")
+F_AVAIL = 1 << 7
+F_USED = 1 << 15
+# event suppression flags (both structures: u16 off_wrap, u16 flags)
+EVENT_ENABLE, EVENT_DISABLE, EVENT_DESC = 0, 1, 2
+
+
+class PackedVirtqueue(Virtqueue):
+    """One packed virtqueue seen from the device. `last_avail_idx`/`used_idx` are the
+    next avail and used positions (0..size-1), with `avail_wrap`/`used_wrap`."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self._packed_init()
+
+    def _packed_init(self) -> None:
+        self.avail_wrap = True  # both counters start at 1 (virtio 1.2 §2.8.1)
+        self.used_wrap = True
+        self._d16: memoryview | None = None  # the descriptor ring as u16 words
+        # (id, descriptors) of chains popped and not yet pushed, oldest first: we use
+        # buffers in the order they were made available, and a hostile driver's ids
+        # (repeated, out of range) then cannot confuse us
+        self._inflight: deque[tuple[int, int]] = deque()
+        self._popped: list[tuple[int, bool]] = []  # positions before each pop (unpop)
+        self._probe: tuple[int, bool] | None = None  # where pop last found nothing
+        self._head_flags: tuple[int, int] | None = None  # held back until publish
+
+    # -- configuration -------------------------------------------------------------
+    def map(self, memory: GuestMemory) -> None:
+        """The descriptor ring and the two event suppression structures, as views."""
+        if self._pending:
+            self.publish()
+        self.unmap()
+        if not self.configured:
+            return
+        a, n = self.addr, self.size
+        assert a is not None
+        if a.desc % 16 or a.avail % 4 or a.used % 4:
+            raise RingError(f"queue {self.index}: misaligned ring addresses")
+        desc = memory.uva(a.desc, PDESC_SIZE * n)
+        driver = memory.uva(a.avail, 4)
+        device = memory.uva(a.used, 4)
+        self._desc, self._d16 = desc, desc.cast("H")
+        self._avail = driver.cast("H")  # the driver's: [0] off_wrap, [1] flags
+        self._used, self._used16 = device, device.cast("H")  # ours
+        self._memory = memory
+        self._mem_gen = memory.generation
+        self._armed = None
+
+    def unmap(self) -> None:
+        if getattr(self, "_d16", None) is not None:
+            self._d16.release()
+            self._d16 = None
+        super().unmap()
+
+    def reset(self) -> None:
+        super().reset()
+        self.avail_wrap = self.used_wrap = True
+        self._inflight.clear()
+        self._popped.clear()
+        self._probe = None
+        self._head_flags = None
+
+    def set_base(self, base: int) -> None:
+        avail, used = base & 0xFFFF, base >> 16
+        if not used:
+            used = avail
+        self.last_avail_idx, self.avail_wrap = avail & 0x7FFF, bool(avail & 0x8000)
+        self.used_idx, self.used_wrap = used & 0x7FFF, bool(used & 0x8000)
+        self._inflight.clear()
+        self._popped.clear()
+        self._probe = None
+        self._signalled_used = None
+
+    def base(self) -> int:
+        """What GET_VRING_BASE answers (see the module docstring)."""
+        avail = self.last_avail_idx | (0x8000 if self.avail_wrap else 0)
+        used = self.used_idx | (0x8000 if self.used_wrap else 0)
+        return avail | used << 16
+
+    def stop(self) -> int:
+        self.publish()
+        self.started = False
+        return self.base()
+
+    def _resync_base(self) -> None:
+        """(Split rings only: a packed ring keeps no used index in memory.)"""
+
+    @property
+    def batched(self) -> bool:
+        return False
+
+    # -- the avail side --------------------------------------------------------------
+    def _is_avail(self, i: int, wrap: bool) -> bool:
+        flags = self._d16[i * 8 + 7]
+        return bool(flags & F_AVAIL) == wrap and bool(flags & F_USED) != wrap
+
+    def avail_idx(self) -> int:
+        return self.last_avail_idx
+
+    def has_avail(self) -> bool:
+        return self.ready and self._is_avail(self.last_avail_idx, self.avail_wrap)
+
+    def avail_moved(self) -> bool:
+        """Whether the driver made a descriptor available where `pop` last found none
+        (an RX queue waiting for more buffers than it has)."""
+        if not self.ready:
+            return False
+        probe = self._probe
+        if probe is None:
+            return self.has_avail()
+        return self._is_avail(*probe)
+
+    def pop(self) -> Chain | None:
+        if not self.ready:
+            return None
+        i, wrap = self.last_avail_idx, self.avail_wrap
+        if not self._is_avail(i, wrap):
+            self._probe = (i, wrap)
+            return None
+        self._probe = None
+        try:
+            chain, count = self._walk_packed(i)
+        except (RingError, GuestMemoryError) as e:
+            self.mark_broken(str(e))
+            raise RingError(str(e)) from None
+        popped = self._popped
+        popped.append((i, wrap))
+        if len(popped) > 2 * self.size:  # only the last few are ever given back
+            del popped[:self.size]
+        i += count
+        if i >= self.size:
+            i -= self.size
+            wrap = not wrap
+        self.last_avail_idx, self.avail_wrap = i, wrap
+        self._inflight.append((chain.head, count))
+        self.stats.popped += 1
+        return chain
+
+    def unpop(self, count: int = 1) -> None:
+        for _ in range(count):
+            self.last_avail_idx, self.avail_wrap = self._popped.pop()
+            self._inflight.pop()
+        self.stats.popped -= count
+
+    def _walk_packed(self, i: int) -> tuple[Chain, int]:
+        """The chain at position `i` and how many ring descriptors it takes. Each
+        descriptor is read once (the driver may rewrite it behind us)."""
+        n = self.size
+        desc = self._desc
+        chain = Chain(0)
+        readable, writable = chain.readable, chain.writable
+        count = 0
+        while True:
+            addr, length, bid, flags = PDESC.unpack_from(desc, i * PDESC_SIZE)
+            count += 1
+            if flags & VIRTQ_DESC_F_INDIRECT:
+                if not self.indirect:
+                    raise RingError("indirect descriptor without INDIRECT_DESC negotiated")
+                if count > 1 or flags & VIRTQ_DESC_F_NEXT:
+                    raise RingError("indirect descriptor inside a chain")
+                if length == 0 or length % PDESC_SIZE or length // PDESC_SIZE > n:
+                    raise RingError(f"indirect table of {length} bytes (queue size {n})")
+                pieces = self._memory.gpa_segments(addr, length)
+                table = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                for k in range(length // PDESC_SIZE):  # every entry, NEXT or not
+                    a, ln, _, f = PDESC.unpack_from(table, k * PDESC_SIZE)
+                    if f & VIRTQ_DESC_F_INDIRECT:
+                        raise RingError("nested indirect descriptor table")
+                    _add(readable, writable, a, ln, f)
+                chain.head = bid
+                return chain, 1
+            _add(readable, writable, addr, length, flags)
+            if not flags & VIRTQ_DESC_F_NEXT:
+                chain.head = bid
+                return chain, count
+            if count >= n:
+                raise RingError(f"descriptor chain longer than {n} (a loop?)")
+            i += 1
+            if i == n:
+                i = 0
+
+    # -- the used side ---------------------------------------------------------------
+    def push(self, head: int, written: int) -> None:
+        """A used descriptor for the oldest buffer popped; the first of a batch becomes
+        visible (and the rest with it) at `publish`."""
+        bid, count = self._inflight.popleft()
+        if bid != head:  # (we push in the order we popped: a bug of ours if not)
+            raise AssertionError(f"queue {self.index}: pushed id {head}, oldest is {bid}")
+        i = self.used_idx
+        d16 = self._d16
+        _LEN.pack_into(self._desc, i * PDESC_SIZE + 8, written)
+        d16[i * 8 + 6] = bid
+        flags = F_AVAIL | F_USED if self.used_wrap else 0
+        if self._head_flags is None:
+            self._head_flags = (i, flags)
+        else:
+            d16[i * 8 + 7] = flags
+        i += count
+        if i >= self.size:
+            i -= self.size
+            self.used_wrap = not self.used_wrap
+        self.used_idx = i
+        self._pending += 1
+        self.stats.used += 1
+
+    def push_zero(self, heads, count: int) -> None:  # pragma: no cover - batch path only
+        for k in range(count):
+            self.push(heads[k], 0)
+
+    def publish(self) -> bool:
+        if not self._pending or self._d16 is None:
+            return False
+        i, flags = self._head_flags
+        self._head_flags = None
+        fence()  # every other used descriptor (and the data) before the first's flags
+        self._d16[i * 8 + 7] = flags
+        self._pending = 0
+        self._unsignalled = True
+        return True
+
+    def should_notify(self) -> bool:
+        """The driver's event suppression structure decides (virtio 1.2 §2.8.10): never
+        (DISABLE), always (ENABLE), or with EVENT_IDX when the used descriptor it names
+        (position and wrap counter in off_wrap) was among those written since the last
+        interrupt."""
+        if self._used is None:
+            return False
+        fence()
+        new, old = self.used_idx, self._signalled_used
+        self._signalled_used = new
+        if old is None:
+            return True
+        flags = self._avail[1]
+        if flags != EVENT_DESC or not self.event_idx:
+            return flags != EVENT_DISABLE
+        off_wrap = self._avail[0]
+        off = off_wrap & 0x7FFF
+        if new <= old:
+            old -= self.size
+        if bool(off_wrap >> 15) != self.used_wrap:
+            off -= self.size
+        return vring_need_event(off & 0xFFFF, new & 0xFFFF, old & 0xFFFF)
+
+    def enable_notification(self) -> bool:
+        """Ask for kicks (our structure's flags ENABLE); True when a descriptor became
+        available meanwhile where we last found none (looked at after the fence)."""
+        if not self.ready:
+            return False
+        if self._armed is None:
+            self._used16[1] = EVENT_ENABLE
+            self._armed = 1
+            fence()
+        return self.avail_moved()
+
+    def disable_notification(self) -> None:
+        if self.ready and self._armed is not None:
+            self._used16[1] = EVENT_DISABLE
+            self._armed = None
+
+
+def _add(readable: list, writable: list, addr: int, length: int, flags: int) -> None:
+    if flags & VIRTQ_DESC_F_WRITE:
+        writable.append((addr, length))
+    elif writable:
+        raise RingError("readable descriptor after a writable one")
+    else:
+        readable.append((addr, length))
+
+
+def use_layout(q: Virtqueue, packed: bool) -> None:
+    """Make `q` a packed or a split queue (SET_FEATURES decides, before the rings are
+    set up; a queue switched while mapped is unmapped and starts over)."""
+    if isinstance(q, PackedVirtqueue) == packed:
+        return
+    q.unmap()
+    q.__class__ = PackedVirtqueue if packed else Virtqueue
+    if packed:
+        q._packed_init()
+    q.reset()
