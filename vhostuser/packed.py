@@ -310,8 +310,12 @@ def use_layout(q: Virtqueue, packed: bool) -> None:
     set up; a queue switched while mapped is unmapped and starts over)."""
     if isinstance(q, PackedVirtqueue) == packed:
         return
+    # what the front-end set apart from the ring's contents stays (QEMU enables the rings
+    # before it sends the features that pick the layout)
+    kept = (q.size, q.addr, q.enabled, q.disabled, q.polling)
     q.unmap()
     q.__class__ = PackedVirtqueue if packed else Virtqueue
     if packed:
         q._packed_init()
     q.reset()
+    q.size, q.addr, q.enabled, q.disabled, q.polling = kept
