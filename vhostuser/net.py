@@ -318,9 +318,15 @@ class VirtioNetDevice:
         self._discard_drops = None  # uint64_t[6]: discard_tx's drops by kind
 
     # -- configuration -------------------------------------------------------------
+    @property
+    def _tx_batches(self) -> bool:
+        """Whether guest frames are taken by the C batch helpers: built, switched on
+        (`virtqueue.USE_C`) and split rings — they walk split rings only, so packed ones
+        take the per-frame path."""
+        return _vq.USE_C and _ffi is not None and not self.packed
+
     def set_features(self, features: int) -> None:
         self.features = features
-        # the C batch helpers walk split rings only: packed ones take the per-frame path
         self.packed = has(features, Feature.F_RING_PACKED)
         self.mergeable = has(features, Feature.NET_F_MRG_RXBUF)
         if self.mergeable or has(features, Feature.F_VERSION_1):
@@ -504,7 +510,7 @@ class VirtioNetDevice:
         while n < limit and self._injected:
             handler(self._injected.popleft())
             n += 1
-        if _vq.USE_C and _ffi is not None and not self.packed:
+        if self._tx_batches:
             return n + self._drain_tx_batched(handler, limit - n)
         pop = self._pop_tx
         complete = self._complete
@@ -526,7 +532,7 @@ class VirtioNetDevice:
         frames as a TxFrames (up to TX_BATCH frames, their count and bytes known without
         touching them); the buffers go back to the guest after the call. Returns the
         frames handed. Without the C helpers the batches come from the per-frame path."""
-        if not (_vq.USE_C and _ffi is not None) or self.packed:
+        if not self._tx_batches:
             frames: list = []
             n = self.drain_tx(frames.append, limit)  # views valid until the next pop
             if frames:
@@ -553,7 +559,7 @@ class VirtioNetDevice:
         (capture) or without the C helpers the frames go
         through `drain_tx_batches` instead, so the hook still sees them. Returns the
         frames taken (not counting drops), as `drain_tx`."""
-        if self.on_frame is not None or not (_vq.USE_C and _ffi is not None) or self.packed:
+        if self.on_frame is not None or not self._tx_batches:
             return self.drain_tx_batches(lambda frames: None, limit)
         if self._pending_rx is not None:
             self._pending_rx.complete(self)

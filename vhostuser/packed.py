@@ -30,7 +30,6 @@ from collections import deque
 
 from vhostuser.errors import GuestMemoryError, RingError
 from vhostuser.features import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
-from vhostuser.memory import GuestMemory
 from vhostuser.virtqueue import Chain, Virtqueue, fence, vring_need_event
 
 PDESC = struct.Struct("<QIHH")  # addr, len, id, flags
@@ -63,29 +62,18 @@ class PackedVirtqueue(Virtqueue):
         self._head_flags: tuple[int, int] | None = None  # held back until publish
 
     # -- configuration -------------------------------------------------------------
-    def map(self, memory: GuestMemory) -> None:
-        """The descriptor ring and the two event suppression structures, as views."""
-        if self._pending:
-            self.publish()
-        self.unmap()
-        if not self.configured:
-            return
-        a, n = self.addr, self.size
-        assert a is not None
-        if a.desc % 16 or a.avail % 4 or a.used % 4:
-            raise RingError(f"queue {self.index}: misaligned ring addresses")
-        desc = memory.uva(a.desc, PDESC_SIZE * n)
-        driver = memory.uva(a.avail, 4)
-        device = memory.uva(a.used, 4)
+    @staticmethod
+    def _areas(n: int) -> tuple[int, int, int, int]:
+        """The descriptor ring and the two 4-byte event suppression structures."""
+        return PDESC_SIZE * n, 4, 4, 4
+
+    def _bind(self, desc: memoryview, driver: memoryview, device: memoryview) -> None:
         self._desc, self._d16 = desc, desc.cast("H")
         self._avail = driver.cast("H")  # the driver's: [0] off_wrap, [1] flags
         self._used, self._used16 = device, device.cast("H")  # ours
-        self._memory = memory
-        self._mem_gen = memory.generation
-        self._armed = None
 
     def unmap(self) -> None:
-        if getattr(self, "_d16", None) is not None:
+        if self._d16 is not None:
             self._d16.release()
             self._d16 = None
         super().unmap()
@@ -131,9 +119,6 @@ class PackedVirtqueue(Virtqueue):
     def _is_avail(self, i: int, wrap: bool) -> bool:
         flags = self._d16[i * 8 + 7]
         return bool(flags & F_AVAIL) == wrap and bool(flags & F_USED) != wrap
-
-    def avail_idx(self) -> int:
-        return self.last_avail_idx
 
     def has_avail(self) -> bool:
         return self.ready and self._is_avail(self.last_avail_idx, self.avail_wrap)
@@ -240,10 +225,6 @@ class PackedVirtqueue(Virtqueue):
         self.used_idx = i
         self._pending += 1
         self.stats.used += 1
-
-    def push_zero(self, heads, count: int) -> None:  # pragma: no cover - batch path only
-        for k in range(count):
-            self.push(heads[k], 0)
 
     def publish(self) -> bool:
         if not self._pending or self._d16 is None:

@@ -182,11 +182,27 @@ class Virtqueue:
             return
         a, n = self.addr, self.size
         assert a is not None
-        if a.desc % 16 or a.avail % 2 or a.used % 4:
+        desc_len, avail_len, used_len, avail_align = self._areas(n)
+        if a.desc % 16 or a.avail % avail_align or a.used % 4:
             raise RingError(f"queue {self.index}: misaligned ring addresses")
-        desc = memory.uva(a.desc, DESC_SIZE * n)
-        avail = memory.uva(a.avail, 6 + 2 * n)
-        used = memory.uva(a.used, 6 + 8 * n)
+        desc = memory.uva(a.desc, desc_len)
+        avail = memory.uva(a.avail, avail_len)
+        used = memory.uva(a.used, used_len)
+        self._memory = memory
+        self._mem_gen = memory.generation
+        self._armed = None
+        self._bind(desc, avail, used)
+
+    @staticmethod
+    def _areas(n: int) -> tuple[int, int, int, int]:
+        """Bytes of the descriptor table, avail ring and used ring of `n` entries, and the
+        avail ring's alignment (virtio 1.2 §2.7)."""
+        return DESC_SIZE * n, 6 + 2 * n, 6 + 8 * n, 2
+
+    def _bind(self, desc: memoryview, avail: memoryview, used: memoryview) -> None:
+        """Keep the mapped rings (and the C helpers' view of them); take the used index
+        from the ring."""
+        n = self.size
         self._desc, self._avail, self._used = desc, avail.cast("H"), used
         self._used16 = used.cast("H")
         if HAVE_C:
@@ -218,10 +234,7 @@ class Virtqueue:
             self._cq = cq
             self._cq_gen = -1
             self._cexports = [cavail, cused, store]
-        self._memory = memory
-        self._mem_gen = memory.generation
         self._shadow_avail = self.last_avail_idx
-        self._armed = None
         # the driver saw exactly what the used ring says (we may be a restarted backend)
         self.used_idx = self._used16[1]
 

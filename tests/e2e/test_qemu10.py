@@ -6,13 +6,11 @@ to a server on the host's loopback."""
 
 from __future__ import annotations
 
-import hashlib
-import http.server
-import threading
 import time
 
 import pytest
 
+from apps.bench.vm import HostPeers
 from apps.harness.vm import GuestImage, QemuVM, qemu10, vhost_user_nic_args
 from tests.e2e.conftest import GUEST_MAC, Served
 from tests.e2e.test_guest_tcp import pattern_sha256
@@ -89,25 +87,11 @@ def test_ipv6_slaac_ping6_and_download(vm10):
 
 
 def test_gateway_to_the_hosts_loopback(vm10):
-    body = bytes(range(256)) * 4096  # 1 MiB
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
+    peers = HostPeers()  # /bytes/N on the host's 127.0.0.1, as the benchmarks use it
     try:
-        port = srv.server_address[1]
-        out = vm10.run_ok(f"wget -q -O - http://10.0.2.2:{port}/ | sha256sum", timeout=120)
-        assert out.split()[0] == hashlib.sha256(body).hexdigest(), out
+        n = MiB
+        out = vm10.run_ok(f"wget -q -O - http://10.0.2.2:{peers.http_port}/bytes/{n} | "
+                          "sha256sum", timeout=120)
+        assert out.split()[0] == pattern_sha256(n), out
     finally:
-        srv.shutdown()
-        srv.server_close()
+        peers.close()

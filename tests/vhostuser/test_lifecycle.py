@@ -399,6 +399,22 @@ def test_killed_mid_message_then_reconnect(sock_path):
         s.stop()
 
 
+def _restart_backend(s: ServerThread, fe: NetFrontend, sock_path: str,
+                     mem: GuestMemoryArea) -> tuple[ServerThread, NetFrontend]:
+    """The back-end goes away and a new one comes up on the same path; a new front-end
+    session takes over `fe`'s rings as they are in `mem` (the caller sets its bases and
+    starts it)."""
+    s.stop()
+    vqs = fe.vqs
+    fe.sock.close()
+    fe.sock = None
+    s = ServerThread(sock_path)
+    fe2 = NetFrontend(sock_path, memory=mem)
+    fe2.connect()
+    fe2.vqs = vqs
+    return s, fe2
+
+
 def test_backend_restarted_while_guest_transmits(sock_path):
     """The back-end process goes away mid-traffic and a new one comes up on the same
     path; the front-end reconnects with its rings as they are (QEMU takes the bases from
@@ -410,14 +426,8 @@ def test_backend_restarted_while_guest_transmits(sock_path):
         fe.send_frames([frame_of(100, i) for i in range(20)])
         assert len(s.app.received(20)) == 20
         fe.send_frames([frame_of(100, 100 + i) for i in range(10)])  # in flight
-        s.stop()
-        vqs = fe.vqs
-        fe.sock.close()
-        fe.sock = None
-        s = ServerThread(sock_path)
-        fe2 = NetFrontend(sock_path, memory=mem)
-        fe2.connect()
-        fe2.vqs = vqs
+        s, fe2 = _restart_backend(s, fe, sock_path, mem)
+        vqs = fe2.vqs
         fe2.vring_bases = {vq.index: vq.used_idx for vq in vqs}
         # the 10 queued during the restart are taken now, once each (counted before the
         # start: the new back-end may take them at once)
@@ -454,15 +464,8 @@ def test_restarted_backend_given_base_zero_resumes_from_the_used_ring(sock_path)
             fe.send_frames(batch)
             assert s.app.received(50) == batch
             fe.wait_tx_done(3)
-        s.stop()
-        vqs = fe.vqs
-        fe.sock.close()
-        fe.sock = None
-        s = ServerThread(sock_path)
-        fe2 = NetFrontend(sock_path, memory=mem)
-        fe2.connect()
-        fe2.vqs = vqs
-        fe2.vring_bases = {vq.index: 0 for vq in vqs}
+        s, fe2 = _restart_backend(s, fe, sock_path, mem)
+        fe2.vring_bases = {vq.index: 0 for vq in fe2.vqs}
         fe2.start()
         fe2.send_frames([frame_of(100, 500 + i) for i in range(10)])
         assert s.app.received(10) == [frame_of(100, 500 + i) for i in range(10)]
