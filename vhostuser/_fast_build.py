@@ -88,6 +88,7 @@ ffibuilder.cdef(
         uint32_t *chains;
         uint64_t tx_bytes; uint32_t tx_drops, tx_csum;
         uint64_t rx_bytes; uint32_t rx_small;
+        uint8_t *log; uint64_t log_size; uint32_t log_outside;
     };
     void vu_enter(struct vu_vq *q, uint16_t last_avail, uint16_t shadow_avail,
                   uint16_t used_idx);
@@ -113,6 +114,7 @@ ffibuilder.cdef(
                     uint8_t *outcome);
     uint32_t vu_lens_check(const uint32_t *lens, uint32_t n, uint32_t lo, uint32_t hi,
                            uint64_t *total);
+    int vu_log_write(uint8_t *log, uint64_t size, uint64_t gpa, uint64_t len);
     struct fe_vq {
         uint8_t *desc; uint8_t *avail; uint8_t *used;
         uint32_t n; int event_idx; int kick_fd;
@@ -311,6 +313,10 @@ ffibuilder.set_source(
         /* vu_rx_batch: bytes of the frames consumed, and how many of them were dropped
            for a too small buffer */
         uint64_t rx_bytes; uint32_t rx_small;
+        /* the dirty-page log while the front-end migrates (NULL otherwise): every guest
+           buffer vu_rx_batch writes is marked in it (see vhostuser/dirtylog.py) */
+        uint8_t *log; uint64_t log_size;
+        uint32_t log_outside;  /* writes (partly) past the log's end: not marked */
     };
 
     /* The queue's indices, copied in before a batch call (Python keeps them between
@@ -544,6 +550,26 @@ ffibuilder.set_source(
         return (int)total;
     }
 
+    /* Mark the pages of guest-physical [gpa, gpa+len) in the dirty log (size bytes, a bit
+       per 4 KiB page). The front-end clears it with atomic exchanges while we run, hence
+       the atomic OR. Returns 1 if some of the range lies past the log (not marked). */
+    static int vu_log_write(uint8_t *log, uint64_t size, uint64_t gpa, uint64_t len)
+    {
+        if (!len)
+            return 0;
+        uint64_t first = gpa >> 12, last = (gpa + len - 1) >> 12, pages = size * 8;
+        int outside = 0;
+        if (last < first || last >= pages) {  /* (wrapped, or past the end) */
+            outside = 1;
+            if (first >= pages)
+                return 1;
+            last = pages - 1;
+        }
+        for (uint64_t p = first; p <= last; p++)
+            __atomic_fetch_or(&log[p >> 3], (uint8_t)(1u << (p & 7)), __ATOMIC_RELAXED);
+        return outside;
+    }
+
     /* Copy [pos, pos+n) of (header hb[0:hdr] then frame) to guest-physical a (checked). */
     static void vu_write(const struct vu_region *regs, uint32_t nregs, uint64_t a,
                          uint64_t n, const uint8_t *hb, uint32_t hdr, const uint8_t *frame,
@@ -675,6 +701,8 @@ ffibuilder.set_source(
                         break;
                     }
                     vu_write(q->regs, q->nregs, a, take, hb, hdr, data, pos);
+                    if (q->log)
+                        q->log_outside += vu_log_write(q->log, q->log_size, a, take);
                     pos += take;
                 }
                 vu_push(q, q->chains[3 * c], (uint32_t)(pos - start));

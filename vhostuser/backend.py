@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vhostuser.dirtylog import DirtyLog
 from vhostuser.errors import GuestMemoryError, InvalidRequest, ProtocolError, RingError
 from vhostuser.features import (
     STATUS_DEVICE_NEEDS_RESET,
@@ -72,6 +73,8 @@ DEFAULT_FEATURES = bits(
     Feature.F_IN_ORDER,
     # The packed ring layout (vhostuser/packed.py): QEMU's `packed=on`, DPDK's packed_vq
     Feature.F_RING_PACKED,
+    # Dirty-page logging (dirtylog.py): without it QEMU refuses to migrate the guest
+    Feature.LOG_ALL,
 )
 # Checksum and TCP segmentation offloads (IPv4 and IPv6): the stack takes and gives 64 KiB
 # TCP segments with the checksum left to whoever delivers them (see offload.py).
@@ -92,6 +95,7 @@ DEFAULT_PROTOCOL_FEATURES = bits(
     ProtocolFeature.CONFIGURE_MEM_SLOTS,
     ProtocolFeature.MTU,
     ProtocolFeature.RARP,
+    ProtocolFeature.LOG_SHMFD,
 )
 
 # Payload sizes: fixed-size requests must match exactly (0 or 8 accepted where there is
@@ -106,8 +110,8 @@ _SIZES: dict[int, tuple[int, ...]] = {
     R.RESET_DEVICE: _NO_PAYLOAD,
     R.GET_MAX_MEM_SLOTS: _NO_PAYLOAD,
     R.GET_STATUS: _NO_PAYLOAD,
-    R.SET_LOG_FD: _NO_PAYLOAD,
     R.SET_BACKEND_REQ_FD: _NO_PAYLOAD,
+    R.SET_LOG_FD: _NO_PAYLOAD,
     R.SET_FEATURES: (8,),
     R.SET_PROTOCOL_FEATURES: (8,),
     R.SET_VRING_KICK: (8,),
@@ -130,7 +134,7 @@ _SIZES: dict[int, tuple[int, ...]] = {
 # Requests whose answer is a payload of their own (the rest answer only with REPLY_ACK).
 _HAS_REPLY = {
     R.GET_FEATURES, R.GET_PROTOCOL_FEATURES, R.GET_VRING_BASE, R.GET_QUEUE_NUM,
-    R.GET_CONFIG, R.GET_MAX_MEM_SLOTS, R.GET_STATUS,
+    R.GET_CONFIG, R.GET_MAX_MEM_SLOTS, R.GET_STATUS, R.SET_LOG_BASE,
 }
 _UNSUPPORTED = {
     R.IOTLB_MSG: "IOMMU (VIRTIO_F_ACCESS_PLATFORM) is not supported",
@@ -142,8 +146,6 @@ _UNSUPPORTED = {
     R.GET_INFLIGHT_FD: "inflight I/O tracking is not supported",
     R.SET_INFLIGHT_FD: "inflight I/O tracking is not supported",
     R.GPU_SET_SOCKET: "not a GPU device",
-    R.SET_LOG_BASE: "dirty-page logging (live migration) is not supported",
-    R.SET_LOG_FD: "dirty-page logging (live migration) is not supported",
     R.SET_BACKEND_REQ_FD: "no back-end request channel (BACKEND_REQ not offered)",
 }
 
@@ -180,6 +182,8 @@ class VhostUserBackend:
         self.status = 0
         self.mtu = self.config.mtu
         self.memory = GuestMemory()
+        self.dirty_log: DirtyLog | None = None  # mapped by SET_LOG_BASE
+        self.logging = False  # VHOST_F_LOG_ALL negotiated: the front-end is migrating
         self.queues = [Virtqueue(i) for i in range(2 * n)]
         self.net = VirtioNetDevice(self.memory, self.queues, mtu=self.mtu)
         self.net.on_error = self._queue_error
@@ -301,6 +305,8 @@ class VhostUserBackend:
         if req == R.GET_VRING_BASE:
             index = msg.vring_state()[0]
             return reply_to(msg, state_payload(index, 0))
+        if req == R.SET_LOG_BASE:
+            return reply_to(msg, u64_payload(1))
         return reply_to(msg, u64_payload(0))
 
     def _expect_fds(self, msg: Message, n: int) -> list[int]:
@@ -328,6 +334,7 @@ class VhostUserBackend:
             raise InvalidRequest(f"features {extra:#x} were never offered")
         self.acked_features = features
         self.features_set = True
+        self._set_logging(has(features, Feature.LOG_ALL))
         self.net.set_features(features)
         event_idx = has(features, Feature.RING_F_EVENT_IDX)
         indirect = has(features, Feature.RING_F_INDIRECT_DESC)
@@ -427,6 +434,42 @@ class VhostUserBackend:
         finally:
             self._remap_queues()
 
+    # -- live migration --------------------------------------------------------------
+    def _h_set_log_base(self, msg: Message) -> Message:
+        """Map the dirty-page log (LOG_SHMFD: an fd, its size and offset); the front-end
+        waits for our reply before it relies on the log."""
+        if not self._proto(ProtocolFeature.LOG_SHMFD):
+            raise InvalidRequest("a log base address without LOG_SHMFD (kernel vhost's "
+                                 "form) cannot be mapped by a process")
+        size, offset = struct.unpack_from("<QQ", msg.payload)
+        (fd,) = self._expect_fds(msg, 1)
+        try:
+            new = DirtyLog(fd, size, offset)
+        finally:
+            self._close(fd)
+        old, self.dirty_log = self.dirty_log, new
+        self._set_logging(self.logging)
+        if old is not None:
+            old.close()
+        log.info("dirty-page log mapped: %d bytes for %d MiB of guest memory", size,
+                 new.pages >> 8)
+        return reply_to(msg, u64_payload(0))
+
+    def _h_set_log_fd(self, msg: Message) -> None:
+        """An eventfd to signal log updates with: only for logs we cannot share, and ours
+        is shared memory the front-end reads itself; closed."""
+        msg.close_fds()
+
+    def _set_logging(self, on: bool) -> None:
+        if on != self.logging:
+            log.info("dirty-page logging %s", "on: the guest is being migrated" if on
+                     else "off")
+            self.counters["log_starts" if on else "log_stops"] += 1
+        self.logging = on
+        if on and self.dirty_log is None:
+            log.warning("VHOST_F_LOG_ALL negotiated before a log was given (SET_LOG_BASE)")
+        self.memory.log = self.dirty_log if on else None
+
     # -- rings -----------------------------------------------------------------------
     def _h_set_vring_num(self, msg: Message) -> None:
         self._no_fds(msg)
@@ -442,9 +485,11 @@ class VhostUserBackend:
         self._no_fds(msg)
         addr = VringAddr.unpack(msg.payload)
         q = self._queue(addr.index)
-        if addr.flags & VRING_F_LOG:
-            raise InvalidRequest("ring logging requested, but migration logging is not "
-                                 "supported")
+        if addr.flags & ~VRING_F_LOG:
+            raise InvalidRequest(f"queue {addr.index}: unknown ring address flags "
+                                 f"{addr.flags:#x}")
+        # (VRING_F_LOG: log the used ring's writes. We log every ring area we write by
+        # its guest-physical address, which is what log_guest_addr names.)
         q.addr = addr
         if not q.size:
             raise InvalidRequest(f"queue {addr.index}: addresses before SET_VRING_NUM")
@@ -626,6 +671,11 @@ class VhostUserBackend:
         """Disconnect: release every fd and mapping."""
         self.reset_device()
         self.memory.clear()
+        self.memory.log = None
+        self.logging = False
+        if self.dirty_log is not None:
+            self.dirty_log.close()
+            self.dirty_log = None
 
 
 __all__ = ["BackendConfig", "VhostUserBackend", "DEFAULT_FEATURES", "DEFAULT_PROTOCOL_FEATURES",

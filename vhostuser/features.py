@@ -28,6 +28,7 @@ class Feature(IntEnum):
     NET_F_MQ = 22
     NET_F_CTRL_MAC_ADDR = 23
     F_NOTIFY_ON_EMPTY = 24
+    LOG_ALL = 26  # VHOST_F_LOG_ALL: log our writes to guest memory (live migration)
     F_ANY_LAYOUT = 27
     RING_F_INDIRECT_DESC = 28
     RING_F_EVENT_IDX = 29

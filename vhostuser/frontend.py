@@ -62,6 +62,7 @@ from vhostuser.features import (
     VIRTQ_DESC_F_WRITE,
     VIRTQ_USED_F_NO_NOTIFY,
     Feature,
+    bit,
     bits,
     has,
 )
@@ -72,6 +73,7 @@ from vhostuser.protocol import (
     FLAG_VERSION_MASK,
     MAX_MEM_REGIONS,
     VERSION,
+    VRING_F_LOG,
     VRING_NOFD_MASK,
     MemRegion,
     Message,
@@ -933,6 +935,24 @@ class VhostUserFrontend:
 
     def net_set_mtu(self, mtu: int) -> None:
         self.call(Request.NET_SET_MTU, u64_payload(mtu))
+
+    def set_log_base(self, fd: int, size: int, offset: int = 0) -> None:
+        """Give the back-end the dirty-page log (LOG_SHMFD): `size` bytes at `offset` of
+        `fd`, a bit per 4 KiB guest page. QEMU waits for the reply; we check it is 0."""
+        reply = self.request(Message(int(Request.SET_LOG_BASE), VERSION,
+                                     struct.pack("<QQ", size, offset)), [fd])
+        if len(reply.payload) == 8 and reply.u64() != 0:
+            raise FrontendError(f"SET_LOG_BASE refused: {reply.u64():#x}")
+
+    def set_logging(self, on: bool) -> None:
+        """Start or stop dirty-page logging on a running device as QEMU does when a
+        migration begins or ends: SET_FEATURES with VHOST_F_LOG_ALL toggled, then every
+        ring's SET_VRING_ADDR with VRING_F_LOG toggled."""
+        features = self.features | bit(Feature.LOG_ALL) if on else (
+            self.features & ~bit(Feature.LOG_ALL))
+        self.set_features(features)
+        for vq in self.vqs:
+            self.set_vring_addr(vq.index, vq.addr(VRING_F_LOG if on else 0))
 
     def send_rarp(self, mac: bytes) -> None:
         self.call(Request.SEND_RARP, mac.ljust(8, b"\0"))

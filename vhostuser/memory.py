@@ -14,9 +14,13 @@ import mmap
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vhostuser.errors import GuestMemoryError, InvalidRequest
 from vhostuser.protocol import MemRegion
+
+if TYPE_CHECKING:
+    from vhostuser.dirtylog import DirtyLog
 
 try:
     from vhostuser._fast import ffi as _ffi
@@ -123,6 +127,9 @@ class GuestMemory:
         self.generation = 0  # bumped on every change; views from older generations are stale
         # (generation, array, count, views)
         self._ctable: tuple[int, object, int, list] | None = None
+        # the dirty-page log while the front-end migrates the guest (VHOST_F_LOG_ALL with
+        # a log mapped): whoever writes guest memory marks it there (see dirtylog.py)
+        self.log: DirtyLog | None = None
 
     def __len__(self) -> int:
         return len(self.regions)
@@ -285,4 +292,11 @@ class GuestMemory:
                     raise GuestMemoryError(f"ring area {addr:#x}+{length:#x} runs past the "
                                            "end of its region")
                 return r.view[off:off + length]
+        raise GuestMemoryError(f"ring address {addr:#x} is in no memory region")
+
+    def uva_to_gpa(self, addr: int) -> int:
+        """The guest-physical address of front-end virtual `addr` (a ring's, to log it)."""
+        for r in self.regions:
+            if r.userspace_addr <= addr < r.uva_end:
+                return r.guest_phys_addr + (addr - r.userspace_addr)
         raise GuestMemoryError(f"ring address {addr:#x} is in no memory region")

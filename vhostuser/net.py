@@ -1039,6 +1039,8 @@ class VirtioNetDevice:
                         view[:10] = self._guest_header(body)
                         self._after_write(body)
                         view.release()
+                        if self.memory.log is not None:
+                            self.memory.log.mark(chain.writable[0][0], hdr + length)
                         rxq.push(chain.head, hdr + length)
                         self._dirty.add(rxq)
                         return result
@@ -1134,11 +1136,14 @@ class VirtioNetDevice:
                 view[:hdr] = hb
                 view[hdr:] = frame
                 view.release()
+                if self.memory.log is not None:
+                    self.memory.log.mark(writable[0][0], need)
                 q.push(chains[0].head, need)
                 self._dirty.add(q)
                 return _DELIVERED
         src = memoryview(frame)
         mem = self.memory
+        dirty = mem.log
         off = 0
         for chain in chains:
             start = off
@@ -1155,6 +1160,8 @@ class VirtioNetDevice:
                         if piece is not None:
                             piece[:] = src[off - hdr:off - hdr + take]
                             piece.release()
+                            if dirty is not None:
+                                dirty.mark(addr, take)
                             off += take
                             continue
                     for piece in mem.gpa_segments(addr, take):
@@ -1167,6 +1174,8 @@ class VirtioNetDevice:
                             piece[:hdr - off] = hb[off:]
                             piece[hdr - off:] = src[:off + k - hdr]
                         off += k
+                    if dirty is not None:
+                        dirty.mark(addr, take)
             except GuestMemoryError as e:
                 log.warning("guest RX buffer outside guest memory: %s", e)
                 self.drops["rx_bad_address"] += 1

@@ -45,6 +45,8 @@ class PackedVirtqueue(Virtqueue):
     """One packed virtqueue seen from the device. `last_avail_idx`/`used_idx` are the
     next avail and used positions (0..size-1), with `avail_wrap`/`used_wrap`."""
 
+    device_writes_desc = True  # used descriptors are written back in place
+
     def __init__(self, index: int) -> None:
         super().__init__(index)
         self._packed_init()
@@ -235,6 +237,7 @@ class PackedVirtqueue(Virtqueue):
         self._d16[i * 8 + 7] = flags
         self._pending = 0
         self._unsignalled = True
+        self._log_ring()
         return True
 
     def should_notify(self) -> bool:
@@ -267,6 +270,7 @@ class PackedVirtqueue(Virtqueue):
             return False
         if self._armed is None:
             self._used16[1] = EVENT_ENABLE
+            self._log_ring()
             self._armed = 1
             fence()
         return self.avail_moved()
@@ -274,6 +278,7 @@ class PackedVirtqueue(Virtqueue):
     def disable_notification(self) -> None:
         if self.ready and self._armed is not None:
             self._used16[1] = EVENT_DISABLE
+            self._log_ring()
             self._armed = None
 
 

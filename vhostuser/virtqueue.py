@@ -150,6 +150,7 @@ class Virtqueue:
         # indices are copied in and out once per batch call
         self._cq = None
         self._cq_gen = -1  # the memory generation whose region table _cq holds
+        self._log_spans: list[tuple[int, int]] = []
         self._cexports: list = []
 
     # -- configuration -------------------------------------------------------------
@@ -191,7 +192,21 @@ class Virtqueue:
         self._memory = memory
         self._mem_gen = memory.generation
         self._armed = None
+        # what we write of the rings, in guest-physical terms, for the dirty log
+        self._log_spans = [(memory.uva_to_gpa(a.used), used_len)]
+        if self.device_writes_desc:
+            self._log_spans.append((memory.uva_to_gpa(a.desc), desc_len))
         self._bind(desc, avail, used)
+
+    device_writes_desc = False  # (the packed ring's device writes its descriptors back)
+
+    def _log_ring(self) -> None:
+        """Mark the ring areas we write in the dirty log, if the front-end is migrating
+        (after the writes: it may read the log at any moment)."""
+        mem = self._memory
+        if mem is not None and mem.log is not None:
+            for gpa, n in self._log_spans:
+                mem.log.mark(gpa, n)
 
     @staticmethod
     def _areas(n: int) -> tuple[int, int, int, int]:
@@ -456,6 +471,12 @@ class Virtqueue:
             cq.nregs = nregs
             cq.indirect_ok = self.indirect
             self._cq_gen = mem.generation
+        dl = mem.log
+        if dl is None:
+            cq.log = _ffi.NULL
+        else:
+            cq.log = dl.c
+            cq.log_size = dl.size
         _lib.vu_enter(cq, self.last_avail_idx, self._shadow_avail, self.used_idx)
         return cq
 
@@ -529,6 +550,9 @@ class Virtqueue:
         cq = self._cq_in()
         k = _lib.vu_rx_batch(cq, hdr, mergeable, data, lens, count, hdrs, _ffi.NULL)
         self._cq_out(cq)
+        if cq.log_outside:
+            self._memory.log.count_outside(cq.log_outside)
+            cq.log_outside = 0
         status = cq.status
         if status == _lib.VU_RX_SLOW:
             return k, cq.bad, None, True
@@ -554,6 +578,7 @@ class Virtqueue:
         self._set_used_word(1, self.used_idx)
         self._pending = 0
         self._unsignalled = True
+        self._log_ring()
         return True
 
     def take_unsignalled(self) -> bool:
@@ -593,6 +618,7 @@ class Virtqueue:
             self._set_used_word(2 + 4 * self.size, seen)
         else:
             self._set_used_word(0, 0)
+        self._log_ring()
         self._armed = seen
         fence()
         return self._avail_word(1) != seen
@@ -602,6 +628,7 @@ class Virtqueue:
         with EVENT_IDX avail_event is simply not moved on, so it falls behind)."""
         if self.ready and not self.event_idx and self._armed is not None:
             self._set_used_word(0, VIRTQ_USED_F_NO_NOTIFY)
+            self._log_ring()
             self._armed = None
 
 

@@ -31,6 +31,8 @@ KILLS = 20
 UP_TO_CONNECTION = 2.0  # seconds from the new backend having the device
 LOOP = ("(while [ ! -e /tmp/stop ]; do timeout 3 wget -q {args} http://10.0.2.2/{path} "
         "&& echo . >> /tmp/{name}; done) >/dev/null 2>&1 &")
+PROBE = ("(while [ ! -e /tmp/stop ]; do timeout 1 wget -q -O /dev/null "
+         "http://10.0.2.2/bytes/1000000; done) >/dev/null 2>&1 &")
 
 
 def _serve(args: list[str], ctl: str, log) -> subprocess.Popen:
@@ -100,6 +102,11 @@ def test_backend_killed_20_times_under_traffic(guest_image, tmp_path, mode, qemu
         vm.run_ok(LOOP.format(args="-O /dev/null", path="bytes/3000000", name="down"))
         vm.run_ok(LOOP.format(args="--post-file=/tmp/f -O /dev/null", path="sink",
                               name="up"))
+        # new connections at least every second (a probe whose SYN went to the dead
+        # backend is given up after 1 s): what "new connections work within 2 s" needs,
+        # rather than the moment the loops' old connections notice (their retransmission
+        # backoff reached 2.07 s once under load)
+        vm.run_ok(PROBE)
         took = []
         for i in range(KILLS):
             time.sleep(1.0)  # traffic both ways, then the kill lands mid-transfer

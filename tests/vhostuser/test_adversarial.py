@@ -33,6 +33,7 @@ from vhostuser.features import (
 )
 from vhostuser.frontend import (
     DEFAULT_FEATURES,
+    DEFAULT_PROTOCOL_FEATURES,
     FrontendError,
     GuestMemoryArea,
     NetFrontend,
@@ -46,6 +47,7 @@ from vhostuser.protocol import (
     VRING_NOFD_MASK,
     MemRegion,
     Message,
+    ProtocolFeature,
     Request,
     VringAddr,
     pack_mem_table,
@@ -410,21 +412,33 @@ def test_05_bad_mem_table_keeps_previous(fe, server, sock_path, name):
     assert fe.recv_frames(timeout=3) == [frame_of(91)]
 
 
-def test_05_set_log_base_overflow_refused(fe, server, sock_path):
-    be = backend_of(server)
-    sync(fe)
-    old = list(be.memory.regions)
-    (fd,) = _memfds(1)
+@pytest.mark.parametrize("size,offset", [(U64_MAX, U64_MAX), (4096, U64_MAX - 100),
+                                         (1 << 31, 0), (0, 0)],
+                         ids=["both-max", "offset-wraps", "past-file", "empty"])
+def test_05_set_log_base_overflow_refused(server, sock_path, size, offset):
+    fe = make_frontend(sock_path, protocol_features=DEFAULT_PROTOCOL_FEATURES
+                       | bit(ProtocolFeature.LOG_SHMFD))
     try:
-        before = nfds()
-        assert ack(fe, R.SET_LOG_BASE, LOG.pack(U64_MAX, U64_MAX), [fd]) != 0
-        assert nfds() == before
+        be = backend_of(server)
+        sync(fe)
+        old = list(be.memory.regions)
+        (fd,) = _memfds(1)
+        try:
+            before = nfds()
+            assert ack(fe, R.SET_LOG_BASE, LOG.pack(size, offset), [fd]) != 0
+            assert nfds() == before
+        finally:
+            os.close(fd)
+        assert be.memory.regions == old
+        assert be.dirty_log is None
+        assert be.counters["invalid_requests"] == 1
+        fe.post_rx_buffers(2)
+        server.inject(frame_of(91))
+        assert fe.recv_frames(timeout=3) == [frame_of(91)]
+        fe.send_frame(frame_of(92))
+        assert server.app.received(1) == [frame_of(92)]
     finally:
-        os.close(fd)
-    assert be.memory.regions == old
-    assert be.counters["unsupported_requests"] == 1
-    fe.send_frame(frame_of(92))
-    assert server.app.received(1) == [frame_of(92)]
+        fe.close()
 
 
 # ---------------------------------------------------------------------------------------
