@@ -644,8 +644,13 @@ class VhostUserBackend:
         status = msg.u64()
         if status > 0xFF:
             raise InvalidRequest(f"status {status:#x} does not fit 8 bits")
-        if status == 0:
-            self.reset_device()
+        # Status 0 resets the status, not the rings: QEMU 7.2 sends it when it stops the
+        # device *before* it asks each ring's base (GET_VRING_BASE; QEMU 8 and later ask
+        # first). Forgetting the rings here answered base 0, which QEMU saves with a
+        # migrating guest: the destination then found every ring "inconsistent" and
+        # stopped the NIC. The rings stop at GET_VRING_BASE and are set up afresh by the
+        # front-end's next SET_VRING_* (a new base mends a broken ring); RESET_DEVICE
+        # resets everything.
         self.status = status | (self.status & STATUS_DEVICE_NEEDS_RESET if status else 0)
 
     def _h_get_status(self, msg: Message) -> Message:

@@ -89,6 +89,7 @@ class PackedVirtqueue(Virtqueue):
         self._head_flags = None
 
     def set_base(self, base: int) -> None:
+        self.broken = False  # (as the split ring's: set up afresh)
         avail, used = base & 0xFFFF, base >> 16
         if not used:
             used = avail

@@ -287,6 +287,9 @@ class Virtqueue:
         self._shadow_avail = 0
 
     def set_base(self, base: int) -> None:
+        """SET_VRING_BASE: the front-end sets the ring up afresh (a broken ring too: the
+        guest's driver reset the device)."""
+        self.broken = False
         self.last_avail_idx = base & 0xFFFF
         self.used_idx = base & 0xFFFF
         self._shadow_avail = self.last_avail_idx

@@ -303,6 +303,11 @@ class ControlServer:
                 "stats": dict(net.stats),
                 "drops": dict(net.drops),
                 "backend_counters": dict(be.counters),
+                # live migration: whether the front-end logs our writes, and the log
+                "dirty_log": {"logging": be.logging,
+                              "pages": be.dirty_log.pages if be.dirty_log else 0,
+                              "marks": be.dirty_log.marked if be.dirty_log else 0,
+                              "outside": be.dirty_log.outside if be.dirty_log else 0},
             }
         out["captures"] = sum(1 for c in self.clients.values() if c.hook is not None)
         stack = getattr(self.app, "stack", None)

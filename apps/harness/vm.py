@@ -256,6 +256,62 @@ def vhost_user_nic_args(
     return ["-chardev", chardev, "-netdev", netdev, "-device", device]
 
 
+class QmpError(RuntimeError):
+    """QEMU's monitor answered with an error, or not at all."""
+
+
+class Qmp:
+    """A QMP client: give QEMU ``-qmp unix:PATH,server=on,wait=off`` and
+    ``Qmp(PATH).execute("query-migrate")``. Events that arrive meanwhile are kept in
+    ``events``."""
+
+    def __init__(self, path: str | os.PathLike[str], timeout: float = 10.0) -> None:
+        import socket
+
+        self.events: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            try:
+                s.connect(os.fspath(path))
+                break
+            except OSError as exc:
+                s.close()
+                if time.monotonic() > deadline:
+                    raise QmpError(f"no QMP socket at {path}: {exc}") from None
+                time.sleep(0.05)
+        self._sock = s
+        self._file = s.makefile("rwb")
+        self._read()  # the greeting
+        self.execute("qmp_capabilities")
+
+    def _read(self) -> dict:
+        line = self._file.readline()
+        if not line:
+            raise QmpError("QEMU closed its QMP socket")
+        return json.loads(line)
+
+    def execute(self, command: str, **arguments: object) -> object:
+        msg: dict = {"execute": command}
+        if arguments:
+            msg["arguments"] = arguments
+        self._file.write(json.dumps(msg).encode() + b"\n")
+        self._file.flush()
+        while True:
+            reply = self._read()
+            if "event" in reply:
+                self.events.append(reply)
+            elif "error" in reply:
+                raise QmpError(f"{command}: {reply['error'].get('desc', reply['error'])}")
+            elif "return" in reply:
+                return reply["return"]
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+
 _live: set[QemuVM] = set()
 _live_lock = threading.Lock()
 

@@ -589,11 +589,19 @@ def test_reset_device_forgets_rings_keeps_memory(running):
     assert h.drain() == [frame_of(80)]
 
 
-def test_set_status_zero_resets(running):
+def test_set_status_zero_keeps_the_rings_until_get_vring_base(running):
+    """QEMU 7.2 stops a device with SET_STATUS 0 *before* GET_VRING_BASE: the bases it
+    then gets (and saves with a migrating guest) must be where the rings really are."""
     h = running
+    for i in range(3):
+        h.tx(frame_of(70 + i))
+    assert len(h.drain()) == 3
     h.ok(R.SET_STATUS, u64_payload(0))
     assert h.u64(R.GET_STATUS) == 0
-    assert not any(q.configured for q in h.be.queues)
+    assert all(q.configured for q in h.be.queues)
+    reply = h.send(R.GET_VRING_BASE, state_payload(1, 0), need_reply=False)
+    assert reply.vring_state() == (1, 3)
+    assert not h.be.queues[1].started
     assert h.ack(R.SET_STATUS, u64_payload(0x100)) != 0
 
 
