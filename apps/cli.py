@@ -79,6 +79,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 backend=BackendConfig(queue_pairs=args.queues, mtu=args.mtu))
             control = app.control
             hostfwd = app.hostfwd
+        for extra in args.also_listen:
+            try:
+                server.add_port(socket_path=extra)
+            except OSError:
+                for part in (control, hostfwd, server):
+                    if part is not None:
+                        part.close()
+                raise
     except (OSError, ValueError) as e:
         print(f"vhostnet: cannot serve: "
               f"{e.strerror if isinstance(e, OSError) and e.strerror else e}", file=sys.stderr)
@@ -235,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the control socket `vhostnet status|faults|capture` talk to "
                             "(default: the socket path + .ctl, e.g. vhostnet.sock.ctl)")
     serve.add_argument("--no-control", action="store_true", help="no control socket")
+    serve.add_argument("--also-listen", action="append", default=[], metavar="PATH",
+                       help="listen on one more socket for the same guest (repeatable): "
+                            "the destination QEMU of a live migration attaches there, and "
+                            "the stack moves to its device when its rings start, so the "
+                            "guest's connections to our apps survive the migration")
     st = serve.add_argument_group("the stack (what the guest sees)")
     st.add_argument("--address", default="10.0.2.2/24",
                     help="our address and prefix on the guest's link (default 10.0.2.2/24); "

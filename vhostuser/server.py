@@ -156,8 +156,31 @@ class Connection:
             self.sock.close()
 
 
+class Port:
+    """One place front-ends reach us — a socket we listen on, a path we connect to, or an
+    inherited fd — and the connection on it (one at a time)."""
+
+    def __init__(self, socket_path: str | None = None, connect_path: str | None = None):
+        self.socket_path = socket_path
+        self.connect_path = connect_path
+        self.listener: socket.socket | None = None
+        self.conn: Connection | None = None
+        self.next_connect = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.socket_path or self.connect_path or "inherited fd"
+
+
 class VhostUserServer:
-    """Serve vhost-user net devices, one connection at a time, until `stop()`."""
+    """Serve vhost-user net devices until `stop()`: one connection at a time on each port.
+
+    With several ports (`add_port`) the app still sees one device: the *active* one, the
+    device whose rings started last while the active one's were stopped. That is live
+    migration's hand-over (the source QEMU stops its rings before the destination starts
+    its own): the stack behind stays, and so do the guest's connections. Rings of a
+    device that is not active are left alone; several guests on one segment are not
+    this (issue 17's switch)."""
 
     def __init__(
         self,
@@ -170,19 +193,16 @@ class VhostUserServer:
     ) -> None:
         if sum(x is not None for x in (socket_path, connect_path, fd)) != 1:
             raise ValueError("give exactly one of socket_path, connect_path or fd")
-        self.socket_path = socket_path
-        self.connect_path = connect_path
         self.config = config or BackendConfig()
         self.app: App = app or RawFrameApp()
         self.sel = selectors.DefaultSelector()
-        self.listener: socket.socket | None = None
-        self.conn: Connection | None = None
+        self.ports = [Port(socket_path, connect_path)]
+        self._active: Connection | None = None
         self._inherited_fd = fd
         self._watched_kicks: dict[int, Virtqueue] = {}
         self._stop = False
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.sel.register(self._wake_fd, selectors.EVENT_READ, self._on_wake)
-        self._next_connect = 0.0
         self._work = True
         self.connections_served = 0
         # connections closed on a broken protocol (see Connection.failure), over all
@@ -191,21 +211,56 @@ class VhostUserServer:
         self.on_connect: Callable[[Connection], None] | None = None
         self.on_disconnect: Callable[[Connection], None] | None = None
         self._lock = threading.Lock()
-        self._setup()
+        try:
+            self._setup(self.ports[0])
+        except BaseException:
+            self.sel.close()
+            os.close(self._wake_fd)
+            raise
+
+    # the first port's, as before there were several
+    @property
+    def socket_path(self) -> str | None:
+        return self.ports[0].socket_path
+
+    @property
+    def connect_path(self) -> str | None:
+        return self.ports[0].connect_path
+
+    @property
+    def listener(self) -> socket.socket | None:
+        return self.ports[0].listener
+
+    @property
+    def conn(self) -> Connection | None:
+        """The active connection: the one whose device the app is attached to."""
+        return self._active
+
+    def add_port(self, *, socket_path: str | None = None,
+                 connect_path: str | None = None) -> Port:
+        """Serve one more socket (listen on `socket_path`, or connect to `connect_path`)."""
+        if (socket_path is None) == (connect_path is None):
+            raise ValueError("give exactly one of socket_path and connect_path")
+        port = Port(socket_path, connect_path)
+        self._setup(port)
+        self.ports.append(port)
+        self._work = True
+        return port
 
     # -- setup -----------------------------------------------------------------------
-    def _setup(self) -> None:
-        if self.socket_path is not None:
-            self.listener = self._listen(self.socket_path)
-        elif self._inherited_fd is not None:
+    def _setup(self, port: Port) -> None:
+        if port.socket_path is not None:
+            port.listener = self._listen(port.socket_path)
+        elif port.connect_path is None and self._inherited_fd is not None:
             s = socket.socket(fileno=self._inherited_fd)
             if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                self.listener = s
+                port.listener = s
             else:
-                self._adopt(s)
-        if self.listener is not None:
-            self.listener.setblocking(False)
-            self.sel.register(self.listener, selectors.EVENT_READ, self._on_accept)
+                self._adopt(port, s)
+        if port.listener is not None:
+            port.listener.setblocking(False)
+            self.sel.register(port.listener, selectors.EVENT_READ,
+                              lambda: self._on_accept(port))
 
     @staticmethod
     def _listen(path: str) -> socket.socket:
@@ -237,60 +292,78 @@ class VhostUserServer:
         return s
 
     # -- connections -----------------------------------------------------------------
-    def _adopt(self, sock: socket.socket) -> None:
+    def _adopt(self, port: Port, sock: socket.socket) -> None:
         conn = Connection(sock, self.config)
-        conn.backend.on_started = self._queue_started
+        conn.backend.on_started = lambda q: self._queue_started(conn, q)
         conn.backend.on_kick_closing = self._unwatch_kick
-        self.conn = conn
+        port.conn = conn
         self.connections_served += 1
-        self.sel.register(conn.sock, selectors.EVENT_READ, self._on_conn)
-        self.app.attach(conn.backend.net)
-        log.info("front-end connected")
+        self.sel.register(conn.sock, selectors.EVENT_READ, lambda: self._on_conn(port))
+        log.info("front-end connected%s", f" on {port.name}" if len(self.ports) > 1 else "")
+        if self._active is None:
+            self._activate(conn)
         if self.on_connect is not None:
             self.on_connect(conn)
 
-    def _drop(self) -> None:
-        conn = self.conn
+    def _activate(self, conn: Connection | None) -> None:
+        """Attach the app to `conn`'s device (none: detach it)."""
+        self._active = conn
+        if conn is None:
+            self.app.detach()
+        else:
+            self.app.attach(conn.backend.net)
+
+    def _drop(self, port: Port | None = None) -> None:
+        if port is None:  # (the active connection's port)
+            port = next((p for p in self.ports if p.conn is not None
+                         and p.conn is self._active), None)
+            if port is None:
+                return
+        conn = port.conn
         if conn is None:
             return
-        self.conn = None
-        for fd in list(self._watched_kicks):
-            self.sel.unregister(fd)
-        self._watched_kicks.clear()
+        port.conn = None
+        for fd in list(conn.backend.watch_fds()):
+            self._unwatch_kick(fd)
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(conn.sock)
-        self.app.detach()
+        if conn is self._active:
+            # another connected device carries the app on (a started one first)
+            others = [p.conn for p in self.ports if p.conn is not None]
+            others.sort(key=lambda c: c.backend.suspended)
+            self._activate(others[0] if others else None)
         conn.close()
         log.info("front-end disconnected; device torn down")
         if self.on_disconnect is not None:
             self.on_disconnect(conn)
-        self._next_connect = time.monotonic() + RECONNECT_INTERVAL
+        port.next_connect = time.monotonic() + RECONNECT_INTERVAL
         # the next waiting front-end is accepted on the next loop turn
 
-    def _on_accept(self) -> None:
-        if self.conn is not None:
-            return  # one device at a time; the next waits in the backlog
+    def _on_accept(self, port: Port) -> None:
+        if port.conn is not None:
+            return  # one device per port at a time; the next waits in the backlog
         try:
-            sock, _ = self.listener.accept()
+            sock, _ = port.listener.accept()
         except (BlockingIOError, InterruptedError):
             return
-        self._adopt(sock)
+        self._adopt(port, sock)
 
     def _try_connect(self, now: float) -> None:
-        if self.conn is not None or self.connect_path is None or now < self._next_connect:
-            return
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(self.connect_path)
-        except OSError as e:
-            s.close()
-            self._next_connect = now + RECONNECT_INTERVAL
-            log.debug("connect %s: %s (retrying)", self.connect_path, e)
-            return
-        self._adopt(s)
+        for port in self.ports:
+            if port.conn is not None or port.connect_path is None or now < port.next_connect:
+                continue
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(port.connect_path)
+            except OSError as e:
+                s.close()
+                port.next_connect = now + RECONNECT_INTERVAL
+                log.debug("connect %s: %s (retrying)", port.connect_path, e)
+                continue
+            self._adopt(port, s)
 
-    def _on_conn(self) -> None:
-        conn = self.conn
+    def _on_conn(self, port: Port) -> None:
+        conn = port.conn
         if conn is None:
             return
         try:
@@ -302,22 +375,23 @@ class VhostUserServer:
         if not alive:
             if conn.failure is not None:
                 self.counters[conn.failure] += 1
-            self._drop()
+            self._drop(port)
             return
-        self._sync_kicks()
+        self._sync_kicks(conn)
         self._work = True
 
-    def _sync_kicks(self) -> None:
-        want = self.conn.backend.watch_fds() if self.conn else {}
+    def _sync_kicks(self, conn: Connection) -> None:
+        want = conn.backend.watch_fds()
         for fd in list(self._watched_kicks):
-            if fd not in want or want[fd] is not self._watched_kicks[fd]:
+            q = self._watched_kicks[fd]
+            if q in conn.backend.queues and (fd not in want or want[fd] is not q):
                 with contextlib.suppress(KeyError, ValueError):
                     self.sel.unregister(fd)
                 del self._watched_kicks[fd]
         for fd, q in want.items():
             if fd not in self._watched_kicks:
                 try:
-                    self.sel.register(fd, selectors.EVENT_READ, self._kick_cb(q))
+                    self.sel.register(fd, selectors.EVENT_READ, self._kick_cb(conn, q))
                 except (OSError, ValueError) as e:
                     log.warning("queue %d: kick fd %d cannot be watched: %s", q.index, fd, e)
                     continue
@@ -330,20 +404,26 @@ class VhostUserServer:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self.sel.unregister(fd)
 
-    def _kick_cb(self, q: Virtqueue) -> Callable[[], None]:
+    def _kick_cb(self, conn: Connection, q: Virtqueue) -> Callable[[], None]:
         def cb() -> None:
             try:
                 os.eventfd_read(q.kick_fd)
             except (BlockingIOError, OSError, TypeError):
                 pass
-            if self.conn is not None:
-                self.conn.backend.kicked(q)
+            if not conn.closed:
+                conn.backend.kicked(q)
             self._work = True
 
         return cb
 
-    def _queue_started(self, q: Virtqueue) -> None:
+    def _queue_started(self, conn: Connection, q: Virtqueue) -> None:
         self._work = True
+        active = self._active
+        if conn is not active and (active is None or active.backend.suspended):
+            log.info("the device on another socket started its rings: the stack moves "
+                     "to it (a migrated guest)")
+            self.counters["handovers"] += 1
+            self._activate(conn)
 
     def _on_wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -461,32 +541,36 @@ class VhostUserServer:
         if self.conn is not None and self.conn.backend.polled_queues():
             waits.append(POLL_INTERVAL)
             self._work = True
-        if self.connect_path is not None and self.conn is None:
-            waits.append(max(0.0, self._next_connect - now))
-        if self.listener is not None and self.conn is None:
-            waits.append(0.5)
+        for port in self.ports:
+            if port.conn is None:
+                if port.connect_path is not None:
+                    waits.append(max(0.0, port.next_connect - now))
+                elif port.listener is not None:
+                    waits.append(0.5)
         wait = 0.0 if self._work else (min(waits) if waits else None)
         for key, _ in self.sel.select(wait):
             key.data()
         if deadline is not None and time.monotonic() >= deadline:
             self._work = True
-        if self.conn is None and self.listener is not None:
-            self._on_accept()
+        for port in self.ports:
+            if port.conn is None and port.listener is not None:
+                self._on_accept(port)
 
     def serve_forever(self) -> None:
         while not self._stop:
             self.run_once()
 
     def close(self) -> None:
-        self._drop()
-        if self.listener is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.sel.unregister(self.listener)
-            self.listener.close()
-            self.listener = None
-            if self.socket_path and os.path.exists(self.socket_path):
-                with contextlib.suppress(OSError):
-                    os.unlink(self.socket_path)
+        for port in self.ports:
+            self._drop(port)
+            if port.listener is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.sel.unregister(port.listener)
+                port.listener.close()
+                port.listener = None
+                if port.socket_path and os.path.exists(port.socket_path):
+                    with contextlib.suppress(OSError):
+                        os.unlink(port.socket_path)
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(self._wake_fd)
         with contextlib.suppress(OSError):

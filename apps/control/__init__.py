@@ -280,6 +280,10 @@ class ControlServer:
             "connections_served": srv.connections_served,
             "server_counters": dict(srv.counters),
             "connected": srv.conn is not None,
+            # every socket front-ends reach us on; the active one's device carries the stack
+            "ports": [{"path": p.name, "connected": p.conn is not None,
+                       "active": p.conn is not None and p.conn is srv.conn}
+                      for p in srv.ports],
             "device": None,
         }
         conn = srv.conn
@@ -692,8 +696,14 @@ def format_status(st: dict) -> str:
     """The readable summary `vhostnet status` prints."""
     lines = [f"backend pid {st['pid']} on {st['socket_path']} (control {st['control_path']}), "
              f"up {st['uptime']:.0f}s, {st['connections_served']} connection(s) served"]
-    if st.get("server_counters"):
-        lines.append(f"  closed connections: {_counters(st['server_counters'])}")
+    closed = {k: v for k, v in (st.get("server_counters") or {}).items() if k != "handovers"}
+    if closed:
+        lines.append(f"  closed connections: {_counters(closed)}")
+    ports = st.get("ports") or []
+    if len(ports) > 1:
+        lines.append("  sockets: " + ", ".join(
+            f"{p['path']} ({'active' if p['active'] else 'connected' if p['connected'] else 'idle'})"
+            for p in ports) + f"; stack moved {st['server_counters'].get('handovers', 0)} time(s)")
     dev = st.get("device")
     if dev is None:
         lines.append("front-end: not connected (waiting for QEMU)")
