@@ -182,7 +182,8 @@ def test_guest_migrates_between_backends_while_downloading(guest_image, tmp_path
         b.stop()
 
 
-def test_guest_connection_survives_migration_on_one_backend(guest_image, tmp_path):
+@pytest.mark.parametrize("ring", ["split", "packed"])
+def test_guest_connection_survives_migration_on_one_backend(guest_image, tmp_path, ring):
     """Both QEMUs on one `vhostnet serve` (its second socket, `--also-listen`): the stack
     moves to the destination's device when its rings start, so the guest's download from
     our HTTP app goes on through the migration and finishes byte for byte. Frames we put
@@ -196,14 +197,15 @@ def test_guest_connection_survives_migration_on_one_backend(guest_image, tmp_pat
     port = _free_port()
     src = dst = None
     try:
+        opts = "packed=on" if ring == "packed" else ""
         src = QemuVM(guest_image, qemu=binary, nic_args=vhost_user_nic_args(
-            tmp_path / "a.sock", mac=GUEST_MAC, vectors=None),
+            tmp_path / "a.sock", mac=GUEST_MAC, vectors=None, extra_device_opts=opts),
             extra_args=["-qmp", f"unix:{tmp_path}/src.qmp,server=on,wait=off"]).start()
         src.wait_ready(timeout=120)
         src.run_ok("ip link set eth0 up && udhcpc -i eth0 -n -q -t 5 -T 2 >/dev/null 2>&1",
                    timeout=60)
         dst = QemuVM(guest_image, qemu=binary, nic_args=vhost_user_nic_args(
-            tmp_path / "b.sock", mac=GUEST_MAC, vectors=None),
+            tmp_path / "b.sock", mac=GUEST_MAC, vectors=None, extra_device_opts=opts),
             extra_args=["-qmp", f"unix:{tmp_path}/dst.qmp,server=on,wait=off",
                         "-incoming", f"tcp:127.0.0.1:{port}", "-S"]).start()
         src.run_ok(f"(wget -q -O - http://10.0.2.2/bytes/{BIG} | sha256sum > /tmp/sum; "
@@ -220,6 +222,7 @@ def test_guest_connection_survives_migration_on_one_backend(guest_image, tmp_pat
             assert time.monotonic() < deadline, "the download did not finish"
             time.sleep(2)
         assert out.split()[0] == pattern_sha256(BIG), out
+        assert s.server.conn.backend.net.packed == (ring == "packed")
         stats = s.server.conn.backend.net.stats
         print(f"download of {BIG} bytes through the migration; {stats['guest_rx_frames']} "
               "frames to the destination's rings")
