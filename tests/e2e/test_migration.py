@@ -211,7 +211,18 @@ def test_guest_connection_survives_migration_on_one_backend(guest_image, tmp_pat
         src.run_ok(f"(wget -q -O - http://10.0.2.2/bytes/{BIG} | sha256sum > /tmp/sum; "
                    "echo done >> /tmp/sum) >/dev/null 2>&1 &")
         time.sleep(1.5)
+        arps: list[float] = []  # gratuitous ARPs from the guest (its announcement)
+
+        def hook(direction: str, frame) -> None:
+            f = bytes(frame[:42])
+            if (direction == "guest-tx" and f[12:14] == b"\x08\x06" and len(f) == 42
+                    and f[28:32] == f[38:42]):  # sender IP = target IP
+                arps.append(time.monotonic())
+
+        s.app.frame_hooks.append(hook)
+        s.app._sync_frame_hook()
         _migrate(src, dst, port, tmp_path)
+        moved = time.monotonic()
         src.kill()
         deadline = time.monotonic() + 60
         while s.server.counters["handovers"] < 1:
@@ -222,6 +233,11 @@ def test_guest_connection_survives_migration_on_one_backend(guest_image, tmp_pat
             assert time.monotonic() < deadline, "the download did not finish"
             time.sleep(2)
         assert out.split()[0] == pattern_sha256(BIG), out
+        # GUEST_ANNOUNCE: QEMU asks the migrated guest to announce itself, and it does
+        deadline = time.monotonic() + 20
+        while not any(t > moved for t in arps):
+            assert time.monotonic() < deadline, "the guest did not announce itself"
+            time.sleep(0.2)
         assert s.server.conn.backend.net.packed == (ring == "packed")
         stats = s.server.conn.backend.net.stats
         print(f"download of {BIG} bytes through the migration; {stats['guest_rx_frames']} "
