@@ -16,9 +16,10 @@ def test_ring_bench_smoke(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())["ring"]
-    assert {(r["direction"], r["frame_size"]) for r in results} == {
-        ("guest->backend", 64), ("backend->guest", 64),
-        ("guest->backend", 65536), ("backend->guest", 65536)}
+    assert sorted((r["direction"], r["frame_size"], r["ring"]) for r in results) == sorted(
+        (d, size, ring) for d in ("guest->backend", "backend->guest") for size in (64, 65536)
+        for ring in ("split", "packed"))
+    assert {r["frontend"] for r in results if r["ring"] == "packed"} == {"python"}
     assert all(r["frames"] > 0 and r["backend_cpu_us_per_frame"] > 0 for r in results)
     assert "frames/s" in proc.stdout
 

@@ -458,6 +458,10 @@ class Virtqueue:
             0,
         )
 
+    def base(self) -> int:
+        """SET_VRING_BASE's value: the next avail index."""
+        return self.avail_idx
+
     @property
     def num_free(self) -> int:
         return len(self.free_heads)
@@ -675,6 +679,249 @@ class Virtqueue:
         return tokens
 
 
+_PDESC = struct.Struct("<QIHH")  # packed descriptor: addr, len, id, flags
+_P_AVAIL, _P_USED = 1 << 7, 1 << 15  # its AVAIL and USED flags
+_EV_ENABLE, _EV_DISABLE, _EV_DESC = 0, 1, 2  # event suppression flags
+
+
+class PackedQueue:
+    """The driver side of one packed virtqueue (virtio 1.2 §2.8), with `Virtqueue`'s
+    interface so that `NetFrontend` drives either.
+
+    Layout: the descriptor ring (16·n bytes, aligned 16) and two 4-byte event suppression
+    structures (off_wrap, flags): the driver's, where we say when we want interrupts
+    (SET_VRING_ADDR's avail address), and the device's, where it says when it wants kicks
+    (the used address). A buffer takes consecutive descriptors from our avail position,
+    its id in each; its first descriptor's flags are written last, at `publish`. The
+    device writes a used descriptor (the id, bytes written) at its used position, which we
+    follow with our own counter. Buffer ids are handed out from a free list, so a used id
+    we never made available is refused instead of corrupting it.
+    """
+
+    def __init__(
+        self,
+        mem: GuestMemoryArea,
+        index: int,
+        size: int = 256,
+        *,
+        event_idx: bool = False,
+        indirect: bool = False,
+    ) -> None:
+        if size <= 0 or size > 32768:  # (no power of two needed for packed rings)
+            raise ValueError(f"queue size {size} is not in 1..32768")
+        self.mem = mem
+        self.index = index
+        self.size = size
+        self.event_idx = event_idx
+        self.indirect_ok = indirect
+        self.desc_gpa = mem.alloc(16 * size, 16)
+        self.driver_gpa = mem.alloc(4, 4)
+        self.device_gpa = mem.alloc(4, 4)
+        for gpa, n in ((self.desc_gpa, 16 * size), (self.driver_gpa, 4), (self.device_gpa, 4)):
+            mem.write(gpa, bytes(n))
+        self._desc = mem.locate(self.desc_gpa, 16 * size)
+        self._desc_p = mem.host_address(self.desc_gpa, 16 * size)
+        self._driver_p = mem.host_address(self.driver_gpa, 4)
+        self._device_p = mem.host_address(self.device_gpa, 4)
+        self.free_ids: list[int] = list(range(size - 1, -1, -1))  # pop() gives 0 first
+        self.free_desc = size
+        self.chains: dict[int, _Chain] = {}
+        self.pending: list[tuple[int, int]] = []  # (position, flags) of unpublished heads
+        self.next_avail, self.avail_wrap = 0, True
+        self.next_used, self.used_wrap = 0, True
+        self._batch_start: tuple[int, bool] | None = None  # avail position before pending
+        self.kick_fd = -1
+        self.call_fd = -1
+        self.kicks = 0
+        self.kicks_suppressed = 0
+
+    def addr(self, flags: int = 0) -> VringAddr:
+        m = self.mem
+        return VringAddr(self.index, flags, m.uaddr(self.desc_gpa), m.uaddr(self.device_gpa),
+                         m.uaddr(self.driver_gpa), 0)
+
+    def base(self) -> int:
+        """SET_VRING_BASE's value: avail position and wrap counter, used ones above."""
+        return (self.next_avail | self.avail_wrap << 15
+                | (self.next_used | self.used_wrap << 15) << 16)
+
+    @property
+    def num_free(self) -> int:
+        return self.free_desc
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.chains)
+
+    def _flags_at(self, wrap: bool) -> int:
+        return _P_AVAIL if wrap else _P_USED
+
+    def _set_flags(self, pos: int, flags: int) -> None:
+        _fast.vu_st16(self._desc_p + 16 * pos + 14, flags)
+
+    def _flags(self, pos: int) -> int:
+        return _fast.vu_ld16(self._desc_p + 16 * pos + 14)
+
+    def add_chain(
+        self,
+        readable: Sequence[tuple[int, int]],
+        writable: Sequence[tuple[int, int]] = (),
+        *,
+        indirect: bool = False,
+        token: object = None,
+    ) -> int:
+        """Write one buffer's descriptors (device-readable first) and queue it for
+        `publish()`. Returns its buffer id. RingFull when too few descriptors are free."""
+        bufs = [(a, n, 0) for a, n in readable] + [(a, n, VIRTQ_DESC_F_WRITE) for a, n in writable]
+        if not bufs:
+            raise ValueError("a buffer needs at least one descriptor")
+        table = None
+        if indirect:
+            table = self.mem.alloc(16 * len(bufs), 16)
+            self.mem.write(table, b"".join(_PDESC.pack(a, n, 0, f) for a, n, f in bufs))
+            bufs = [(table, 16 * len(bufs), VIRTQ_DESC_F_INDIRECT)]
+        if len(bufs) > self.free_desc or not self.free_ids:
+            if table is not None:
+                self.mem.free(table)
+            raise RingFull(f"queue {self.index}: {len(bufs)} descriptors wanted, "
+                           f"{self.free_desc} free")
+        if self._batch_start is None:
+            self._batch_start = (self.next_avail, self.avail_wrap)
+        bid = self.free_ids.pop()
+        pos, wrap = self.next_avail, self.avail_wrap
+        head = None
+        for k, (a, n, f) in enumerate(bufs):
+            flags = f | (VIRTQ_DESC_F_NEXT if k < len(bufs) - 1 else 0) | self._flags_at(wrap)
+            if k == 0:  # its flags wait for publish: the device must not see it yet
+                head = (pos, flags)
+                _PDESC.pack_into(self._desc[0], self._desc[1] + 16 * pos, a, n, bid,
+                                 self._flags(pos))
+            else:
+                _PDESC.pack_into(self._desc[0], self._desc[1] + 16 * pos, a, n, bid, flags)
+            pos += 1
+            if pos == self.size:
+                pos, wrap = 0, not wrap
+        self.next_avail, self.avail_wrap = pos, wrap
+        self.free_desc -= len(bufs)
+        self.chains[bid] = _Chain(len(bufs), table, token)
+        self.pending.append(head)
+        return bid
+
+    def add_writable(self, gpa: int, size: int, token: object = None) -> int:
+        return self.add_chain([], [(gpa, size)], token=token)
+
+    def publish(self) -> bool:
+        """Make the pending buffers available (each head's flags after its other
+        descriptors); whether the device wants a kick (its event suppression structure:
+        ENABLE, DISABLE, or with EVENT_IDX a position among those just made available)."""
+        if not self.pending:
+            return False
+        _fence()  # the descriptors before the flags that publish them
+        for pos, flags in self.pending:
+            self._set_flags(pos, flags)
+        self.pending.clear()
+        old_pos, old_wrap = self._batch_start
+        self._batch_start = None
+        _fence()  # our flags before reading the device's wish
+        off_wrap = _fast.vu_ld16(self._device_p)
+        want = _fast.vu_ld16(self._device_p + 2)
+        if want == _EV_DISABLE:
+            return False
+        if want != _EV_DESC:
+            return True
+        # (Linux's virtqueue_kick_prepare_packed) positions on one line: the old ones a
+        # ring back when the counter flipped since
+        new = self.next_avail
+        old = old_pos - (self.size if old_wrap != self.avail_wrap else 0)
+        event = off_wrap & 0x7FFF
+        if bool(off_wrap >> 15) != self.avail_wrap:
+            event -= self.size
+        return vring_need_event(event & 0xFFFF, new & 0xFFFF, old & 0xFFFF)
+
+    def kick(self) -> None:
+        os.eventfd_write(self.kick_fd, 1)
+        self.kicks += 1
+
+    def publish_and_kick(self) -> bool:
+        if not self.pending:
+            return False
+        if self.publish():
+            self.kick()
+            return True
+        self.kicks_suppressed += 1
+        return False
+
+    def _is_used(self) -> bool:
+        flags = self._flags(self.next_used)
+        avail, used = bool(flags & _P_AVAIL), bool(flags & _P_USED)
+        return avail == used == self.used_wrap
+
+    def has_used(self) -> bool:
+        return self._is_used()
+
+    def reap_tokens(self) -> list[tuple[int, int, object]]:
+        """Take used buffers: (id, written length, token) each."""
+        out = []
+        while self._is_used():
+            _fence()  # the flags before the id and length they cover
+            _, length, bid, _ = _PDESC.unpack_from(self._desc[0],
+                                                   self._desc[1] + 16 * self.next_used)
+            chain = self.chains.pop(bid, None)
+            if chain is None:
+                raise FrontendError(f"queue {self.index}: device used buffer id {bid}, "
+                                    "which is not outstanding")
+            self.next_used += chain.ndesc
+            if self.next_used >= self.size:
+                self.next_used -= self.size
+                self.used_wrap = not self.used_wrap
+            self.free_desc += chain.ndesc
+            self.free_ids.append(bid)
+            if chain.indirect_table is not None:
+                self.mem.free(chain.indirect_table)
+            out.append((bid, length, chain.token))
+        if self.event_idx and out:
+            self._arm(self.next_used, self.used_wrap)
+        return out
+
+    def reap(self) -> list[tuple[int, int]]:
+        return [(h, n) for h, n, _ in self.reap_tokens()]
+
+    def _arm(self, pos: int, wrap: bool) -> None:
+        _fast.vu_st16(self._driver_p, pos | wrap << 15)
+        _fast.vu_st16(self._driver_p + 2, _EV_DESC)
+
+    def set_interrupts(self, on: bool) -> None:
+        if not on:
+            _fast.vu_st16(self._driver_p + 2, _EV_DISABLE)
+        elif self.event_idx:
+            self._arm(self.next_used, self.used_wrap)
+        else:
+            _fast.vu_st16(self._driver_p + 2, _EV_ENABLE)
+
+    def drain_call(self) -> int:
+        try:
+            return os.eventfd_read(self.call_fd)
+        except BlockingIOError:
+            return 0
+
+    def close(self) -> list[object]:
+        for fd in (self.kick_fd, self.call_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.kick_fd = self.call_fd = -1
+        tokens = [c.token for c in self.chains.values()]
+        if self.mem.regions:
+            for c in self.chains.values():
+                if c.indirect_table is not None:
+                    self.mem.free(c.indirect_table)
+            for gpa in (self.desc_gpa, self.driver_gpa, self.device_gpa):
+                self.mem.free(gpa)
+        self.chains = {}
+        self.pending = []
+        self.free_ids = []
+        return tokens
+
+
 # ---------------------------------------------------------------------------------------
 # The vhost-user session
 
@@ -789,7 +1036,7 @@ class VhostUserFrontend:
         for vq in self.vqs:
             i = vq.index
             self.set_vring_num(i, vq.size)
-            self.set_vring_base(i, self.vring_bases.get(i, vq.avail_idx))
+            self.set_vring_base(i, self.vring_bases.get(i, vq.base()))
             self.set_vring_addr(i)
             self.set_vring_kick(i)
             self.set_vring_call(i)
@@ -809,12 +1056,13 @@ class VhostUserFrontend:
     def _create_vqs(self) -> None:
         ev = self.has_feature(Feature.RING_F_EVENT_IDX)
         ind = self.has_feature(Feature.RING_F_INDIRECT_DESC)
+        kind = PackedQueue if self.has_feature(Feature.F_RING_PACKED) else Virtqueue
         for i in range(self.num_rings):
-            vq = Virtqueue(self.mem, i, self.queue_size, event_idx=ev, indirect=ind)
+            vq = kind(self.mem, i, self.queue_size, event_idx=ev, indirect=ind)
             vq.kick_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             vq.call_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             if ev:
-                vq.used_event = 0
+                vq.set_interrupts(True)
             self.vqs.append(vq)
 
     def vq(self, index: int) -> Virtqueue:
@@ -1400,6 +1648,8 @@ class _BatchRing:
     writable = False
 
     def __init__(self, fe: NetFrontend, vq: Virtqueue, buf_size: int, count: int | None) -> None:
+        if isinstance(vq, PackedQueue):
+            raise FrontendError("the C batches drive split rings only (this one is packed)")
         count = vq.size if count is None else count
         if not 1 <= count <= vq.size:
             raise ValueError(f"{count} buffers do not fit queue {vq.index} of {vq.size}")

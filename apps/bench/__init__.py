@@ -55,6 +55,7 @@ class RingResult:
     gbit_per_s: float
     backend_cpu_us_per_frame: float
     frontend: str = "c"  # "c": TxBatch/RxBatch; "python": send_frames/recv_packets
+    ring: str = "split"  # the virtqueue layout: "split" or "packed"
 
 
 # -- the backend side (a subprocess) ----------------------------------------------------
@@ -210,23 +211,38 @@ def _source_frame(size: int) -> bytes:
     return (bytes(range(256)) * (size // 256 + 1))[:size]
 
 
+def _ring_frontend(path: str, ring: str):
+    """Our front-end on `path` with `ring` layout rings, connected and started."""
+    from vhostuser.features import Feature, bit
+    from vhostuser.frontend import DEFAULT_FEATURES, GuestMemoryArea, MiB, NetFrontend
+
+    features = DEFAULT_FEATURES | (bit(Feature.F_RING_PACKED) if ring == "packed" else 0)
+    fe = NetFrontend(path, queue_size=1024, memory=GuestMemoryArea(((0, 64 * MiB),)),
+                     features=features)
+    fe.connect()
+    fe.start()
+    if fe.has_feature(Feature.F_RING_PACKED) != (ring == "packed"):
+        raise RuntimeError(f"the backend did not negotiate {ring} rings")
+    return fe
+
+
 def ring_guest_to_backend(size: int, seconds: float, frontend: str = "c",
-                          backend: str = "c") -> RingResult:
+                          backend: str = "c", ring: str = "split") -> RingResult:
     """Frames of `size` bytes to the sink, 256 (16 above 1514 bytes) per batch: with the
     C path as many as there are free buffers per call, the ring kept full; with the
     Python path one batch at a time, each waited for. Every frame sent must have reached
     the sink (its count and bytes), and no queue may have been declared broken.
-    `backend`: the backend's ring path, "c" or "python"."""
-    from vhostuser.frontend import GuestMemoryArea, MiB, NetFrontend
-
+    `backend`: the backend's ring path, "c" or "python"; `ring`: "split" or "packed"
+    (packed rings take the per-frame paths on both sides: the C batches walk split rings
+    only)."""
+    if ring == "packed":
+        frontend = "python"
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "bench.sock")
         proc = _start_backend("sink", path, size, backend)
         counts = None
         try:
-            fe = NetFrontend(path, queue_size=1024, memory=GuestMemoryArea(((0, 64 * MiB),)))
-            fe.connect()
-            fe.start()
+            fe = _ring_frontend(path, ring)
             frame = bytes(size)
             batch = 256 if size <= 1514 else 16
             frames = 0
@@ -259,7 +275,7 @@ def ring_guest_to_backend(size: int, seconds: float, frontend: str = "c",
                 proc.wait(5)
     _check_counts(f"guest->backend {size}", counts, frames, frames * size)
     return RingResult("guest->backend", size, frames, dt, frames / dt,
-                      frames * size * 8 / dt / 1e9, cpu / frames * 1e6, frontend)
+                      frames * size * 8 / dt / 1e9, cpu / frames * 1e6, frontend, ring)
 
 
 def _check_counts(what: str, counts: dict, frames: int, nbytes: int) -> None:
@@ -281,22 +297,22 @@ RX_SAMPLE_EVERY = 64  # the C path copies and checks one frame every this many c
 
 
 def ring_backend_to_guest(size: int, seconds: float, rx_buffer: int | None = None,
-                          frontend: str = "c", backend: str = "c") -> RingResult:
+                          frontend: str = "c", backend: str = "c",
+                          ring: str = "split") -> RingResult:
     """Frames from the backend into RX buffers of 4 KiB (merged with MRG_RXBUF), or with
     `rx_buffer`, of that many bytes plus the virtio-net header each (65536: one buffer per
     64 KiB frame, as a Linux guest with big buffers posts). The C path counts frames and
     bytes (each frame's length must be `size`) and compares one frame's contents with the
-    source's every RX_SAMPLE_EVERY calls; the Python path copies every frame."""
-    from vhostuser.frontend import GuestMemoryArea, MiB, NetFrontend
-
+    source's every RX_SAMPLE_EVERY calls; the Python path copies every frame. Packed
+    rings take the per-frame paths (see ring_guest_to_backend)."""
+    if ring == "packed":
+        frontend = "python"
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "bench.sock")
         proc = _start_backend("source", path, size, backend)
         counts = None
         try:
-            fe = NetFrontend(path, queue_size=1024, memory=GuestMemoryArea(((0, 64 * MiB),)))
-            fe.connect()
-            fe.start()
+            fe = _ring_frontend(path, ring)
             frames = 0
             cpu0 = _cpu_seconds(proc.pid)
             t0 = time.perf_counter()
@@ -339,18 +355,21 @@ def ring_backend_to_guest(size: int, seconds: float, rx_buffer: int | None = Non
         raise RuntimeError(f"backend->guest {size}: {frames} frames received, the backend "
                            f"delivered {counts['guest_rx_frames']}")
     return RingResult("backend->guest", size, frames, dt, frames / dt,
-                      frames * size * 8 / dt / 1e9, cpu / max(frames, 1) * 1e6, frontend)
+                      frames * size * 8 / dt / 1e9, cpu / max(frames, 1) * 1e6, frontend, ring)
 
 
 def bench_ring(seconds: float, sizes=(64, 1500, 65536),
                rx_buffer: int | None = None, frontend: str = "c",
-               backend: str = "c") -> list[RingResult]:
+               backend: str = "c", rings=("split", "packed")) -> list[RingResult]:
     """`frontend`: "c" (the batched TxBatch/RxBatch path) or "python" (per frame);
-    `backend`: the backend's ring path, the same two."""
+    `backend`: the backend's ring path, the same two; `rings`: the layouts, side by side
+    (packed rings always take the per-frame paths)."""
     out = []
     for size in sizes:
-        out.append(ring_guest_to_backend(size, seconds, frontend, backend))
-        out.append(ring_backend_to_guest(size, seconds, rx_buffer, frontend, backend))
+        for ring in rings:
+            out.append(ring_guest_to_backend(size, seconds, frontend, backend, ring))
+            out.append(ring_backend_to_guest(size, seconds, rx_buffer, frontend, backend,
+                                             ring))
     return out
 
 
@@ -398,15 +417,18 @@ def print_dpdk(results: list[DpdkResult]) -> None:
 
 
 def print_ring(results: list[RingResult]) -> None:
-    print(f"{'ring':<16} {'size':>6} {'frames/s':>10} {'Gbit/s':>8} {'backend µs/frame':>17}")
+    print(f"{'ring':<16} {'layout':>6} {'size':>6} {'frames/s':>10} {'Gbit/s':>8} "
+          f"{'backend µs/frame':>17}  front-end")
     for r in results:
-        print(f"{r.direction:<16} {r.frame_size:>6} {r.frames_per_s:>10.0f} "
-              f"{r.gbit_per_s:>8.3f} {r.backend_cpu_us_per_frame:>17.2f}")
+        print(f"{r.direction:<16} {r.ring:>6} {r.frame_size:>6} {r.frames_per_s:>10.0f} "
+              f"{r.gbit_per_s:>8.3f} {r.backend_cpu_us_per_frame:>17.2f}  "
+              + ("C batches" if r.frontend == "c" else "Python, per frame"))
 
 
 BENCHMARKS = """benchmarks (WHAT):
   ring    frames/s, Gbit/s and backend CPU µs/frame over the real virtqueues, per frame
-          size (--sizes) and direction, our Python front-end against our backend
+          size (--sizes), direction and ring layout (--rings: split and packed side by
+          side), our Python front-end against our backend
   stack   our TCP/IP stack: TCP bulk (Mbit/s) and 64-byte request/response (trans/s)
           between two stacks over loopback; with root, against Linux over a TAP (--no-tap
           skips it)
@@ -433,6 +455,13 @@ examples:
   vhostnet bench stack --no-tap
   vhostnet bench vm --smoke --backends ours,slirp
 """
+
+
+def _rings(text: str) -> str:
+    parts = text.split(",")
+    if not parts or any(p not in ("split", "packed") for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give split, packed or split,packed")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -474,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ring: the front-end's data path: c (default; batched, C helpers, "
                         "so the backend is what is measured) or python (per frame, the "
                         "old path, for comparison)")
+    p.add_argument("--rings", default="split,packed", type=_rings,
+                   help="ring: the virtqueue layouts, split and/or packed (default both, "
+                        "side by side; packed rings take the per-frame paths)")
     p.add_argument("--repeat", type=int, default=3,
                    help="dpdk: runs of each side, alternating; medians (default 3)")
     p.add_argument("--ring-backend", choices=["c", "python"], default="c",
@@ -553,6 +585,9 @@ def _run(what: str, args: argparse.Namespace, argv: list[str] | None) -> dict:
             kw["frontend"] = args.ring_frontend
         if args.ring_backend != "c":
             kw["backend"] = args.ring_backend
+        rings = tuple(args.rings.split(","))
+        if rings != ("split", "packed"):
+            kw["rings"] = rings
         results = bench_ring(args.seconds, sizes, **kw)
         print_ring(results)
         out = {"ring": [asdict(r) for r in results]}
