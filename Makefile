@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench stress clean
+.PHONY: install demo test lint bench stress fuzz clean
 
 install:
 	@bash ci/install.sh
@@ -29,6 +29,14 @@ bench: install
 STRESS_ARGS ?=
 stress: install
 	$(PY) -m apps.bench.stress $(STRESS_ARGS)
+
+# Coverage-guided fuzzing (atheris) of every attack surface, FUZZ_SECONDS per target
+# (default 60): executions, coverage and corpus growth per target; new inputs join
+# tests/fuzz/corpus, which `make test` replays. FUZZ_TARGETS narrows it.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+fuzz: install
+	$(PY) -m tests.fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
 	rm -rf build *.egg-info netstack/_fast.* vhostuser/_fast.* .pytest_cache

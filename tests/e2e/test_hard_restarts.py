@@ -117,7 +117,9 @@ def test_backend_killed_20_times_under_traffic(guest_image, tmp_path, mode, qemu
             up = _wait(lambda: _has_device(_status(ctl)), 30)
             assert up is not None, f"restart {i + 1}: QEMU did not set the rings up again"
             conn = _wait(lambda: _guest_connection(_status(ctl)), 30)
-            assert conn is not None, f"restart {i + 1}: no connection from the guest"
+            assert conn is not None, (
+                f"restart {i + 1}: no connection from the guest; after {took}; backend "
+                f"status {_status(ctl)}; guest console:\n{vm.tail(40)}")
             took.append((round(up - t0, 2), round(conn - up, 2)))
         print("seconds to the device, then to the guest's first connection:", took)
         assert max(c for _, c in took) < UP_TO_CONNECTION, took

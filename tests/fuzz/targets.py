@@ -1,0 +1,203 @@
+"""Fuzz targets: one function per attack surface, taking bytes, raising only on a bug.
+
+Each target turns its input into what a hostile guest (or network) controls and drives our
+code with it; the errors our code declares for bad input (ProtocolError, RingError, ...)
+are caught here, anything else escapes and is a finding. `python -m tests.fuzz` runs them
+under atheris (coverage-guided libFuzzer); tests/fuzz/test_corpus.py replays the corpus
+in CI.
+
+- `message`: a vhost-user byte stream, cut where the input says, into the decoder and
+  the backend's state machine (messages that take fds get small memfds).
+- `split_ring`: a descriptor table, indirect tables across two adjacent regions and a
+  gap, a head: the C walker and the Python walker must agree (chain or error text).
+- `packed_ring`: a packed descriptor ring popped and pushed until it is empty or broken.
+- `stack`: Ethernet frames into the whole stack (ARP, IPv4/IPv6 with reassembly, ICMP,
+  UDP, TCP, DHCPv4/v6, DNS, RA) with time moving; the gateway is off (it would open host
+  sockets to whatever the input names).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from vhostuser.errors import GuestMemoryError, ProtocolError, RingError
+
+U16 = struct.Struct("<H")
+
+
+# -- message -----------------------------------------------------------------------------
+
+
+def _fd_count(req: int, payload: bytes) -> int:
+    from vhostuser.protocol import Request as R
+
+    if req == R.SET_MEM_TABLE and len(payload) >= 8:
+        return min(U16.unpack_from(payload)[0] if len(payload) >= 2 else 0, 8)
+    if req in (R.ADD_MEM_REG, R.SET_LOG_BASE, R.SET_LOG_FD, R.SET_VRING_KICK,
+               R.SET_VRING_CALL, R.SET_VRING_ERR, R.SET_BACKEND_REQ_FD, R.SET_INFLIGHT_FD):
+        return 1
+    return 0
+
+
+def message(data: bytes) -> None:
+    from vhostuser.backend import VhostUserBackend
+    from vhostuser.protocol import MessageDecoder
+
+    if not data:
+        return
+    step = data[0] % 32 + 1  # bytes per feed
+    stream = data[1:]
+    dec = MessageDecoder()
+    be = VhostUserBackend()
+    try:
+        for off in range(0, len(stream), step):
+            try:
+                msgs = list(dec.feed(stream[off:off + step], []))
+            except ProtocolError:
+                return
+            for msg in msgs:
+                n = _fd_count(msg.request, msg.payload)
+                for _ in range(n):
+                    fd = os.memfd_create("fuzz", os.MFD_CLOEXEC)
+                    os.ftruncate(fd, 1 << 16)
+                    msg.fds.append(fd)
+                try:
+                    be.handle(msg)
+                except ProtocolError:
+                    msg.close_fds()
+                    return
+                msg.close_fds()
+    finally:
+        dec.close()
+        be.close()
+
+
+# -- split_ring --------------------------------------------------------------------------
+_SPLIT = None
+
+
+def _split_setup():
+    global _SPLIT
+    if _SPLIT is None:
+        import vhostuser.virtqueue as virtqueue
+        from vhostuser.memory import GuestMemory, Region
+        from vhostuser.protocol import VringAddr
+
+        mem = GuestMemory()
+        for gpa, size in ((0x0, 0x4000), (0x4000, 0x4000), (0x10000, 0x1000)):
+            mem.regions.append(Region(gpa, size, gpa, 0, None, memoryview(bytearray(size))))
+        q = virtqueue.Virtqueue(1)
+        q.size = 16
+        q.addr = VringAddr(1, 0, 0x100, 0x1000, 0x800, 0)
+        q.map(mem)
+        _SPLIT = (virtqueue, mem, q)
+    return _SPLIT
+
+
+def _gpa_write(mem, gpa: int, data: bytes) -> None:
+    """Write across adjacent regions (the walker's memory has no gap there)."""
+    while data:
+        r = mem._find_gpa(gpa)
+        off = gpa - r.guest_phys_addr
+        n = min(len(data), r.size - off)
+        r.view[off:off + n] = data[:n]
+        gpa, data = gpa + n, data[n:]
+
+
+def split_ring(data: bytes) -> None:
+    virtqueue, mem, q = _split_setup()
+    if not virtqueue.HAVE_C or len(data) < 3:
+        return
+    q.indirect = bool(data[0] & 1)
+    head = U16.unpack_from(data, 1)[0] % 20  # mostly in range, sometimes not
+    body = data[3:3 + 16 * 16 + 16 * 8].ljust(16 * 16 + 16 * 8, b"\0")
+    _gpa_write(mem, 0x100, body[:256])  # the table
+    _gpa_write(mem, 0x3fc0, body[256:])  # an indirect table across the region boundary
+
+    def walk(use_c: bool):
+        virtqueue.USE_C = use_c
+        try:
+            chain = q._walk(head)
+            return ("ok", chain.readable, chain.writable)
+        except (RingError, GuestMemoryError) as e:
+            return (type(e).__name__, str(e))
+        finally:
+            virtqueue.USE_C = virtqueue.HAVE_C
+
+    py, c = walk(False), walk(True)
+    if py != c:
+        raise AssertionError(f"walkers disagree at head {head}: C {c} vs Python {py}")
+
+
+# -- packed_ring -------------------------------------------------------------------------
+def packed_ring(data: bytes) -> None:
+    from vhostuser.memory import GuestMemory, Region
+    from vhostuser.packed import PackedVirtqueue
+    from vhostuser.protocol import VringAddr
+
+    raw = bytearray(0x8000)
+    raw[0x1000:0x1000 + min(len(data), 0x7000)] = data[:0x7000]
+    mem = GuestMemory()
+    mem.regions.append(Region(0, len(raw), 0, 0, None, memoryview(raw)))
+    q = PackedVirtqueue(0)
+    q.size = 16
+    q.addr = VringAddr(0, 0, 0x1000, 0x1140, 0x1100, 0)
+    q.indirect = bool(data[:1]) and data[0] & 1 == 1
+    q.map(mem)
+    q.set_base(0x8000 | (data[1] % 16 if len(data) > 1 else 0))
+    q.start()
+    q.enabled = True
+    for _ in range(40):
+        try:
+            chain = q.pop()
+        except RingError:
+            return
+        if chain is None:
+            break
+        q.push(chain.head, sum(n for _, n in chain.writable) & 0xFFFF)
+        q.publish()
+    q.unmap()
+
+
+# -- stack -------------------------------------------------------------------------------
+_STACK = None
+
+
+def _stack_setup(fresh: bool = False):
+    global _STACK
+    if _STACK is None or fresh or _STACK[3] > 500:
+        from apps.stack import StackConfig, build_stack
+        from gateway.policy import GatewayConfig
+        from netstack.phy.loopback import loopback_pair
+
+        st = build_stack(StackConfig(gateway=GatewayConfig(enabled=False)),
+                         gateway_thread=False)
+        guest, dev = loopback_pair()
+        _STACK = [st, guest, dev, 0, 1000.0]
+    return _STACK
+
+
+def stack(data: bytes, fresh: bool = False) -> None:
+    s = _stack_setup(fresh)
+    st, guest, dev = s[0], s[1], s[2]
+    s[3] += 1
+    off = 0
+    while off + 2 <= len(data):
+        n = U16.unpack_from(data, off)[0] % 1600
+        frame = data[off + 2:off + 2 + n]
+        off += 2 + n
+        if len(frame) < 14:
+            continue
+        tok = guest.transmit(s[4])
+        if tok is not None:
+            tok.consume(len(frame), lambda buf, f=frame: buf.__setitem__(slice(None), f))
+        s[4] += 0.05 + (frame[0] & 3)  # time moves: timers, reassembly, TCP retransmits
+        for _ in range(4):
+            st.iface.poll(s[4], dev, st.sockets)
+        while (got := guest.receive(s[4])) is not None:
+            got[0].consume(bytes)
+
+
+TARGETS = {"message": message, "split_ring": split_ring, "packed_ring": packed_ring,
+           "stack": stack}
