@@ -184,7 +184,7 @@ def stack(data: bytes, fresh: bool = False) -> None:
     s[3] += 1
     off = 0
     while off + 2 <= len(data):
-        n = U16.unpack_from(data, off)[0] % 1600
+        n = U16.unpack_from(data, off)[0] % 1515  # (up to a full frame without FCS)
         frame = data[off + 2:off + 2 + n]
         off += 2 + n
         if len(frame) < 14:
