@@ -395,7 +395,83 @@ class _Chain:
     token: object
 
 
-class Virtqueue:
+class _DriverRing:
+    """What the split and the packed driver queue share: the eventfds and kick counts,
+    the outstanding chains (their tokens go back to their owner at `close`), and the
+    ring memory they give back."""
+
+    mem: GuestMemoryArea
+    kick_fd: int
+    call_fd: int
+    kicks: int
+    kicks_suppressed: int
+    chains: dict[int, _Chain]
+    pending: list
+
+    def _ring_gpas(self) -> tuple[int, ...]:
+        """The ring's own allocations (freed at `close`)."""
+        raise NotImplementedError
+
+    def _clear_free(self) -> None:
+        """Forget the free descriptors (the queue is closed)."""
+        raise NotImplementedError
+
+    def publish(self) -> bool:
+        raise NotImplementedError
+
+    def reap_tokens(self) -> list[tuple[int, int, object]]:
+        raise NotImplementedError
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.chains)
+
+    def kick(self) -> None:
+        os.eventfd_write(self.kick_fd, 1)
+        self.kicks += 1
+
+    def publish_and_kick(self) -> bool:
+        """`publish()`, then kick when the device asked for it. Returns whether it kicked."""
+        if not self.pending:
+            return False
+        if self.publish():
+            self.kick()
+            return True
+        self.kicks_suppressed += 1
+        return False
+
+    def reap(self) -> list[tuple[int, int]]:
+        return [(h, n) for h, n, _ in self.reap_tokens()]
+
+    def drain_call(self) -> int:
+        """Read (and clear) the call eventfd; 0 when it was not signalled."""
+        try:
+            return os.eventfd_read(self.call_fd)
+        except BlockingIOError:
+            return 0
+
+    def close(self) -> list[object]:
+        """Close the eventfds and give the ring memory (and outstanding indirect tables)
+        back to the allocator. Returns the tokens of chains still outstanding, for their
+        owner to free the buffers."""
+        for fd in (self.kick_fd, self.call_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.kick_fd = self.call_fd = -1
+        tokens = [c.token for c in self.chains.values()]
+        if self.mem.regions:  # memory not already torn down
+            for c in self.chains.values():
+                if c.indirect_table is not None:
+                    self.mem.free(c.indirect_table)
+            for gpa in self._ring_gpas():
+                self.mem.free(gpa)
+        self.chains = {}
+        self.pending = []
+        self._clear_free()
+        return tokens
+
+
+class Virtqueue(_DriverRing):
     """The driver side of one split virtqueue in guest memory.
 
     Layout (virtio 1.2 §2.7): descriptor table 16·n bytes aligned 16; avail ring
@@ -465,10 +541,6 @@ class Virtqueue:
     @property
     def num_free(self) -> int:
         return len(self.free_heads)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.chains)
 
     # -- raw ring fields ----------------------------------------------------------------
     @staticmethod
@@ -586,20 +658,6 @@ class Virtqueue:
             return vring_need_event(self.avail_event, self.avail_idx, old)
         return not self.used_flags & VIRTQ_USED_F_NO_NOTIFY
 
-    def kick(self) -> None:
-        os.eventfd_write(self.kick_fd, 1)
-        self.kicks += 1
-
-    def publish_and_kick(self) -> bool:
-        """`publish()`, then kick when the device asked for it. Returns whether it kicked."""
-        if not self.pending:
-            return False
-        if self.publish():
-            self.kick()
-            return True
-        self.kicks_suppressed += 1
-        return False
-
     def reap_tokens(self) -> list[tuple[int, int, object]]:
         """Take used entries: (head, written length, token) each; their descriptors are
         freed. Re-arms the device's interrupt (used_event) when EVENT_IDX is on."""
@@ -627,9 +685,6 @@ class Virtqueue:
             self.used_event = self.last_used
         return out
 
-    def reap(self) -> list[tuple[int, int]]:
-        return [(h, n) for h, n, _ in self.reap_tokens()]
-
     def has_used(self) -> bool:
         return self.used_idx != self.last_used
 
@@ -651,32 +706,11 @@ class Virtqueue:
         if chain.indirect_table is not None:
             self.mem.free(chain.indirect_table)
 
-    def drain_call(self) -> int:
-        """Read (and clear) the call eventfd; 0 when it was not signalled."""
-        try:
-            return os.eventfd_read(self.call_fd)
-        except BlockingIOError:
-            return 0
+    def _ring_gpas(self) -> tuple[int, ...]:
+        return (self.desc_gpa, self.avail_gpa, self.used_gpa)
 
-    def close(self) -> list[object]:
-        """Close the eventfds and give the ring memory (and outstanding indirect tables)
-        back to the allocator. Returns the tokens of chains still outstanding, for their
-        owner to free the buffers."""
-        for fd in (self.kick_fd, self.call_fd):
-            if fd >= 0:
-                os.close(fd)
-        self.kick_fd = self.call_fd = -1
-        tokens = [c.token for c in self.chains.values()]
-        if self.mem.regions:  # memory not already torn down
-            for c in self.chains.values():
-                if c.indirect_table is not None:
-                    self.mem.free(c.indirect_table)
-            for gpa in (self.desc_gpa, self.avail_gpa, self.used_gpa):
-                self.mem.free(gpa)
-        self.chains = {}
-        self.pending = []
+    def _clear_free(self) -> None:
         self.free_heads = []
-        return tokens
 
 
 _PDESC = struct.Struct("<QIHH")  # packed descriptor: addr, len, id, flags
@@ -684,7 +718,7 @@ _P_AVAIL, _P_USED = 1 << 7, 1 << 15  # its AVAIL and USED flags
 _EV_ENABLE, _EV_DISABLE, _EV_DESC = 0, 1, 2  # event suppression flags
 
 
-class PackedQueue:
+class PackedQueue(_DriverRing):
     """The driver side of one packed virtqueue (virtio 1.2 §2.8), with `Virtqueue`'s
     interface so that `NetFrontend` drives either.
 
@@ -748,10 +782,6 @@ class PackedQueue:
     @property
     def num_free(self) -> int:
         return self.free_desc
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.chains)
 
     def _flags_at(self, wrap: bool) -> int:
         return _P_AVAIL if wrap else _P_USED
@@ -838,31 +868,15 @@ class PackedQueue:
             event -= self.size
         return vring_need_event(event & 0xFFFF, new & 0xFFFF, old & 0xFFFF)
 
-    def kick(self) -> None:
-        os.eventfd_write(self.kick_fd, 1)
-        self.kicks += 1
-
-    def publish_and_kick(self) -> bool:
-        if not self.pending:
-            return False
-        if self.publish():
-            self.kick()
-            return True
-        self.kicks_suppressed += 1
-        return False
-
-    def _is_used(self) -> bool:
+    def has_used(self) -> bool:
         flags = self._flags(self.next_used)
         avail, used = bool(flags & _P_AVAIL), bool(flags & _P_USED)
         return avail == used == self.used_wrap
 
-    def has_used(self) -> bool:
-        return self._is_used()
-
     def reap_tokens(self) -> list[tuple[int, int, object]]:
         """Take used buffers: (id, written length, token) each."""
         out = []
-        while self._is_used():
+        while self.has_used():
             _fence()  # the flags before the id and length they cover
             _, length, bid, _ = _PDESC.unpack_from(self._desc[0],
                                                    self._desc[1] + 16 * self.next_used)
@@ -883,9 +897,6 @@ class PackedQueue:
             self._arm(self.next_used, self.used_wrap)
         return out
 
-    def reap(self) -> list[tuple[int, int]]:
-        return [(h, n) for h, n, _ in self.reap_tokens()]
-
     def _arm(self, pos: int, wrap: bool) -> None:
         _fast.vu_st16(self._driver_p, pos | wrap << 15)
         _fast.vu_st16(self._driver_p + 2, _EV_DESC)
@@ -898,28 +909,11 @@ class PackedQueue:
         else:
             _fast.vu_st16(self._driver_p + 2, _EV_ENABLE)
 
-    def drain_call(self) -> int:
-        try:
-            return os.eventfd_read(self.call_fd)
-        except BlockingIOError:
-            return 0
+    def _ring_gpas(self) -> tuple[int, ...]:
+        return (self.desc_gpa, self.driver_gpa, self.device_gpa)
 
-    def close(self) -> list[object]:
-        for fd in (self.kick_fd, self.call_fd):
-            if fd >= 0:
-                os.close(fd)
-        self.kick_fd = self.call_fd = -1
-        tokens = [c.token for c in self.chains.values()]
-        if self.mem.regions:
-            for c in self.chains.values():
-                if c.indirect_table is not None:
-                    self.mem.free(c.indirect_table)
-            for gpa in (self.desc_gpa, self.driver_gpa, self.device_gpa):
-                self.mem.free(gpa)
-        self.chains = {}
-        self.pending = []
+    def _clear_free(self) -> None:
         self.free_ids = []
-        return tokens
 
 
 # ---------------------------------------------------------------------------------------
