@@ -315,16 +315,14 @@ class VhostUserServer:
 
     def _drop(self, port: Port | None = None) -> None:
         if port is None:  # (the active connection's port)
-            port = next((p for p in self.ports if p.conn is not None
-                         and p.conn is self._active), None)
-            if port is None:
+            if self._active is None:
                 return
+            port = next(p for p in self.ports if p.conn is self._active)
         conn = port.conn
         if conn is None:
             return
         port.conn = None
-        for fd in list(conn.backend.watch_fds()):
-            self._unwatch_kick(fd)
+        # (its kick fds are unwatched as conn.close() closes them: on_kick_closing)
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(conn.sock)
         if conn is self._active:
