@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import struct
 
-from vhostuser.errors import GuestMemoryError, ProtocolError, RingError
+from vhostuser.errors import ProtocolError, RingError
 
 U16 = struct.Struct("<H")
 
@@ -77,55 +77,23 @@ def message(data: bytes) -> None:
 _SPLIT = None
 
 
-def _split_setup():
-    global _SPLIT
-    if _SPLIT is None:
-        import vhostuser.virtqueue as virtqueue
-        from vhostuser.memory import GuestMemory, Region
-        from vhostuser.protocol import VringAddr
-
-        mem = GuestMemory()
-        for gpa, size in ((0x0, 0x4000), (0x4000, 0x4000), (0x10000, 0x1000)):
-            mem.regions.append(Region(gpa, size, gpa, 0, None, memoryview(bytearray(size))))
-        q = virtqueue.Virtqueue(1)
-        q.size = 16
-        q.addr = VringAddr(1, 0, 0x100, 0x1000, 0x800, 0)
-        q.map(mem)
-        _SPLIT = (virtqueue, mem, q)
-    return _SPLIT
-
-
-def _gpa_write(mem, gpa: int, data: bytes) -> None:
-    """Write across adjacent regions (the walker's memory has no gap there)."""
-    while data:
-        r = mem._find_gpa(gpa)
-        off = gpa - r.guest_phys_addr
-        n = min(len(data), r.size - off)
-        r.view[off:off + n] = data[:n]
-        gpa, data = gpa + n, data[n:]
-
-
 def split_ring(data: bytes) -> None:
-    virtqueue, mem, q = _split_setup()
-    if not virtqueue.HAVE_C or len(data) < 3:
+    """tests/vhostuser/test_walker.py's differential check, on the fuzzer's tables."""
+    global _SPLIT
+    from tests.vhostuser import test_walker as tw
+
+    if not tw.virtqueue.HAVE_C or len(data) < 3:
         return
+    if _SPLIT is None:
+        mem, _ = tw._memory()
+        _SPLIT = (mem, tw._queue(mem))
+    mem, q = _SPLIT
     q.indirect = bool(data[0] & 1)
     head = U16.unpack_from(data, 1)[0] % 20  # mostly in range, sometimes not
     body = data[3:3 + 16 * 16 + 16 * 8].ljust(16 * 16 + 16 * 8, b"\0")
-    _gpa_write(mem, 0x100, body[:256])  # the table
-    _gpa_write(mem, 0x3fc0, body[256:])  # an indirect table across the region boundary
-
-    def walk(use_c: bool):
-        virtqueue.USE_C = use_c
-        try:
-            chain = q._walk(head)
-            return ("ok", chain.readable, chain.writable)
-        except (RingError, GuestMemoryError) as e:
-            return (type(e).__name__, str(e))
-        finally:
-            virtqueue.USE_C = virtqueue.HAVE_C
-
-    py, c = walk(False), walk(True)
+    tw._write(mem, tw.RING, body[:256])  # the table
+    tw._write(mem, 0x3fc0, body[256:])  # an indirect table across the region boundary
+    py, c = tw._walk(q, head, False), tw._walk(q, head, True)
     if py != c:
         raise AssertionError(f"walkers disagree at head {head}: C {c} vs Python {py}")
 

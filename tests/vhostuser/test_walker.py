@@ -35,9 +35,22 @@ def _memory() -> tuple[GuestMemory, list[memoryview]]:
 
 
 def _write(mem: GuestMemory, gpa: int, data: bytes) -> None:
-    for k, b in enumerate(data):
-        r = mem._find_gpa(gpa + k)
-        r.view[gpa + k - r.guest_phys_addr] = b
+    """Write across adjacent regions (region by region)."""
+    while data:
+        r = mem._find_gpa(gpa)
+        off = gpa - r.guest_phys_addr
+        n = min(len(data), r.size - off)
+        r.view[off:off + n] = data[:n]
+        gpa, data = gpa + n, data[n:]
+
+
+def _queue(mem: GuestMemory) -> virtqueue.Virtqueue:
+    """A queue of QSIZE whose descriptor table is at RING, mapped."""
+    q = virtqueue.Virtqueue(1)
+    q.size = QSIZE
+    q.addr = VringAddr(1, 0, RING, 0x1000, 0x800, 0)
+    q.map(mem)
+    return q
 
 
 def _random_desc(rng: random.Random, table_len: int) -> bytes:
@@ -65,10 +78,7 @@ def _walk(q: virtqueue.Virtqueue, head: int, use_c: bool):
 def test_c_and_python_walkers_agree(seed):
     rng = random.Random(seed)
     mem, _ = _memory()
-    q = virtqueue.Virtqueue(1)
-    q.size = QSIZE
-    q.addr = VringAddr(1, 0, RING, 0x1000, 0x800, 0)
-    q.map(mem)
+    q = _queue(mem)
     outcomes = set()
     for _ in range(400):
         q.indirect = rng.random() < 0.8
@@ -85,11 +95,8 @@ def test_c_and_python_walkers_agree(seed):
 
 def test_indirect_table_straddling_two_regions_is_gathered():
     mem, _ = _memory()
-    q = virtqueue.Virtqueue(1)
-    q.size = QSIZE
+    q = _queue(mem)
     q.indirect = True
-    q.addr = VringAddr(1, 0, RING, 0x1000, 0x800, 0)
-    q.map(mem)
     table = 0x4000 - 24  # the second descriptor starts 8 bytes before the boundary
     _write(mem, table, DESC.pack(0x100, 10, VIRTQ_DESC_F_NEXT, 1)
            + DESC.pack(0x200, 20, VIRTQ_DESC_F_WRITE, 0))
