@@ -98,6 +98,17 @@ def echo_server(sock_path):
     s.stop()
 
 
+def recv_n(fe: NetFrontend, n: int, timeout: float = 3.0, what: str = "") -> list[bytes]:
+    """Receive until at least `n` frames arrived (all of them returned, in order); a wait
+    of `timeout` that brings nothing fails the test."""
+    got: list[bytes] = []
+    while len(got) < n:
+        chunk = fe.recv_frames(timeout=timeout)
+        assert chunk, f"{what}stalled after {len(got)} of {n} frames"
+        got.extend(chunk)
+    return got
+
+
 def make_frontend(path: str, **kw) -> NetFrontend:
     fe = NetFrontend(path, **kw)
     fe.connect()

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.vhostuser.conftest import ServerThread, make_frontend
+from tests.vhostuser.conftest import ServerThread, make_frontend, recv_n
 from vhostuser.features import Feature, bit, bits
 from vhostuser.frontend import DEFAULT_FEATURES, NetFrontend
 
@@ -76,10 +76,7 @@ def test_echo_many_frames_in_order(echo_server, sock_path, features):
         got: list[bytes] = []
         for i in range(0, len(sent), 50):
             fe.send_frames(sent[i:i + 50])
-            while len(got) < i + 50:
-                more = fe.recv_frames(timeout=3)
-                assert more, f"stalled after {len(got)} frames"
-                got.extend(more)
+            got.extend(recv_n(fe, i + 50 - len(got)))
             fe.reap_tx()
         assert got == sent
     finally:
@@ -118,12 +115,7 @@ def test_event_idx_suppresses_interrupts(echo_server, sock_path):
         fe.post_rx_buffers(256, size=2048)
         frames = [frame_of(100, i) for i in range(200)]
         fe.send_frames(frames)
-        got = []
-        while len(got) < 200:
-            more = fe.recv_frames(timeout=3)
-            assert more
-            got.extend(more)
-        assert got == frames
+        assert recv_n(fe, 200) == frames
         # one batch of 200 frames must not cost 200 interrupts or 200 kicks
         assert fe.counters.calls < 100
     finally:
@@ -185,13 +177,8 @@ def test_reconnect_mid_traffic_no_loss_no_duplicates(sock_path):
             fe = make_frontend(sock_path)
             fe.post_rx_buffers(64)
             frames = [frame_of(300, round_ * 1000 + i) for i in range(40)]
-            got = []
             fe.send_frames(frames)
-            while len(got) < len(frames):
-                more = fe.recv_frames(timeout=3)
-                assert more, f"round {round_}: stalled at {len(got)}"
-                got.extend(more)
-            assert got == frames
+            assert recv_n(fe, len(frames), what=f"round {round_}: ") == frames
             fe.send_frames([frame_of(300, 77)] * 5)  # in flight as we vanish
             fe.sock.close()  # abrupt: no GET_VRING_BASE
             fe.close()

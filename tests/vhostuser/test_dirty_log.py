@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.vhostuser.conftest import make_frontend
+from tests.vhostuser.conftest import make_frontend, recv_n
 from tests.vhostuser.test_datapath import frame_of
 from vhostuser.features import Feature, bit
 from vhostuser.frontend import (
@@ -107,12 +107,7 @@ def test_every_page_we_write_while_logging_is_marked(logged, walker, buffer):
     assert len(changed) >= 3  # buffers over several pages, and the used ring
     assert changed <= log.pages(), f"written but not logged: {sorted(changed - log.pages())}"
     assert rx.used_gpa // PAGE in log.pages()
-    got = []
-    while len(got) < 40:
-        chunk = fe.recv_frames(timeout=3)
-        assert chunk, f"stalled after {len(got)} frames"
-        got.extend(chunk)
-    assert got == frames
+    assert recv_n(fe, 40) == frames
 
     # TX: the device writes only the used ring (the frames it reads are the driver's)
     log.clear()
@@ -134,11 +129,7 @@ def test_nothing_is_marked_once_logging_stops(logged):
     log.clear()
     for i in range(8):
         server.inject(frame_of(900, i))
-    got = []
-    while len(got) < 8:
-        chunk = fe.recv_frames(timeout=3)
-        assert chunk
-        got.extend(chunk)
+    recv_n(fe, 8)
     assert not log.pages()
     assert be.counters["log_starts"] == 1 and be.counters["log_stops"] == 1
 
@@ -155,12 +146,7 @@ def test_a_log_too_small_for_guest_memory_is_marked_where_it_reaches(logged):
         fe.post_rx_buffers(96)  # 192 KiB of buffers: most lie past the log's 64 KiB
         for i in range(60):
             server.inject(frame_of(1000, i))
-        got = []
-        while len(got) < 60:
-            chunk = fe.recv_frames(timeout=3)
-            assert chunk
-            got.extend(chunk)
-        assert got == [frame_of(1000, i) for i in range(60)]
+        assert recv_n(fe, 60) == [frame_of(1000, i) for i in range(60)]
         assert be.dirty_log.outside > 0
     finally:
         small.close()

@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.vhostuser.conftest import make_frontend
+from tests.vhostuser.conftest import make_frontend, recv_n
 from tests.vhostuser.test_datapath import frame_of
 from vhostuser.features import Feature, bit
 from vhostuser.frontend import DEFAULT_FEATURES, FrontendError, PackedQueue
 from vhostuser.packed import PackedVirtqueue
 
 PACKED = DEFAULT_FEATURES | bit(Feature.F_RING_PACKED)
-
-
-def recv_n(fe, n: int) -> list[bytes]:
-    got: list[bytes] = []
-    while len(got) < n:
-        chunk = fe.recv_frames(timeout=3)
-        assert chunk, f"stalled after {len(got)} of {n} frames"
-        got.extend(chunk)
-    return got
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vhostuser.conftest import RecordingApp, ServerThread, make_frontend
+from tests.vhostuser.conftest import RecordingApp, ServerThread, make_frontend, recv_n
 from tests.vhostuser.test_protocol import frame_of
 from vhostuser.features import Feature
 from vhostuser.frontend import (
@@ -324,12 +324,7 @@ def test_reset_device_then_restart_resumes_at_base(server, sock_path, new_memory
         more = [frame_of(130, 20 + i) for i in range(4)]
         for f in more:
             server.inject(f)
-        got = []
-        while len(got) < 4:
-            chunk = fe.recv_frames(timeout=3)
-            assert chunk, f"stalled after {got}"
-            got.extend(chunk)
-        assert got == more
+        assert recv_n(fe, 4) == more
         assert rx.used_idx == 6
         time.sleep(0.1)
         assert server.app.frames.empty()  # nothing replayed
