@@ -89,9 +89,15 @@ ffibuilder.cdef(
         uint64_t tx_bytes; uint32_t tx_drops, tx_csum;
         uint64_t rx_bytes; uint32_t rx_small;
         uint8_t *log; uint64_t log_size; uint32_t log_outside;
+        int packed; uint16_t avail_wrap, used_wrap;
+        int32_t held_pos; uint16_t held_flags;
+        int32_t probe_pos; uint16_t probe_wrap;
     };
     void vu_enter(struct vu_vq *q, uint16_t last_avail, uint16_t shadow_avail,
                   uint16_t used_idx);
+    void vu_enter_packed(struct vu_vq *q, uint16_t last_avail, int avail_wrap,
+                         uint16_t used_idx, int used_wrap, int32_t held_pos,
+                         uint16_t held_flags);
     #define VU_E_AHEAD ...
     #define VU_RX_SLOW ...
     #define VU_TX_WRITABLE ...
@@ -317,6 +323,14 @@ ffibuilder.set_source(
            buffer vu_rx_batch writes is marked in it (see vhostuser/dirtylog.py) */
         uint8_t *log; uint64_t log_size;
         uint32_t log_outside;  /* writes (partly) past the log's end: not marked */
+        /* a packed ring (virtio 1.2 §2.8; vhostuser/packed.py): `desc` is its one ring,
+           last_avail / used_idx are positions with their wrap counters; the first used
+           descriptor of a batch has its flags held back (held_pos, -1: none) until
+           Python's publish; probe_pos: where a pop last found nothing (-1: a pop found
+           a chain since, -2: no pop in this call) */
+        int packed; uint16_t avail_wrap, used_wrap;
+        int32_t held_pos; uint16_t held_flags;
+        int32_t probe_pos; uint16_t probe_wrap;
     };
 
     /* The queue's indices, copied in before a batch call (Python keeps them between
@@ -327,6 +341,20 @@ ffibuilder.set_source(
         q->last_avail = last_avail;
         q->shadow_avail = shadow_avail;
         q->used_idx = used_idx;
+        q->popped = q->pushed = q->bad = 0;
+    }
+
+    static void vu_enter_packed(struct vu_vq *q, uint16_t last_avail, int avail_wrap,
+                                uint16_t used_idx, int used_wrap, int32_t held_pos,
+                                uint16_t held_flags)
+    {
+        q->last_avail = last_avail;
+        q->avail_wrap = (uint16_t)!!avail_wrap;
+        q->used_idx = used_idx;
+        q->used_wrap = (uint16_t)!!used_wrap;
+        q->held_pos = held_pos;
+        q->held_flags = held_flags;
+        q->probe_pos = -2;  /* no pop yet */
         q->popped = q->pushed = q->bad = 0;
     }
 
@@ -358,8 +386,155 @@ ffibuilder.set_source(
         return 1;
     }
 
+    #define P_AVAIL (1u << 7)
+    #define P_USED (1u << 15)
+
+    /* The packed chain at ring position i, as PackedVirtqueue._walk_packed: descriptors
+       i, i+1, ... (wrapping) linked by NEXT, or one INDIRECT descriptor whose every table
+       entry belongs to the buffer. Returns the buffers (addr/len) or a VU_E_* code; *head
+       is the buffer id (the last descriptor's) | ring descriptors taken << 16. */
+    static int vu_walk_packed(struct vu_vq *q, uint32_t i, uint64_t *addr, uint32_t *len,
+                              uint32_t *nread, uint32_t *head)
+    {
+        uint32_t n = q->n, k = 0, readable = 0, steps = 0;
+        int writable = 0;
+        for (;;) {
+            uint8_t d[16];
+            uint64_t a;
+            uint32_t l;
+            uint16_t bid, flags;
+            memcpy(d, q->desc + 16ull * i, 16);
+            memcpy(&a, d, 8);
+            memcpy(&l, d + 8, 4);
+            memcpy(&bid, d + 12, 2);
+            memcpy(&flags, d + 14, 2);
+            steps++;
+            if (flags & F_INDIRECT) {
+                if (!q->indirect_ok)
+                    return VU_E_NO_INDIRECT;
+                if (steps > 1 || (flags & F_NEXT))
+                    return VU_E_INDIRECT_IN_CHAIN;
+                if (l == 0 || l % 16 || l / 16 > n) {
+                    q->err[0] = l; q->err[1] = n;
+                    return VU_E_INDIRECT_LEN;
+                }
+                int rc = vu_covered(q->regs, q->nregs, a, l, q->err);
+                if (rc)
+                    return rc;
+                for (uint32_t e = 0; e < l / 16; e++) {
+                    uint8_t t[16];
+                    uint64_t ta;
+                    uint32_t tl;
+                    uint16_t tf;
+                    vu_read(q->regs, q->nregs, a + 16ull * e, t, 16);
+                    memcpy(&ta, t, 8);
+                    memcpy(&tl, t + 8, 4);
+                    memcpy(&tf, t + 14, 2);
+                    if (tf & F_INDIRECT)
+                        return VU_E_NESTED;
+                    if (tf & F_WRITE)
+                        writable = 1;
+                    else if (writable)
+                        return VU_E_READ_AFTER_WRITE;
+                    else
+                        readable++;
+                    addr[k] = ta;
+                    len[k] = tl;
+                    k++;
+                }
+                *nread = readable;
+                *head = bid | (1u << 16);
+                return (int)k;
+            }
+            if (flags & F_WRITE)
+                writable = 1;
+            else if (writable)
+                return VU_E_READ_AFTER_WRITE;
+            else
+                readable++;
+            addr[k] = a;
+            len[k] = l;
+            k++;
+            if (!(flags & F_NEXT)) {
+                *nread = readable;
+                *head = bid | (steps << 16);
+                return (int)k;
+            }
+            if (steps >= n) {
+                q->err[0] = n;
+                return VU_E_TOO_LONG;
+            }
+            if (++i == n)
+                i = 0;
+        }
+    }
+
+    /* The next available chain, walked into addr/len: its descriptor count (> 0), 0 when
+       there is none, or a VU_E_* code. *head is what vu_push takes back: the head index
+       (split) or the buffer id and ring descriptors (packed). As the Python pops, a split
+       ring moves past a head whose walk fails, a packed ring does not. */
+    static int vu_next(struct vu_vq *q, uint32_t *head, uint64_t *addr, uint32_t *len,
+                       uint32_t *nread)
+    {
+        if (!q->packed) {
+            int rc = vu_pop_head(q, head);
+            if (rc <= 0)
+                return rc;
+            return vu_walk(q->desc, q->n, *head, q->indirect_ok, q->regs, q->nregs, addr,
+                           len, nread, q->err);
+        }
+        uint32_t i = q->last_avail;
+        int w = q->avail_wrap;
+        uint16_t f = __atomic_load_n((const uint16_t *)(q->desc + 16ull * i + 14),
+                                     __ATOMIC_ACQUIRE);
+        if (!!(f & P_AVAIL) != w || !!(f & P_USED) == w) {
+            q->probe_pos = (int32_t)i;
+            q->probe_wrap = (uint16_t)w;
+            return 0;
+        }
+        q->probe_pos = -1;
+        int cnt = vu_walk_packed(q, i, addr, len, nread, head);
+        if (cnt < 0)
+            return cnt;
+        i += *head >> 16;
+        if (i >= q->n) {
+            i -= q->n;
+            q->avail_wrap ^= 1;
+        }
+        q->last_avail = (uint16_t)i;
+        return cnt;
+    }
+
+    /* A packed used descriptor at our used position: the buffer's id and length, flags
+       equal to our wrap counter (the batch's first held back for publish), then the
+       position moves on by the buffer's ring descriptors. */
+    static void vu_push_packed(struct vu_vq *q, uint32_t head, uint32_t len)
+    {
+        uint8_t *d = (uint8_t *)q->desc + 16ull * q->used_idx;
+        uint16_t id = (uint16_t)head, flags = q->used_wrap ? (P_AVAIL | P_USED) : 0;
+        memcpy(d + 8, &len, 4);
+        memcpy(d + 12, &id, 2);
+        if (q->held_pos < 0) {
+            q->held_pos = q->used_idx;
+            q->held_flags = flags;
+        } else {
+            __atomic_store_n((uint16_t *)(d + 14), flags, __ATOMIC_RELEASE);
+        }
+        uint32_t i = q->used_idx + (head >> 16);
+        if (i >= q->n) {
+            i -= q->n;
+            q->used_wrap ^= 1;
+        }
+        q->used_idx = (uint16_t)i;
+        q->pushed++;
+    }
+
     static void vu_push(struct vu_vq *q, uint32_t head, uint32_t len)
     {
+        if (q->packed) {
+            vu_push_packed(q, head, len);
+            return;
+        }
         uint8_t *e = q->used + 4 + 8ull * (q->used_idx & (q->n - 1));
         memcpy(e, &head, 4);
         memcpy(e + 4, &len, 4);
@@ -405,14 +580,9 @@ ffibuilder.set_source(
         q->tx_bytes = 0; q->tx_drops = 0; q->tx_csum = 0;
         while (k < max) {
             uint32_t head, nread = 0;
-            int rc = vu_pop_head(q, &head);
-            if (rc <= 0) {
-                q->status = rc;
-                return (int)k;
-            }
-            int cnt = vu_walk(q->desc, q->n, head, q->indirect_ok, q->regs, q->nregs,
-                              q->addr, q->len, &nread, q->err);
-            if (cnt < 0) {
+            uint16_t sa = q->last_avail, sw = q->avail_wrap;
+            int cnt = vu_next(q, &head, q->addr, q->len, &nread);
+            if (cnt <= 0) {
                 q->status = cnt;
                 return (int)k;
             }
@@ -463,7 +633,8 @@ ffibuilder.set_source(
             } else {
                 if (used_scratch + flen_k > scratch_size) {
                     /* no room left: give the chain back, it starts the next batch */
-                    q->last_avail--;
+                    q->last_avail = sa;
+                    q->avail_wrap = sw;
                     q->popped--;
                     return (int)k;
                 }
@@ -641,25 +812,24 @@ ffibuilder.set_source(
         q->rx_bytes = 0;
         q->rx_small = 0;
         for (uint32_t i = 0; i < nframes; i++) {
-            vu_prefetch(q, 1);
+            if (!q->packed)
+                vu_prefetch(q, 1);
             uint64_t need = (uint64_t)hdr + lens[i], room = 0;
             uint32_t nch = 0, slots = 0;
+            uint16_t sa = q->last_avail, sw = q->avail_wrap;  /* to give the chains back */
             while (room < need) {
                 uint32_t head, nread = 0;
                 if (q->cap - slots < q->n) {
-                    q->last_avail -= nch; q->popped -= nch;
+                    q->last_avail = sa; q->avail_wrap = sw; q->popped -= nch;
                     q->status = VU_RX_SLOW;
                     return (int)i;
                 }
-                int rc = vu_pop_head(q, &head);
-                if (rc < 0) { q->status = rc; return (int)i; }
-                if (rc == 0) {
-                    q->last_avail -= nch; q->popped -= nch;
+                int cnt = vu_next(q, &head, q->addr + slots, q->len + slots, &nread);
+                if (cnt < 0) { q->status = cnt; return (int)i; }
+                if (cnt == 0) {
+                    q->last_avail = sa; q->avail_wrap = sw; q->popped -= nch;
                     return (int)i;
                 }
-                int cnt = vu_walk(q->desc, q->n, head, q->indirect_ok, q->regs, q->nregs,
-                                  q->addr + slots, q->len + slots, &nread, q->err);
-                if (cnt < 0) { q->status = cnt; return (int)i; }
                 q->popped++;
                 q->chains[3 * nch] = head;
                 q->chains[3 * nch + 1] = slots + nread;

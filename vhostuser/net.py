@@ -320,10 +320,9 @@ class VirtioNetDevice:
     # -- configuration -------------------------------------------------------------
     @property
     def _tx_batches(self) -> bool:
-        """Whether guest frames are taken by the C batch helpers: built, switched on
-        (`virtqueue.USE_C`) and split rings — they walk split rings only, so packed ones
-        take the per-frame path."""
-        return _vq.USE_C and _ffi is not None and not self.packed
+        """Whether guest frames are taken by the C batch helpers: built and switched on
+        (`virtqueue.USE_C`); they walk split and packed rings."""
+        return _vq.USE_C and _ffi is not None
 
     def set_features(self, features: int) -> None:
         self.features = features
@@ -662,6 +661,7 @@ class VirtioNetDevice:
         handed = 0
         nbytes = 0
         done = 0
+        finished = False
         try:
             if not q.enabled:
                 self.drops["tx_queue_disabled"] += count
@@ -689,10 +689,12 @@ class VirtioNetDevice:
                     handler(frame)
             if before_push is not None:
                 before_push()
+            finished = True
         finally:
-            if done < count:
-                q.unpop(count - done)
-                q.batch_retract(status)
+            if not finished:  # the handler raised: what it did not get goes back, and
+                # a broken chain after the batch is met again (the caller's batch_failed
+                # is skipped by the exception)
+                q.retract_batch(b.heads, done, count, status)
             if q.ready:
                 q.push_zero(b.heads, done)
                 self._dirty.add(q)

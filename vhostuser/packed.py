@@ -12,11 +12,13 @@ structures replace the split ring's flags and event indices: the driver's (the "
 area", SET_VRING_ADDR's avail address) says when it wants an interrupt, ours (the
 "device area", the used address) when we want a kick.
 
-`PackedVirtqueue` keeps `Virtqueue`'s interface, so the net device drives both alike;
-the C batch helpers walk split rings only, so a packed queue is never `batched` and its
-frames take the per-frame path. The driver sees a batch of used descriptors at once: the
-first one's flags are written last, by `publish` (a mergeable RX frame spans several, and
-Linux drops a frame whose later buffers are not there yet).
+`PackedVirtqueue` keeps `Virtqueue`'s interface, so the net device drives both alike,
+through the C batch helpers too (vu_tx_batch, vu_rx_batch: `struct vu_vq` has a packed
+mode that walks and pushes as this module does, rule for rule; the head it hands back
+carries the buffer's ring descriptors in its upper 16 bits). The driver sees a batch of
+used descriptors at once: the first one's flags are written last, by `publish` (a
+mergeable RX frame spans several, and Linux drops a frame whose later buffers are not
+there yet); the C path holds them back the same way.
 
 In vhost-user a packed ring's base (SET/GET_VRING_BASE) is the next avail position with
 the driver's wrap counter in bit 15, and, from QEMU, the used position and counter in the
@@ -28,6 +30,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 
+import vhostuser.virtqueue as _vq
 from vhostuser.errors import GuestMemoryError, RingError
 from vhostuser.features import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
 from vhostuser.virtqueue import Chain, Virtqueue, fence, vring_need_event
@@ -73,6 +76,9 @@ class PackedVirtqueue(Virtqueue):
         self._desc, self._d16 = desc, desc.cast("H")
         self._avail = driver.cast("H")  # the driver's: [0] off_wrap, [1] flags
         self._used, self._used16 = device, device.cast("H")  # ours
+        if _vq.HAVE_C:
+            self._bind_c(desc, driver, device)
+            self._cq.packed = 1
 
     def unmap(self) -> None:
         if self._d16 is not None:
@@ -114,9 +120,44 @@ class PackedVirtqueue(Virtqueue):
     def _resync_base(self) -> None:
         """(Split rings only: a packed ring keeps no used index in memory.)"""
 
+    # -- batches in C ------------------------------------------------------------------
     @property
     def batched(self) -> bool:
-        return False
+        """As the split ring's, while no chain the per-frame path popped is still out
+        (buffers are used in the order they were taken)."""
+        return _vq.USE_C and self._cq is not None and not self._inflight
+
+    def _cq_in(self):
+        cq = self._cq_sync()
+        held = self._head_flags
+        _vq._lib.vu_enter_packed(cq, self.last_avail_idx, self.avail_wrap, self.used_idx,
+                                 self.used_wrap, -1 if held is None else held[0],
+                                 0 if held is None else held[1])
+        return cq
+
+    def _cq_out(self, cq) -> None:
+        self.last_avail_idx, self.avail_wrap = cq.last_avail, bool(cq.avail_wrap)
+        self.used_idx, self.used_wrap = cq.used_idx, bool(cq.used_wrap)
+        held = cq.held_pos
+        self._head_flags = None if held < 0 else (held, cq.held_flags)
+        probe = cq.probe_pos
+        if probe != -2:  # where the last pop found nothing, or None after a chain
+            self._probe = None if probe < 0 else (probe, bool(cq.probe_wrap))
+        self._cq_count(cq)
+
+    def batch_retract(self, status: int) -> None:
+        """(A packed pop does not move past a chain whose walk fails.)"""
+
+    def retract_batch(self, heads, done: int, count: int, status: int) -> None:
+        i, wrap = self.last_avail_idx, self.avail_wrap
+        for k in range(count - 1, done - 1, -1):
+            i -= heads[k] >> 16
+            if i < 0:
+                i += self.size
+                wrap = not wrap
+        self.last_avail_idx, self.avail_wrap = i, wrap
+        self.stats.popped -= count - done
+        self.stats.batched -= count - done
 
     # -- the avail side --------------------------------------------------------------
     def _is_avail(self, i: int, wrap: bool) -> bool:

@@ -104,6 +104,7 @@ class QueueStats:
     kicks: int = 0
     errors: int = 0
     resyncs: int = 0  # starts whose base disagreed with the used ring (see Virtqueue.start)
+    batched: int = 0  # of `popped`, the chains the C batch helpers took
 
 
 class Virtqueue:
@@ -217,41 +218,45 @@ class Virtqueue:
     def _bind(self, desc: memoryview, avail: memoryview, used: memoryview) -> None:
         """Keep the mapped rings (and the C helpers' view of them); take the used index
         from the ring."""
-        n = self.size
         self._desc, self._avail, self._used = desc, avail.cast("H"), used
         self._used16 = used.cast("H")
         if HAVE_C:
-            self._cdesc = _ffi.from_buffer(desc)
-            self._caddr = _ffi.new("uint64_t[]", n)
-            self._clen = _ffi.new("uint32_t[]", n)
-            self._cnread = _ffi.new("uint32_t *")
-            self._cerr = _ffi.new("uint64_t[2]")
-            cavail = _ffi.from_buffer(avail)
-            cused = _ffi.from_buffer(used, require_writable=True)
-            # descriptors one RX frame's chains may hold (vu_rx_batch), and as many chains:
-            # a guest posting while we pop may give one frame more chains than the queue
-            # size, but never more than descriptors
-            cap = 2 * n + 64
-            store = (_ffi.new("uint64_t[]", cap), _ffi.new("uint32_t[]", cap),
-                     _ffi.new("uint32_t[]", 3 * cap))
-            cq = _ffi.new("struct vu_vq *")
-            cq.desc = self._cdesc
-            cq.avail = _ffi.cast("uint16_t *", cavail)
-            cq.used = _ffi.cast("uint8_t *", cused)
-            self._pa = int(_ffi.cast("uintptr_t", cavail))
-            self._pu = int(_ffi.cast("uintptr_t", cused))
-            if self._pa % 2 or self._pu % 4:  # a region mapped at an odd offset
-                self.unmap()
-                raise RingError(f"queue {self.index}: rings misaligned in our mapping")
-            cq.n = n
-            cq.addr, cq.len, cq.chains = store
-            cq.cap = cap
-            self._cq = cq
-            self._cq_gen = -1
-            self._cexports = [cavail, cused, store]
+            self._bind_c(desc, avail, used)
         self._shadow_avail = self.last_avail_idx
         # the driver saw exactly what the used ring says (we may be a restarted backend)
         self.used_idx = self._used16[1]
+
+    def _bind_c(self, desc: memoryview, avail: memoryview, used: memoryview) -> None:
+        """The C helpers' view of the rings (`struct vu_vq`, its descriptor store)."""
+        n = self.size
+        self._cdesc = _ffi.from_buffer(desc)
+        self._caddr = _ffi.new("uint64_t[]", n)
+        self._clen = _ffi.new("uint32_t[]", n)
+        self._cnread = _ffi.new("uint32_t *")
+        self._cerr = _ffi.new("uint64_t[2]")
+        cavail = _ffi.from_buffer(avail)
+        cused = _ffi.from_buffer(used, require_writable=True)
+        # descriptors one RX frame's chains may hold (vu_rx_batch), and as many chains:
+        # a guest posting while we pop may give one frame more chains than the queue
+        # size, but never more than descriptors
+        cap = 2 * n + 64
+        store = (_ffi.new("uint64_t[]", cap), _ffi.new("uint32_t[]", cap),
+                 _ffi.new("uint32_t[]", 3 * cap))
+        cq = _ffi.new("struct vu_vq *")
+        cq.desc = self._cdesc
+        cq.avail = _ffi.cast("uint16_t *", cavail)
+        cq.used = _ffi.cast("uint8_t *", cused)
+        self._pa = int(_ffi.cast("uintptr_t", cavail))
+        self._pu = int(_ffi.cast("uintptr_t", cused))
+        if self._pa % 2 or self._pu % 4:  # a region mapped at an odd offset
+            self.unmap()
+            raise RingError(f"queue {self.index}: rings misaligned in our mapping")
+        cq.n = n
+        cq.addr, cq.len, cq.chains = store
+        cq.cap = cap
+        self._cq = cq
+        self._cq_gen = -1
+        self._cexports = [cavail, cused, store]
 
     def unmap(self) -> None:
         self._cq = None
@@ -465,6 +470,12 @@ class Virtqueue:
         return USE_C and self._cq is not None
 
     def _cq_in(self):
+        cq = self._cq_sync()
+        _lib.vu_enter(cq, self.last_avail_idx, self._shadow_avail, self.used_idx)
+        return cq
+
+    def _cq_sync(self):
+        """The C state with the current region table, features and dirty log."""
         cq = self._cq
         mem = self._memory
         if mem.generation != self._cq_gen or self.indirect != cq.indirect_ok:
@@ -480,14 +491,17 @@ class Virtqueue:
         else:
             cq.log = dl.c
             cq.log_size = dl.size
-        _lib.vu_enter(cq, self.last_avail_idx, self._shadow_avail, self.used_idx)
         return cq
 
     def _cq_out(self, cq) -> None:
         self.last_avail_idx = cq.last_avail
         self._shadow_avail = cq.shadow_avail
         self.used_idx = cq.used_idx
+        self._cq_count(cq)
+
+    def _cq_count(self, cq) -> None:
         self.stats.popped += cq.popped
+        self.stats.batched += cq.popped
         self.stats.used += cq.pushed
         self._pending += cq.pushed
 
@@ -534,6 +548,13 @@ class Virtqueue:
         """Give back the head whose walk broke a rule (it is met again next time)."""
         if status and status != _lib.VU_E_AHEAD:
             self.last_avail_idx = (self.last_avail_idx - 1) & 0xFFFF
+
+    def retract_batch(self, heads, done: int, count: int, status: int) -> None:
+        """Give back entries `done`..`count` of a TX batch (not handed on) and the head
+        whose walk broke a rule after them, if any."""
+        self.unpop(count - done)
+        self.stats.batched -= count - done
+        self.batch_retract(status)
 
     def push_zero(self, heads, count: int) -> None:
         """Push `count` used elements (heads[i], 0): TX chains done with."""

@@ -233,8 +233,8 @@ def ring_guest_to_backend(size: int, seconds: float, frontend: str = "c",
     Python path one batch at a time, each waited for. Every frame sent must have reached
     the sink (its count and bytes), and no queue may have been declared broken.
     `backend`: the backend's ring path, "c" or "python"; `ring`: "split" or "packed"
-    (packed rings take the per-frame paths on both sides: the C batches walk split rings
-    only)."""
+    (our front-end drives packed rings frame by frame: its C batches are split-only; the
+    backend takes its C batches on both layouts)."""
     if ring == "packed":
         frontend = "python"
     with tempfile.TemporaryDirectory() as d:
@@ -303,8 +303,8 @@ def ring_backend_to_guest(size: int, seconds: float, rx_buffer: int | None = Non
     `rx_buffer`, of that many bytes plus the virtio-net header each (65536: one buffer per
     64 KiB frame, as a Linux guest with big buffers posts). The C path counts frames and
     bytes (each frame's length must be `size`) and compares one frame's contents with the
-    source's every RX_SAMPLE_EVERY calls; the Python path copies every frame. Packed
-    rings take the per-frame paths (see ring_guest_to_backend)."""
+    source's every RX_SAMPLE_EVERY calls; the Python path copies every frame. Our
+    front-end drives packed rings frame by frame (see ring_guest_to_backend)."""
     if ring == "packed":
         frontend = "python"
     with tempfile.TemporaryDirectory() as d:
@@ -363,7 +363,7 @@ def bench_ring(seconds: float, sizes=(64, 1500, 65536),
                backend: str = "c", rings=("split", "packed")) -> list[RingResult]:
     """`frontend`: "c" (the batched TxBatch/RxBatch path) or "python" (per frame);
     `backend`: the backend's ring path, the same two; `rings`: the layouts, side by side
-    (packed rings always take the per-frame paths)."""
+    (our front-end drives packed rings frame by frame)."""
     out = []
     for size in sizes:
         for ring in rings:
@@ -380,40 +380,48 @@ class DpdkResult:
     vhostnet_frames_per_s: float
     dpdk_vhost_frames_per_s: float
     ratio: float
+    ring: str = "split"  # the virtqueue layout (virtio-user's packed_vq)
 
 
-def bench_dpdk(seconds: float, sizes=(64, 1500), repeat: int = 3) -> list[DpdkResult]:
-    """testpmd's virtio-user port (mergeable RX buffers, its default) against our
-    backend (a sink that counts what the guest sends, or a source filling every RX
-    buffer, on the C ring path) and against DPDK's vhost PMD in a second testpmd,
-    alternately `repeat` times in the same run; the medians of frames/s as testpmd
-    counts them (runs on this kind of machine vary by a third)."""
+def bench_dpdk(seconds: float, sizes=(64, 1500), repeat: int = 3,
+               rings=("split", "packed")) -> list[DpdkResult]:
+    """testpmd's virtio-user port (mergeable RX buffers, its default; split or packed
+    rings) against our backend (a sink that counts what the guest sends, or a source
+    filling every RX buffer, on the C ring path) and against DPDK's vhost PMD in a
+    second testpmd, alternately `repeat` times in the same run; the medians of frames/s
+    as testpmd counts them (runs on this kind of machine vary by a third)."""
     import statistics
 
     from apps.harness.dpdk import run_dpdk_vhost, run_vhostnet
 
     out = []
-    for size in sizes:
-        for mode, direction in (("txonly", "guest->backend"), ("rxonly", "backend->guest")):
-            ours, ref = [], []
-            for _ in range(repeat):
-                run = run_vhostnet(mode, size, seconds)
-                problems = run.problems()
-                if problems:
-                    raise RuntimeError(f"dpdk {direction} {size}: " + "; ".join(problems))
-                ours.append(run.frames_per_s)
-                ref.append(run_dpdk_vhost(mode, size, seconds).frames_per_s)
-            a, b = statistics.median(ours), statistics.median(ref)
-            out.append(DpdkResult(direction, size, a, b, a / b))
+    for ring in rings:
+        packed = ring == "packed"
+        for size in sizes:
+            for mode, direction in (("txonly", "guest->backend"),
+                                    ("rxonly", "backend->guest")):
+                ours, ref = [], []
+                for _ in range(repeat):
+                    run = run_vhostnet(mode, size, seconds, packed=packed)
+                    problems = run.problems()
+                    if problems:
+                        raise RuntimeError(f"dpdk {ring} {direction} {size}: "
+                                           + "; ".join(problems))
+                    ours.append(run.frames_per_s)
+                    ref.append(run_dpdk_vhost(mode, size, seconds,
+                                              packed=packed).frames_per_s)
+                a, b = statistics.median(ours), statistics.median(ref)
+                out.append(DpdkResult(direction, size, a, b, a / b, ring))
     return out
 
 
 def print_dpdk(results: list[DpdkResult]) -> None:
-    print(f"{'dpdk virtio-user':<16} {'size':>6} {'vhostnet/s':>11} {'DPDK vhost/s':>13} "
-          f"{'ratio':>6}")
+    print(f"{'dpdk virtio-user':<16} {'layout':>6} {'size':>6} {'vhostnet/s':>11} "
+          f"{'DPDK vhost/s':>13} {'ratio':>6}")
     for r in results:
-        print(f"{r.direction:<16} {r.frame_size:>6} {r.vhostnet_frames_per_s:>11.0f} "
-              f"{r.dpdk_vhost_frames_per_s:>13.0f} {r.ratio:>6.2f}")
+        print(f"{r.direction:<16} {r.ring:>6} {r.frame_size:>6} "
+              f"{r.vhostnet_frames_per_s:>11.0f} {r.dpdk_vhost_frames_per_s:>13.0f} "
+              f"{r.ratio:>6.2f}")
 
 
 def print_ring(results: list[RingResult]) -> None:
@@ -436,7 +444,8 @@ BENCHMARKS = """benchmarks (WHAT):
           holding --connections TCP connections open
   dpdk    DPDK's testpmd with its virtio-user port (a C virtio driver) against our
           backend and against DPDK's own vhost PMD in the same run: frames/s and the
-          ratio, at 64 and 1500 B (--sizes) both ways; needs dpdk-testpmd (dpdk-dev)
+          ratio, at 64 and 1500 B (--sizes) both ways, split and packed rings (--rings);
+          needs dpdk-testpmd (dpdk-dev)
   table   a table of --sockets TCP connections (a third in TIME-WAIT) opened by
           handshakes: the cost of a segment for an unknown 4-tuple and for a live
           connection, and of a poll with nothing due, against 10 sockets; memory per
@@ -504,8 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "so the backend is what is measured) or python (per frame, the "
                         "old path, for comparison)")
     p.add_argument("--rings", default="split,packed", type=_rings,
-                   help="ring: the virtqueue layouts, split and/or packed (default both, "
-                        "side by side; packed rings take the per-frame paths)")
+                   help="ring, dpdk: the virtqueue layouts, split and/or packed (default "
+                        "both, side by side)")
     p.add_argument("--repeat", type=int, default=3,
                    help="dpdk: runs of each side, alternating; medians (default 3)")
     p.add_argument("--ring-backend", choices=["c", "python"], default="c",
@@ -561,7 +570,7 @@ def _run(what: str, args: argparse.Namespace, argv: list[str] | None) -> dict:
             print("dpdk: skipped, dpdk-testpmd is not installed (apt-get install dpdk-dev)")
             return {"dpdk": None}
         sizes = _sizes(args.sizes, (64, 1500))
-        results = bench_dpdk(args.seconds, sizes, args.repeat)
+        results = bench_dpdk(args.seconds, sizes, args.repeat, args.rings.split(","))
         print_dpdk(results)
         out = {"dpdk": [asdict(r) for r in results]}
     elif what == "table":

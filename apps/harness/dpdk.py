@@ -424,7 +424,8 @@ def run_restarts(kills: int, *, traffic_s: float = 0.5, deadline: float = 5.0,
 
 
 def run_dpdk_vhost(mode: str, size: int, seconds: float, *, queue_size: int = 256,
-                   mrg_rxbuf: bool = True, hugepages: bool = False) -> DpdkRun:
+                   mrg_rxbuf: bool = True, packed: bool = False,
+                   hugepages: bool = False) -> DpdkRun:
     """The same virtio-user port against DPDK's vhost PMD in a second testpmd (rxonly
     when the virtio side sends, txonly when it receives), forwarding on the other core."""
     import tempfile
@@ -437,7 +438,8 @@ def run_dpdk_vhost(mode: str, size: int, seconds: float, *, queue_size: int = 25
         with Testpmd(vhost_vdev(path), mode=peer, txpkts=size, main_lcore=1,
                      hugepages=hugepages) as vhost:
             vhost.start()
-            vdev = virtio_user_vdev(path, queue_size=queue_size, mrg_rxbuf=mrg_rxbuf)
+            vdev = virtio_user_vdev(path, queue_size=queue_size, mrg_rxbuf=mrg_rxbuf,
+                                    packed=packed)
             with Testpmd(vdev, mode=mode, txpkts=size, hugepages=hugepages) as virtio:
                 stats, dt = _timed(virtio, seconds)
                 port = virtio.port_stats()

@@ -10,7 +10,8 @@ in CI.
   the backend's state machine (messages that take fds get small memfds).
 - `split_ring`: a descriptor table, indirect tables across two adjacent regions and a
   gap, a head: the C walker and the Python walker must agree (chain or error text).
-- `packed_ring`: a packed descriptor ring popped and pushed until it is empty or broken.
+- `packed_ring`: two packed rings drained (TX) and filled (RX) by the net device, on the
+  C batch path and the per-frame Python path: both must leave the same state.
 - `stack`: Ethernet frames into the whole stack (ARP, IPv4/IPv6 with reassembly, ICMP,
   UDP, TCP, DHCPv4/v6, DNS, RA) with time moving; the gateway is off (it would open host
   sockets to whatever the input names).
@@ -21,7 +22,7 @@ from __future__ import annotations
 import os
 import struct
 
-from vhostuser.errors import ProtocolError, RingError
+from vhostuser.errors import ProtocolError
 
 U16 = struct.Struct("<H")
 
@@ -99,33 +100,67 @@ def split_ring(data: bytes) -> None:
 
 
 # -- packed_ring -------------------------------------------------------------------------
-def packed_ring(data: bytes) -> None:
+def _packed_run(data: bytes, use_c: bool) -> tuple:
+    """Guest memory from the input (two packed rings of 16 at 0x1000 and 0x1200, the
+    rest buffers and indirect tables), drained as TX and filled as RX by the net device;
+    what the guest and the stack can see afterwards."""
+    import vhostuser.virtqueue as vq
+    from vhostuser.features import Feature, bits
     from vhostuser.memory import GuestMemory, Region
+    from vhostuser.net import VirtioNetDevice
     from vhostuser.packed import PackedVirtqueue
     from vhostuser.protocol import VringAddr
 
-    raw = bytearray(0x8000)
-    raw[0x1000:0x1000 + min(len(data), 0x7000)] = data[:0x7000]
-    mem = GuestMemory()
-    mem.regions.append(Region(0, len(raw), 0, 0, None, memoryview(raw)))
-    q = PackedVirtqueue(0)
-    q.size = 16
-    q.addr = VringAddr(0, 0, 0x1000, 0x1140, 0x1100, 0)
-    q.indirect = bool(data[:1]) and data[0] & 1 == 1
-    q.map(mem)
-    q.set_base(0x8000 | (data[1] % 16 if len(data) > 1 else 0))
-    q.start()
-    q.enabled = True
-    for _ in range(40):
-        try:
-            chain = q.pop()
-        except RingError:
-            return
-        if chain is None:
-            break
-        q.push(chain.head, sum(n for _, n in chain.writable) & 0xFFFF)
-        q.publish()
-    q.unmap()
+    vq.USE_C = use_c
+    try:
+        raw = bytearray(0x8000)
+        raw[0x1000:0x1000 + min(len(data), 0x7000)] = data[:0x7000]
+        mem = GuestMemory()
+        mem.regions.append(Region(0, len(raw), 0, 0, None, memoryview(raw)))
+        queues = []
+        for i, base in enumerate((0x1000, 0x1200)):
+            q = PackedVirtqueue(i)
+            q.size = 16
+            q.addr = VringAddr(i, 0, base, base + 0x140, base + 0x100, 0)
+            q.indirect = bool(data[:1]) and data[0] & 1 == 1
+            q.map(mem)
+            q.set_base(0x8000 | (data[1] % 16 if len(data) > 1 else 0))
+            q.start()
+            q.enabled = True
+            queues.append(q)
+        dev = VirtioNetDevice(mem, queues)
+        feats = bits(Feature.F_VERSION_1, Feature.F_RING_PACKED)
+        if len(data) > 2 and data[2] & 1:
+            feats |= bits(Feature.NET_F_MRG_RXBUF)
+        dev.set_features(feats)
+        frames: list = []
+        dev.drain_tx(lambda f: frames.append(bytes(f)))
+        sent = dev.send_frames([b"\x11" * 60, b"\x22" * 1514, b"\x33" * 9000])
+        dev.flush_backlog()
+        dev.flush()
+        state = [(q.last_avail_idx, q.avail_wrap, q.used_idx, q.used_wrap, q.broken,
+                  q.stats.popped, q.stats.used) for q in queues]
+        out = (frames, sent, bytes(raw), state,
+               {k: v for k, v in dev.drops.items() if v},
+               {k: v for k, v in dev.stats.items() if v})
+        for q in queues:
+            q.unmap()
+        return out
+    finally:
+        vq.USE_C = vq.HAVE_C
+
+
+def packed_ring(data: bytes) -> None:
+    """The packed ring on the C batch path and on the per-frame Python path must leave
+    the same frames, guest memory, queue state and counters (a differential target)."""
+    import vhostuser.virtqueue as vq
+
+    py = _packed_run(data, False)
+    if vq.HAVE_C:
+        c = _packed_run(data, True)
+        if c != py:
+            diff = [k for k, (a, b) in enumerate(zip(c, py, strict=True)) if a != b]
+            raise AssertionError(f"C and Python packed paths disagree in parts {diff}")
 
 
 # -- stack -------------------------------------------------------------------------------

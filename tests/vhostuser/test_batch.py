@@ -3,7 +3,9 @@ replaces: the same random rings — good frames in every layout, runts, writable
 descriptors, addresses in gaps or straddling adjacent regions, over-long chains, loops,
 heads past the queue size — are served once with `virtqueue.USE_C` on and once off, and
 everything the guest or the stack can see must be equal: frames handed on, guest memory,
-used rings, queue indices and state, drop counters and the backlog."""
+used rings, queue indices and state, drop counters and the backlog. Split and packed
+rings alike (a packed ring's broken chains: an indirect descriptor inside a chain, a
+chain running around the whole ring)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from vhostuser.features import (
 )
 from vhostuser.memory import GuestMemory, Region
 from vhostuser.net import MAX_FRAME, VirtioNetDevice
+from vhostuser.packed import F_AVAIL, F_USED, PackedVirtqueue
 from vhostuser.protocol import VringAddr
 
 pytestmark = pytest.mark.skipif(not virtqueue.HAVE_C, reason="vhostuser._fast not built")
@@ -46,15 +49,20 @@ FEATURES = {
 
 
 class Guest:
-    """Guest memory (bytearrays, uva == gpa) with one RX and one TX ring, and a device."""
+    """Guest memory (bytearrays, uva == gpa) with one RX and one TX ring, and a device.
+    With `packed` the rings are packed: `chain` writes a buffer's descriptors at the
+    driver's position (the first one's flags held back) and `post` makes it available."""
 
-    def __init__(self, features: int) -> None:
+    def __init__(self, features: int, packed: bool = False) -> None:
         self.mem = GuestMemory()
         for gpa, size in REGIONS:
             self.mem.regions.append(Region(gpa, size, gpa, 0, None, memoryview(bytearray(size))))
+        self.packed = packed
+        if packed:
+            features |= bits(Feature.F_RING_PACKED)
         self.queues = []
         for i, base in RINGS.items():
-            q = virtqueue.Virtqueue(i)
+            q = (PackedVirtqueue if packed else virtqueue.Virtqueue)(i)
             q.size = QSIZE
             q.addr = VringAddr(i, 0, base, base + USED_OFF, base + AVAIL_OFF, 0)
             q.indirect = True
@@ -68,6 +76,13 @@ class Guest:
         self.next_desc = {0: 0, 1: 0}
         self.avail = {0: 0, 1: 0}
         self.brk = DATA
+        # packed: the driver's wrap counters, free descriptors, where it reaps used ones
+        # and how many ring descriptors each buffer id took
+        self.wrap = {0: True, 1: True}
+        self.free = {0: QSIZE, 1: QSIZE}
+        self.used = {0: (0, True), 1: (0, True)}
+        self.ndesc: dict[tuple[int, int], int] = {}
+        self.next_id = 0
 
     def write(self, gpa: int, data: bytes) -> None:
         while data:
@@ -84,9 +99,12 @@ class Guest:
         assert self.brk < BOUNDARY - 0x1000, "test guest out of memory"
         return gpa
 
-    def chain(self, q: int, descs, indirect: bool = False) -> int:
-        """Write a chain of (addr, len, flags) and return its head."""
+    def chain(self, q: int, descs, indirect: bool = False):
+        """Write a chain of (addr, len, flags) and return its head (packed: what `post`
+        takes, or None when the ring has no room for it)."""
         base = RINGS[q]
+        if self.packed:
+            return self._packed_chain(q, descs, indirect)
         if indirect:
             table = self.alloc(16 * len(descs))
             self.write(table, b"".join(
@@ -102,7 +120,73 @@ class Guest:
         self.next_desc[q] = (head + len(descs)) % QSIZE
         return head
 
-    def post(self, q: int, head: int) -> None:
+    def _packed_chain(self, q: int, descs, indirect: bool):
+        if indirect:
+            table = self.alloc(16 * len(descs))
+            self.write(table, b"".join(DESC.pack(a, n, f, 0) for a, n, f in descs))
+            descs = [(table, 16 * len(descs), VIRTQ_DESC_F_INDIRECT)]
+        if len(descs) > self.free[q]:
+            return None
+        self.free[q] -= len(descs)
+        bid = self.next_id = (self.next_id + 7) % 1000
+        self.ndesc[q, bid] = len(descs)
+        i, wrap = self.next_desc[q], self.wrap[q]
+        first = None
+        for k, (a, n, f) in enumerate(descs):
+            f |= (VIRTQ_DESC_F_NEXT if k + 1 < len(descs) else 0)
+            f |= F_AVAIL if wrap else F_USED
+            if first is None:
+                first = (i, f)
+                f = 0  # written by post
+            self.write(RINGS[q] + 16 * i, DESC.pack(a, n, bid, f))
+            i += 1
+            if i == QSIZE:
+                i, wrap = 0, not wrap
+        self.next_desc[q], self.wrap[q] = i, wrap
+        return first
+
+    def reap(self, q: int) -> None:
+        """Packed: take back the descriptors of the buffers the device used."""
+        i, wrap = self.used[q]
+        while True:
+            r = self.mem.regions[0].view
+            _, _, bid, flags = DESC.unpack_from(r, RINGS[q] + 16 * i)
+            if bool(flags & F_AVAIL) != bool(flags & F_USED) or bool(flags & F_USED) != wrap:
+                break
+            n = self.ndesc.pop((q, bid), 1)
+            self.free[q] += n
+            i += n
+            if i >= QSIZE:
+                i, wrap = i - QSIZE, not wrap
+        self.used[q] = (i, wrap)
+
+    def post_bad(self, q: int, head, rng: random.Random) -> None:
+        """Post a broken chain: split, a head past the queue or a descriptor that is its
+        own next; packed, an indirect descriptor inside a chain or a chain of NEXT
+        descriptors around the whole ring."""
+        if not self.packed:
+            if rng.random() < 0.6:
+                self.post(q, rng.choice([QSIZE, 0xFFFF]))
+            else:
+                self.write(RINGS[q] + 16 * head + 12, struct.pack("<HH", VIRTQ_DESC_F_NEXT, head))
+                self.post(q, head)
+            return
+        i, f = head
+        if rng.random() < 0.6:
+            self.post(q, (i, f | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT))
+            return
+        r = self.mem.regions[0].view
+        for k in range(QSIZE):
+            at = RINGS[q] + 16 * ((i + k) % QSIZE) + 14
+            r[at:at + 2] = struct.pack("<H", struct.unpack_from("<H", r, at)[0]
+                                       | VIRTQ_DESC_F_NEXT)
+        self.post(q, (i, f | VIRTQ_DESC_F_NEXT))
+
+    def post(self, q: int, head) -> None:
+        if self.packed:
+            i, flags = head
+            self.write(RINGS[q] + 16 * i + 14, struct.pack("<H", flags))
+            return
         avail = RINGS[q] + AVAIL_OFF
         self.write(avail + 4 + 2 * (self.avail[q] % QSIZE), struct.pack("<H", head))
         self.avail[q] = (self.avail[q] + 1) & 0xFFFF
@@ -113,8 +197,11 @@ class Guest:
         return (
             [bytes(r.view) for r in self.mem.regions],
             [(q.last_avail_idx, q.used_idx, q.broken, q.stats.popped, q.stats.used,
-              q._pending) for q in self.queues],
-            dict(dev.drops), dict(dev.stats),
+              q._pending, getattr(q, "avail_wrap", None), getattr(q, "used_wrap", None),
+              getattr(q, "_head_flags", None), getattr(q, "_probe", None))
+             for q in self.queues],
+            {k: v for k, v in dev.drops.items() if v},  # (a counter at 0 = never counted)
+            {k: v for k, v in dev.stats.items() if v},
             [(bytes(h), bytes(f)) for h, f in dev.backlog_entries()], dev._backlog_bytes,
         )
 
@@ -169,19 +256,26 @@ def _tx_frame(rng: random.Random, g: Guest) -> tuple[list, bytes]:
     return [(GAP, hdr, 0), (b, n, 0)], frame
 
 
-def _tx_scenario(seed: int, features: int, use_c: bool, fail_at: int | None = None):
+def _post_tx(rng: random.Random, g: Guest) -> None:
+    """Random TX chains, now and then a broken one (the ring breaks when it is met)."""
+    for _ in range(rng.randrange(1, QSIZE // 4)):
+        descs, _ = _tx_frame(rng, g)
+        head = g.chain(1, descs, indirect=rng.random() < 0.2 and len(descs) > 1)
+        if head is None:  # (packed: the ring is full)
+            break
+        if rng.random() < 0.05:
+            g.post_bad(1, head, rng)
+        else:
+            g.post(1, head)
+
+
+def _tx_scenario(seed: int, features: int, use_c: bool, fail_at: int | None = None,
+                 packed: bool = False):
     virtqueue.USE_C = use_c
     try:
         rng = random.Random(seed)
-        g = Guest(features)
-        for _ in range(rng.randrange(1, QSIZE // 4)):
-            descs, _ = _tx_frame(rng, g)
-            head = g.chain(1, descs, indirect=rng.random() < 0.2 and len(descs) > 1)
-            if rng.random() < 0.03:
-                head = rng.choice([QSIZE, 0xFFFF])  # past the queue: the ring breaks
-            if rng.random() < 0.02:  # a loop: the descriptor's next is itself
-                g.write(RINGS[1] + 16 * head + 12, struct.pack("<HH", VIRTQ_DESC_F_NEXT, head))
-            g.post(1, head)
+        g = Guest(features, packed)
+        _post_tx(rng, g)
         got = []
 
         def handler(frame) -> None:
@@ -201,23 +295,31 @@ def _tx_scenario(seed: int, features: int, use_c: bool, fail_at: int | None = No
         virtqueue.USE_C = virtqueue.HAVE_C
 
 
+LAYOUTS = pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+
+
+@LAYOUTS
 @pytest.mark.parametrize("features", list(FEATURES), ids=list(FEATURES))
 @pytest.mark.parametrize("seed", range(12))
-def test_tx_batch_and_python_path_agree(seed, features):
-    c = _tx_scenario(seed, FEATURES[features], True)
-    py = _tx_scenario(seed, FEATURES[features], False)
+def test_tx_batch_and_python_path_agree(seed, features, packed):
+    c = _tx_scenario(seed, FEATURES[features], True, packed=packed)
+    py = _tx_scenario(seed, FEATURES[features], False, packed=packed)
     assert c[0] == py[0]
     assert c[1:] == py[1:]
 
 
-@pytest.mark.parametrize("fail_at", [0, 2, 5])
-@pytest.mark.parametrize("seed", [0, 22], ids=["drops", "drops-then-broken-chain"])
-def test_tx_handler_raising_mid_batch(seed, fail_at):
+@LAYOUTS
+@pytest.mark.parametrize(("seed", "fail_at"), [
+    (0, 0), (0, 2), (0, 5), (62, 0), (62, 2), (62, 5), (22, 0)],
+    ids=["drops-0", "drops-2", "drops-5", "drops-then-broken-chain-0",
+         "drops-then-broken-chain-2", "drops-then-broken-chain-5", "broken-chain-next"])
+def test_tx_handler_raising_mid_batch(seed, fail_at, packed):
     """The consumer raises on one frame: that chain is done with, the ones after it go
     back to the guest untouched (a broken chain after them too: the ring breaks when the
-    next drain meets it) and come with the next drain — in both paths."""
-    c = _tx_scenario(seed, MRG, True, fail_at)
-    py = _tx_scenario(seed, MRG, False, fail_at)
+    next drain meets it, also when it is the very next chain) and come with the next
+    drain — in both paths."""
+    c = _tx_scenario(seed, MRG, True, fail_at, packed)
+    py = _tx_scenario(seed, MRG, False, fail_at, packed)
     assert c == py
     assert "raised" in c[0]
 
@@ -241,19 +343,28 @@ def _rx_buffer(rng: random.Random, g: Guest) -> list:
     return [(g.alloc(20), 20, VIRTQ_DESC_F_WRITE)]
 
 
-def _rx_scenario(seed: int, features: int, use_c: bool):
+def _post_rx(rng: random.Random, g: Guest) -> None:
+    if g.packed:
+        g.reap(0)
+    for _ in range(rng.randrange(0, 12)):
+        descs = _rx_buffer(rng, g)
+        head = g.chain(0, descs, indirect=rng.random() < 0.2 and len(descs) > 1)
+        if head is None:
+            break
+        if rng.random() < 0.02:
+            g.post_bad(0, head, rng)
+        else:
+            g.post(0, head)
+
+
+def _rx_scenario(seed: int, features: int, use_c: bool, packed: bool = False):
     virtqueue.USE_C = use_c
     try:
         rng = random.Random(seed)
-        g = Guest(features)
+        g = Guest(features, packed)
         out = []
         for _round in range(3):
-            for _ in range(rng.randrange(0, 12)):
-                descs = _rx_buffer(rng, g)
-                head = g.chain(0, descs, indirect=rng.random() < 0.2 and len(descs) > 1)
-                if rng.random() < 0.02:
-                    head = QSIZE + 3
-                g.post(0, head)
+            _post_rx(rng, g)
             frames = [rng.randbytes(rng.choice([60, 1514, rng.randrange(14, 20000)]))
                       for _ in range(rng.randrange(1, 10))]
             if rng.random() < 0.2:
@@ -267,11 +378,12 @@ def _rx_scenario(seed: int, features: int, use_c: bool):
         virtqueue.USE_C = virtqueue.HAVE_C
 
 
+@LAYOUTS
 @pytest.mark.parametrize("features", list(FEATURES), ids=list(FEATURES))
 @pytest.mark.parametrize("seed", range(16))
-def test_rx_batch_and_python_path_agree(seed, features):
-    c = _rx_scenario(seed, FEATURES[features], True)
-    py = _rx_scenario(seed, FEATURES[features], False)
+def test_rx_batch_and_python_path_agree(seed, features, packed):
+    c = _rx_scenario(seed, FEATURES[features], True, packed)
+    py = _rx_scenario(seed, FEATURES[features], False, packed)
     for k, (a, b) in enumerate(zip(c, py, strict=True)):
         assert a == b, f"step {k}"
 
@@ -303,21 +415,14 @@ def test_rx_frame_over_the_descriptor_store_takes_the_python_path():
     assert outs[0] == outs[1]
 
 
-def _discard_scenario(seed: int, features: int, discard: bool):
+def _discard_scenario(seed: int, features: int, discard: bool, packed: bool = False):
     """_tx_scenario's rings, taken by discard_tx (C, no frame handed on) or by drain_tx
     with a handler that only counts (the Python path)."""
     virtqueue.USE_C = discard
     try:
         rng = random.Random(seed)
-        g = Guest(features)
-        for _ in range(rng.randrange(1, QSIZE // 4)):
-            descs, _ = _tx_frame(rng, g)
-            head = g.chain(1, descs, indirect=rng.random() < 0.2 and len(descs) > 1)
-            if rng.random() < 0.03:
-                head = rng.choice([QSIZE, 0xFFFF])
-            if rng.random() < 0.02:
-                g.write(RINGS[1] + 16 * head + 12, struct.pack("<HH", VIRTQ_DESC_F_NEXT, head))
-            g.post(1, head)
+        g = Guest(features, packed)
+        _post_tx(rng, g)
         taken = [g.dev.discard_tx() if discard else g.dev.drain_tx(lambda f: None)
                  for _ in range(2)]
         return taken, g.state()
@@ -325,35 +430,32 @@ def _discard_scenario(seed: int, features: int, discard: bool):
         virtqueue.USE_C = virtqueue.HAVE_C
 
 
+@LAYOUTS
 @pytest.mark.parametrize("features", ["mrg", "no-mrg", "legacy"])
 @pytest.mark.parametrize("seed", range(24))
-def test_discard_tx_agrees_with_the_python_path(seed, features):
+def test_discard_tx_agrees_with_the_python_path(seed, features, packed):
     """discard_tx (vu_tx_discard: a sink that looks at no frame) checks every chain as
     the per-frame path does: the same used rings, queue state, drops and counts. (With
     CSUM the per-frame path also refuses frames whose offload header it cannot apply;
     a discarded frame's header is never read, so those are not compared.)"""
-    d = _discard_scenario(seed, FEATURES[features], True)
-    py = _discard_scenario(seed, FEATURES[features], False)
+    d = _discard_scenario(seed, FEATURES[features], True, packed)
+    py = _discard_scenario(seed, FEATURES[features], False, packed)
     assert d[1] == py[1]
     assert sum(d[0]) == sum(py[0])
 
 
-def _packed_scenario(seed: int, features: int, use_c: bool, packed: bool):
+def _packed_scenario(seed: int, features: int, use_c: bool, packed: bool,
+                     packed_ring: bool = False):
     """_rx_scenario's rings and frames, sent by send_packed or send_frames."""
     from array import array
 
     virtqueue.USE_C = use_c
     try:
         rng = random.Random(seed)
-        g = Guest(features)
+        g = Guest(features, packed_ring)
         out = []
         for _round in range(3):
-            for _ in range(rng.randrange(0, 12)):
-                descs = _rx_buffer(rng, g)
-                head = g.chain(0, descs, indirect=rng.random() < 0.2 and len(descs) > 1)
-                if rng.random() < 0.02:
-                    head = QSIZE + 3
-                g.post(0, head)
+            _post_rx(rng, g)
             frames = [rng.randbytes(rng.choice([60, 1514, rng.randrange(14, 20000)]))
                       for _ in range(rng.randrange(1, 10))]
             if rng.random() < 0.2:
@@ -372,14 +474,16 @@ def _packed_scenario(seed: int, features: int, use_c: bool, packed: bool):
         virtqueue.USE_C = virtqueue.HAVE_C
 
 
+@LAYOUTS
 @pytest.mark.parametrize("features", ["mrg", "no-mrg", "legacy"])
 @pytest.mark.parametrize("seed", range(16))
-def test_send_packed_agrees_with_send_frames(seed, features):
-    """send_packed (one C call for a packed batch, the backlog kept as chunks) gives the
-    guest exactly what send_frames gives, on the C and the Python path."""
-    ref = _packed_scenario(seed, FEATURES[features], False, False)
+def test_send_packed_agrees_with_send_frames(seed, features, packed):
+    """send_packed (one C call for a batch of frames back to back, the backlog kept as
+    chunks) gives the guest exactly what send_frames gives, on the C and the Python
+    path."""
+    ref = _packed_scenario(seed, FEATURES[features], False, False, packed)
     for use_c in (True, False):
-        got = _packed_scenario(seed, FEATURES[features], use_c, True)
+        got = _packed_scenario(seed, FEATURES[features], use_c, True, packed)
         for k, (a, b) in enumerate(zip(got, ref, strict=True)):
             assert a == b, f"use_c={use_c} step {k}"
 
