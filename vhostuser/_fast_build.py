@@ -506,8 +506,9 @@ ffibuilder.set_source(
     }
 
     /* A packed used descriptor at our used position: the buffer's id and length, flags
-       equal to our wrap counter (the batch's first held back for publish), then the
-       position moves on by the buffer's ring descriptors. */
+       equal to our wrap counter (the batch's first held back for publish, marked as
+       PackedVirtqueue.push marks it), then the position moves on by the buffer's ring
+       descriptors. */
     static void vu_push_packed(struct vu_vq *q, uint32_t head, uint32_t len)
     {
         uint8_t *d = (uint8_t *)q->desc + 16ull * q->used_idx;
@@ -517,6 +518,10 @@ ffibuilder.set_source(
         if (q->held_pos < 0) {
             q->held_pos = q->used_idx;
             q->held_flags = flags;
+            /* still available to the driver, marked as held (packed.py's HELD_*) */
+            __atomic_store_n((uint16_t *)(d + 14),
+                             (uint16_t)((q->used_wrap ? P_AVAIL : P_USED) | F_INDIRECT | F_NEXT),
+                             __ATOMIC_RELEASE);
         } else {
             __atomic_store_n((uint16_t *)(d + 14), flags, __ATOMIC_RELEASE);
         }

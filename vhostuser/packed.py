@@ -27,6 +27,7 @@ upper 16 bits (0 there: the same as the avail half).
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections import deque
 
@@ -35,11 +36,19 @@ from vhostuser.errors import GuestMemoryError, RingError
 from vhostuser.features import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
 from vhostuser.virtqueue import Chain, Virtqueue, fence, vring_need_event
 
+log = logging.getLogger(__name__)
+
 PDESC = struct.Struct("<QIHH")  # addr, len, id, flags
 PDESC_SIZE = 16
 _LEN = struct.Struct("<I")
 F_AVAIL = 1 << 7
 F_USED = 1 << 15
+# The flags of a used descriptor written but held back for `publish` (the first of a
+# batch): still available to the driver (its AVAIL/USED bits unchanged), and marked with
+# INDIRECT|NEXT, which no driver posts (an indirect descriptor inside a chain), so that a
+# backend started after we died can tell it from a buffer nobody used (`_ring_position`).
+HELD_AVAIL = F_AVAIL | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT  # our wrap counter 1
+HELD_USED = F_USED | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT  # 0
 # event suppression flags (both structures: u16 off_wrap, u16 flags)
 EVENT_ENABLE, EVENT_DISABLE, EVENT_DESC = 0, 1, 2
 
@@ -118,7 +127,85 @@ class PackedVirtqueue(Virtqueue):
         return self.base()
 
     def _resync_base(self) -> None:
-        """(Split rings only: a packed ring keeps no used index in memory.)"""
+        """Start where the ring says the device stopped, when the base disagrees.
+
+        A packed ring keeps no used index in memory, and QEMU restores no packed base after
+        a backend dies (its virtio_queue_packed_restore_last_avail_idx is empty): the new
+        backend gets the base QEMU last read, perhaps thousands of descriptors behind. The
+        ring's flags say where we are (see `_ring_position`); as on a split ring we resume
+        at the used position, so chains the dead backend took and never returned are
+        taken again. A used descriptor whose flags a dead backend held back for its
+        publish (the first of a batch; its id and length are written) would keep the
+        driver waiting there forever: its flags are written now."""
+        if self._d16 is None:
+            return
+        found = self._ring_position()
+        if found is None:
+            return
+        pos, wrap, held = found
+        for i in held:
+            self._d16[i * 8 + 7] = F_AVAIL | F_USED if self._d16[i * 8 + 7] == HELD_AVAIL else 0
+        if held:
+            fence()
+            self._log_ring()
+        elif (pos, wrap) == (self.used_idx, self.used_wrap):
+            if (pos, wrap) != (self.last_avail_idx, self.avail_wrap):
+                # (chains taken before a stop and never used: taken again)
+                self.last_avail_idx, self.avail_wrap = pos, wrap
+            return
+        log.warning("queue %d: started at used position %d (wrap %d), but the ring says %d "
+                    "(wrap %d)%s: resuming there", self.index, self.used_idx,
+                    self.used_wrap, pos, wrap,
+                    f"; {len(held)} held-back used descriptor(s) published" if held else "")
+        self.stats.resyncs += 1
+        self.last_avail_idx = self.used_idx = pos
+        self.avail_wrap = self.used_wrap = wrap
+
+    def _ring_position(self) -> tuple[int, bool, list[int]] | None:
+        """(used position, its wrap counter, positions of held-back used descriptors) as
+        the descriptors' flags show them, or None when they cannot tell.
+
+        Every position was last written in the lap (of the driver, or ours after it) that
+        its AVAIL bit names: the driver writes the bit of its wrap counter when it posts,
+        and our used descriptors repeat it. Going round the ring, that bit therefore flips
+        once, where the driver will post next (`a`; nowhere when a is 0, where it flips on
+        the ring's end). The descriptors just before `a` that are still available are
+        those we have not used: our used position is where that run starts. A used
+        descriptor whose flags were held back for a publish that never came carries the
+        HELD mark. This holds when every buffer is one ring descriptor; a ring showing
+        chains (NEXT on an available descriptor, or an available one before the run)
+        gives None; 2-descriptor chains, whose used ones show no NEXT, would be
+        misread."""
+        n, d16 = self.size, self._d16
+        flags = [d16[i * 8 + 7] for i in range(n)]
+        held = [i for i, f in enumerate(flags) if f in (HELD_AVAIL, HELD_USED)]
+
+        def avail(i: int) -> bool:
+            f = flags[i]
+            return bool(f & F_AVAIL) != bool(f & F_USED) and f not in (HELD_AVAIL, HELD_USED)
+
+        # One ring descriptor per buffer (a Linux guest: single buffers or indirect
+        # tables) or nothing can be read: after a used chain its tails still look
+        # available, so where our used position is would be a guess.
+        if any(f & VIRTQ_DESC_F_NEXT for i, f in enumerate(flags) if avail(i)):
+            return None
+        bit = [bool(f & F_AVAIL) for f in flags]
+        flips = [i for i in range(1, n) if bit[i] != bit[i - 1]]
+        if len(flips) > 1:
+            return None
+        if flips:
+            a, wrap_a = flips[0], bit[0]
+        else:
+            a, wrap_a = 0, not bit[0]
+        run = 0
+        while run < n and avail((a - run - 1) % n):
+            run += 1
+        pos, wrap = a - run, wrap_a
+        if pos < 0:
+            pos, wrap = pos + n, not wrap
+        if any(avail((pos - k) % n) for k in range(1, n - run + 1)):
+            return None  # available ones before ours: not a ring we wrote
+        return pos, wrap, held
 
     # -- batches in C ------------------------------------------------------------------
     @property
@@ -260,6 +347,7 @@ class PackedVirtqueue(Virtqueue):
         flags = F_AVAIL | F_USED if self.used_wrap else 0
         if self._head_flags is None:
             self._head_flags = (i, flags)
+            d16[i * 8 + 7] = HELD_AVAIL if self.used_wrap else HELD_USED
         else:
             d16[i * 8 + 7] = flags
         i += count

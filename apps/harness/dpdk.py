@@ -369,7 +369,7 @@ class RestartRun:
 
 
 def run_restarts(kills: int, *, traffic_s: float = 0.5, deadline: float = 5.0,
-                 size: int = 64) -> RestartRun:
+                 size: int = 64, packed: bool = False) -> RestartRun:
     """testpmd's virtio-user port in server mode (`server=1`: it listens, we connect and
     it takes us back after a reconnect) in io mode, against our backend as a source: what
     we fill its RX ring with comes back on its TX ring, so frames cross both rings at full
@@ -390,7 +390,7 @@ def run_restarts(kills: int, *, traffic_s: float = 0.5, deadline: float = 5.0,
             try:
                 _pin(proc.pid, 0)
                 # (the port's probe waits for a backend to connect: ours is already trying)
-                with Testpmd(virtio_user_vdev(path) + ",server=1", mode="io",
+                with Testpmd(virtio_user_vdev(path, packed=packed) + ",server=1", mode="io",
                              txpkts=size) as virtio:
                     virtio.start()
                     for _ in range(kills):

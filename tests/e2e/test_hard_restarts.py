@@ -1,10 +1,11 @@
 """Hard restarts under load (TCG, the bundled Linux guest): `vhostnet serve` killed with
 SIGKILL 20 times in a row while the guest downloads and uploads, with QEMU reconnecting
-(`reconnect=1`; QEMU 7.2 with INTx and QEMU 10 with MSI-X) or, in `--connect` mode, QEMU
-7.2 as the server.
+(`reconnect=1`; QEMU 7.2 with INTx and QEMU 10 with MSI-X, split and packed rings) or,
+in `--connect` mode, QEMU 7.2 as the server.
 
-QEMU restores a vhost-user NIC's rings from the used index (it has no inflight tracking
-for net devices), so what matters is that nothing gets stuck: after each restart a new
+QEMU restores a vhost-user NIC's split rings from the used index (it has no inflight
+tracking for net devices) and a packed ring not at all (the backend reads where it was
+from the descriptors' flags), so what matters is that nothing gets stuck: after each restart a new
 connection from the guest works within 2 s of the new backend having the device; at the
 end the NIC still carries a download byte for byte, both traffic loops made progress
 after the last restart, and the guest's kernel logged no transmit-queue timeout. (DPDK's
@@ -75,10 +76,11 @@ def _count(vm: QemuVM, name: str) -> int:
 
 
 @pytest.mark.parametrize("mode,qemu", [("reconnect", "7.2"), ("connect", "7.2"),
-                                       ("reconnect", "10")])
+                                       ("reconnect", "10"), ("reconnect", "10-packed")])
 def test_backend_killed_20_times_under_traffic(guest_image, tmp_path, mode, qemu):
     binary, vectors = "qemu-system-x86_64", 0  # (7.2: INTx, its MSI-X crashes under TCG)
-    if qemu == "10":
+    packed = qemu.endswith("-packed")
+    if qemu.startswith("10"):
         binary, vectors = qemu10(), None
         if binary is None:
             pytest.skip("QEMU 10 is not installed: ci/install.sh makes its Debian 13 root "
@@ -91,7 +93,8 @@ def test_backend_killed_20_times_under_traffic(guest_image, tmp_path, mode, qemu
         proc = _serve(args, ctl, log)
         assert _wait(lambda: os.path.exists(sock), 20), "no vhost-user socket"
     vm = QemuVM(guest_image, qemu=binary, nic_args=vhost_user_nic_args(
-        sock, mac=GUEST_MAC, server=mode == "connect", vectors=vectors)).start()
+        sock, mac=GUEST_MAC, server=mode == "connect", vectors=vectors,
+        extra_device_opts="packed=on" if packed else "")).start()
     try:
         if mode == "connect":
             proc = _serve(args, ctl, log)
@@ -136,6 +139,8 @@ def test_backend_killed_20_times_under_traffic(guest_image, tmp_path, mode, qemu
         assert "timed out" not in kernel and "NETDEV WATCHDOG" not in kernel, kernel[-3000:]
         st = _status(ctl)
         assert st and not any(q["broken"] or q["errors"] for q in st["device"]["queues"])
+        if packed:  # (the restarts above were on packed rings, resumed from their flags)
+            assert any("RING_PACKED" in f for f in st["device"]["features"]), st["device"]
     finally:
         vm.kill()
         if proc is not None:

@@ -83,10 +83,12 @@ def test_testpmd_output_parsers():
 
 
 @needs_testpmd
-def test_virtio_user_server_mode_survives_20_backend_kills():
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_virtio_user_server_mode_survives_20_backend_kills(packed):
     """DPDK's virtio-user in server mode takes a restarted backend back with base 0 for
-    rings whose used index is far beyond it; we resume from the used ring. Before that,
-    the first reconnect left the queue broken ("avail index ... ahead of 0")."""
-    run = dpdk.run_restarts(20)
+    rings whose used index is far beyond it; we resume from the used ring (split) or
+    where the descriptors' flags say we were (packed). Before that, the first reconnect
+    left the queue broken ("avail index ... ahead of 0")."""
+    run = dpdk.run_restarts(20, packed=packed)
     assert run.problems(deadline=2.0) == [], run.log[-2000:]
     assert max(run.recovered_s) < 2.0
