@@ -14,6 +14,8 @@ COPY pyproject.toml setup.py README.md ./
 COPY apps apps
 COPY netstack netstack
 COPY vhostuser vhostuser
+COPY gateway gateway
+COPY csrc csrc
 COPY ci ci
 # The guest image lives here at build time and at run time (apps.harness.vm looks in the same place).
 ENV VHOSTNET_CACHE=/opt/vhostnet/cache

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench stress fuzz clean
+.PHONY: install demo test lint bench stress fuzz fuzz-sanitize clean
 
 install:
 	@bash ci/install.sh
@@ -37,6 +37,11 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?=
 fuzz: install
 	$(PY) -m tests.fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+# The targets that reach C code (rings, checksum) on an ASan+UBSan build of the helpers
+# (build/sanitize/; the normal build is left as it is).
+fuzz-sanitize: install
+	$(PY) -m tests.fuzz --sanitize --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
 	rm -rf build *.egg-info netstack/_fast.* vhostuser/_fast.* .pytest_cache

@@ -52,7 +52,13 @@ pointers stay valid while the buffers exported to cffi are (memory.py releases t
 it unmaps).
 """
 
+import os
+import sys
+
 from cffi import FFI
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "csrc"))
+from build_flags import flags as _build_flags  # noqa: E402  (csrc/: shared by both builds)
 
 ffibuilder = FFI()
 ffibuilder.cdef(
@@ -152,6 +158,7 @@ ffibuilder.set_source(
     r"""
     #include <stdint.h>
     #include <string.h>
+    #include "csum.h"
     static void vu_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
     /* A ring word the other side reads or writes while we do (an idx, flags, a used or
@@ -1159,39 +1166,12 @@ ffibuilder.set_source(
         return rc ? rc : frames;
     }
 
-    /* RFC 1071 sum of big-endian 16-bit words added to `sum`, folded to 16 bits. */
     static uint32_t vu_csum_partial(const uint8_t *buf, size_t len, uint32_t sum)
     {
-        uint64_t acc = 0;
-        while (len >= 8) {
-            uint64_t w;
-            memcpy(&w, buf, 8);
-            acc += (w & 0xffffffffu) + (w >> 32);
-            buf += 8;
-            len -= 8;
-        }
-        while (len >= 2) {
-            uint16_t h;
-            memcpy(&h, buf, 2);
-            acc += h;
-            buf += 2;
-            len -= 2;
-        }
-        if (len) {
-            uint16_t h = 0;
-            memcpy(&h, buf, 1);
-            acc += h;
-        }
-        while (acc >> 16)
-            acc = (acc & 0xffff) + (acc >> 16);
-        acc = ((acc & 0xff) << 8) | (acc >> 8);  /* native (LE) words -> network order */
-        acc += sum;
-        while (acc >> 16)
-            acc = (acc & 0xffff) + (acc >> 16);
-        return (uint32_t)acc;
+        return vhn_csum_partial(buf, len, sum);  /* csrc/csum.h */
     }
     """,
-    extra_compile_args=["-O2"],
+    **_build_flags(),
 )
 
 if __name__ == "__main__":

@@ -133,6 +133,13 @@ def test_dockerfile_copies_exist_and_build_the_guest():
     apt, copies, text = dockerfile()
     for src in copies:
         assert (REPO / src).exists(), f"Dockerfile COPY {src}: not in the repo"
+    # every package pip installs (pyproject's packages.find) is in the image's sources
+    include = re.search(r"\[tool\.setuptools\.packages\.find\]\s*include = \[([^\]]*)\]",
+                        (REPO / "pyproject.toml").read_text())
+    assert include
+    packages = {p.strip().strip('"').rstrip("*") for p in include.group(1).split(",")}
+    missing = packages - {c.rstrip("/") for c in copies}
+    assert not missing, f"the Dockerfile does not COPY {sorted(missing)}"
     # ci/guest/build.py runs in the image: the script, busybox-static and cpio, the C compiler
     m = re.search(r"python\S* (ci/guest/build\.py)", text)
     assert m and (REPO / m.group(1)).is_file()

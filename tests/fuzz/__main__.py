@@ -2,7 +2,8 @@
 atheris for N seconds over its corpus (tests/fuzz/corpus/TARGET, where new inputs that
 reach new code are added), then a table: executions, coverage (libFuzzer's cov), corpus
 entries before and after. A crash leaves its input in tests/fuzz/crashes/ and the exit
-status is 1; make it a regression test by adding the input to the target's corpus."""
+status is 1; make it a regression test by adding the input to the target's corpus.
+`--sanitize` runs the targets that reach C code on an ASan/UBSan build of it."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from tests.fuzz.targets import TARGETS
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run(target: str, seconds: float, seed: int | None, corpus_root: str) -> dict:
+def run(target: str, seconds: float, seed: int | None, corpus_root: str,
+        env: dict | None = None) -> dict:
     corpus = os.path.join(corpus_root, target)
     crashes = os.path.join(HERE, "crashes")
     os.makedirs(corpus, exist_ok=True)
@@ -31,7 +33,7 @@ def run(target: str, seconds: float, seed: int | None, corpus_root: str) -> dict
     if seed is not None:
         cmd.append(f"-seed={seed}")
     t0 = time.monotonic()
-    p = subprocess.run(cmd, capture_output=True, text=True,
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env,
                        cwd=os.path.dirname(os.path.dirname(HERE)))
     execs = re.findall(r"stat::number_of_executed_units: (\d+)", p.stderr)
     cov = re.findall(r" cov: (\d+)", p.stderr)
@@ -72,13 +74,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minimise", action="store_true",
                     help="instead of fuzzing, shrink each corpus to the inputs that keep "
                          "its coverage (libFuzzer -merge)")
+    ap.add_argument("--sanitize", action="store_true",
+                    help="build the C helpers with ASan and UBSan (into build/sanitize/) "
+                         "and run the targets that reach them (default: "
+                         "split_ring, packed_ring, checksum) on that build")
     ap.add_argument("--corpus", metavar="DIR", default=os.path.join(HERE, "corpus"),
                     help="where each target's corpus is (DIR/TARGET; default the repo's)")
     args = ap.parse_args(argv)
     unknown = [t for t in args.targets if t not in TARGETS]
     if unknown:
         ap.error(f"unknown target {unknown[0]!r}: give {', '.join(TARGETS)}")
-    names = args.targets or list(TARGETS)
+    env = None
+    if args.sanitize:
+        from tests.fuzz import sanitize
+
+        print("building the C helpers with ASan and UBSan ...", flush=True)
+        sanitize.build()
+        env = sanitize.env()
+    names = args.targets or (list(sanitize.TARGETS) if args.sanitize else list(TARGETS))
     if args.minimise:
         for name in names:
             print(f"{name}: {minimise(name, args.corpus)}", flush=True)
@@ -87,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     failed = 0
     for name in names:
-        r = run(name, args.seconds, args.seed, args.corpus)
+        r = run(name, args.seconds, args.seed, args.corpus, env)
         rate = r["executions"] / max(r["seconds"], 0.1)
         print(f"{name:<12} {r['executions']:>11} {rate:>7.0f} {r['coverage']:>6} "
               f"{r['corpus_before']:>6} -> {r['corpus_after']:<4}"

@@ -9,6 +9,9 @@ import sys
 
 import atheris
 
+from tests.fuzz import sanitize
+
+sanitize.activate()  # (started by `python -m tests.fuzz --sanitize`: the ASan/UBSan build)
 with atheris.instrument_imports(include=["vhostuser", "netstack", "apps", "gateway",
                                          "tests.fuzz"]):
     import apps.stack  # noqa: F401  (instrumented for the stack target)

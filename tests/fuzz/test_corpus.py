@@ -59,3 +59,23 @@ def test_fuzzing_smoke(tmp_path):
     lines = p.stdout.splitlines()[1:]
     assert [ln.split()[0] for ln in lines] == list(targets.TARGETS)
     assert all(int(ln.split()[1]) > 0 for ln in lines), p.stdout
+
+
+def test_sanitized_smoke(tmp_path):
+    """The targets that reach C code, 2 s each on the ASan+UBSan build of the helpers
+    (a memory error or undefined behaviour there aborts the target: a crash)."""
+    pytest.importorskip("atheris")
+    from tests.fuzz import sanitize
+
+    try:
+        sanitize.runtime()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    shutil.copytree(CORPUS, tmp_path / "corpus")
+    p = subprocess.run([sys.executable, "-m", "tests.fuzz", "--sanitize", "--seconds", "2",
+                        "--seed", "1", "--corpus", str(tmp_path / "corpus")],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr[-3000:]
+    lines = p.stdout.splitlines()[2:]
+    assert [ln.split()[0] for ln in lines] == list(sanitize.TARGETS)
+    assert all(int(ln.split()[1]) > 0 for ln in lines), p.stdout  # each ran inputs
