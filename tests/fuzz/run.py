@@ -15,6 +15,7 @@ sanitize.activate()  # (started by `python -m tests.fuzz --sanitize`: the ASan/U
 with atheris.instrument_imports(include=["vhostuser", "netstack", "apps", "gateway",
                                          "tests.fuzz"]):
     import apps.stack  # noqa: F401  (instrumented for the stack target)
+    import tests.fuzz.targets_wire  # noqa: F401  (wire formats and the TCP socket)
     import vhostuser.backend  # noqa: F401
     import vhostuser.packed  # noqa: F401
     from tests.fuzz import targets

@@ -16,6 +16,11 @@ in CI.
 - `stack`: Ethernet frames into the whole stack (ARP, IPv4/IPv6 with reassembly, ICMP,
   UDP, TCP, DHCPv4/v6, DNS, RA) with time moving; the gateway is off (it would open host
   sockets to whatever the input names).
+- `wire`, `tcp` (targets_wire.py): every wire format parsed, emitted and parsed again;
+  our TCP socket in a live connection fed scripted segments, its invariants checked.
+- `gateway`, `dns_forward` (targets_gateway.py): the gateway on, confined to loopback
+  peers and a fake resolver the target owns (flow cap, fds, frames to the guest checked);
+  the DNS forwarder alone against hostile upstream answers.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import os
 import struct
 
+from tests.fuzz import targets_gateway
 from vhostuser.errors import ProtocolError
 
 U16 = struct.Struct("<H")
@@ -229,6 +235,21 @@ def stack(data: bytes, fresh: bool = False) -> None:
             got[0].consume(bytes)
 
 
+# -- wire, tcp (tests/fuzz/targets_wire.py) ----------------------------------------------
+def _wire(data: bytes) -> None:
+    from tests.fuzz.targets_wire import wire
+
+    wire(data)
+
+
+def _tcp(data: bytes) -> None:
+    from tests.fuzz.targets_wire import tcp
+
+    tcp(data)
+
+
 TARGETS = {"message": message, "split_ring": split_ring, "packed_ring": packed_ring,
            "checksum": checksum,
-           "stack": stack}
+           "stack": stack,
+           "wire": _wire, "tcp": _tcp,
+           "gateway": targets_gateway.gateway, "dns_forward": targets_gateway.dns_forward}

@@ -545,6 +545,20 @@ def test_established_recv_window_closes_and_update():
     assert r.window_len == 3100
 
 
+def test_established_shutdown_read_keeps_the_window():
+    # Data discarded after shutdown_read must not move RCV.ADV left: the next segment of
+    # the window we advertised, arriving before our ACK, is still taken (found by the tcp
+    # fuzz target: it was dropped as out of window)
+    s = plain()
+    s.shutdown_read()
+    edge = s.rcv_adv
+    feed(s, 0.0, IRS + 1, ISS + 1, payload=b"a" * 100)
+    assert s.rcv_adv == edge
+    feed(s, 0.0, IRS + 101, ISS + 1, payload=b"b" * 100)
+    assert s.rcv_nxt == IRS + 201 and s.stats.get("unacceptable", 0) == 0
+    assert one(s, 0.0).ack_number == IRS + 201
+
+
 def test_established_large_received_segment():
     s = plain()
     data = bytes(random.Random(1).randbytes(60000))

@@ -1061,7 +1061,9 @@ class TcpSocket(Socket):
         if self._read_closed:
             # discard, but acknowledge as if read (Linux answers with RST; we stay quiet)
             if off <= 0 < off + n:
-                self.rcv_nxt = self.rcv_adv = seq_add(rcv_nxt, off + n)
+                self.rcv_nxt = seq_add(rcv_nxt, off + n)
+                if seq_gt(self.rcv_nxt, self.rcv_adv):  # never left: no window shrinking
+                    self.rcv_adv = self.rcv_nxt
                 self._ack_now = True
             return
         asm = self._asm
