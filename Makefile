@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench stress fuzz fuzz-sanitize clean
+.PHONY: install demo test lint bench stress soak fuzz fuzz-sanitize clean
 
 install:
 	@bash ci/install.sh
@@ -29,6 +29,15 @@ bench: install
 STRESS_ARGS ?=
 stress: install
 	$(PY) -m apps.bench.stress $(STRESS_ARGS)
+
+# Nothing lost or leaked (about 11 min): the bundled guest runs 200 transfers at once for
+# 10 min, each checked by SHA-256 (to our apps and through NAT), under 1 % loss,
+# reordering and duplication (`vhostnet faults`), the backend killed with SIGKILL 5 times,
+# the control socket polled every second; fails on a wrong byte, a stuck transfer, a leaked
+# fd or RSS growing 1 MiB/min. SOAK_ARGS changes it, e.g. SOAK_ARGS="--minutes 30".
+SOAK_ARGS ?=
+soak: install
+	$(PY) -m apps.bench.soak $(SOAK_ARGS)
 
 # Coverage-guided fuzzing (atheris) of every attack surface, FUZZ_SECONDS per target
 # (default 60): executions, coverage and corpus growth per target; new inputs join

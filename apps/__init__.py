@@ -6,6 +6,7 @@ Then one folder per job:
 
 - `servers/`: the example servers the guest finds on our stack (echo, HTTP, ...);
 - `control/`: the control socket behind `vhostnet status|faults|capture`;
-- `harness/`: QEMU with the bundled guest, DPDK's testpmd, the pytest plugin;
-- `bench/`: `vhostnet bench` and `make stress`.
+- `harness/`: QEMU with the bundled guest, DPDK's testpmd, `serve` as a process to kill,
+  the pytest plugin;
+- `bench/`: `vhostnet bench`, `make stress` and `make soak`.
 """

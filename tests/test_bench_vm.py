@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -82,3 +85,25 @@ def test_vm_bench_skips_a_missing_backend(monkeypatch, capsys):
 def test_vm_bench_refuses_unknown_backends():
     with pytest.raises(ValueError, match="unknown backend"):
         benchvm.bench_vm(2, ["ours", "nope"])
+
+
+def test_host_peers_take_a_client_going_away_quietly(capfd):
+    """A client reset mid-download (the soak kills the backend that carried it) ends its
+    request without a traceback on stderr; the server goes on serving."""
+    peers = benchvm.HostPeers()
+    try:
+        c = socket.create_connection(("127.0.0.1", peers.http_port))
+        c.sendall(b"GET /bytes/100000000 HTTP/1.0\r\n\r\n")
+        c.recv(65536)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()  # an RST: the handler's next write fails
+        time.sleep(0.5)
+        with socket.create_connection(("127.0.0.1", peers.http_port)) as c:
+            c.sendall(b"GET /bytes/3 HTTP/1.0\r\n\r\n")
+            data = b""
+            while chunk := c.recv(65536):
+                data += chunk
+        assert data.endswith(b"\r\n\r\n\x00\x01\x02"), data
+    finally:
+        peers.close()
+    assert "Traceback" not in capfd.readouterr().err

@@ -447,6 +447,14 @@ def pattern_chunks(n: int) -> Iterator[bytes]:
         n -= k
 
 
+def pattern_sha256(n: int) -> str:
+    """The SHA-256 (hex) of /bytes/N: what a client checks a download against."""
+    h = hashlib.sha256()
+    for chunk in pattern_chunks(n):
+        h.update(chunk)
+    return h.hexdigest()
+
+
 def sink(body: Iterable[bytes]) -> Response:
     h = hashlib.sha256()
     n = 0

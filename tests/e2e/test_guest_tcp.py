@@ -14,18 +14,11 @@ import time
 
 import pytest
 
-from apps.servers.http import pattern_chunks
+from apps.servers.http import pattern_sha256
 
 pytestmark = pytest.mark.qemu
 
 MiB = 1 << 20
-
-
-def pattern_sha256(n: int) -> str:
-    h = hashlib.sha256()
-    for chunk in pattern_chunks(n):
-        h.update(chunk)
-    return h.hexdigest()
 
 
 def timed(vm, cmd: str, timeout: float) -> tuple[str, float]:

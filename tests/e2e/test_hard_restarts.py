@@ -14,14 +14,11 @@ virtio-user, the other front-end that reconnects, is in tests/vhostuser/test_dpd
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from apps.control import ControlClient, ControlError
+from apps.harness.backend import control_status, has_device, kill_serve, spawn_serve, wait_for
 from apps.harness.vm import QemuVM, qemu10, vhost_user_nic_args
 from tests.e2e.conftest import GUEST_MAC
 from tests.e2e.test_guest_tcp import pattern_sha256
@@ -36,39 +33,11 @@ PROBE = ("(while [ ! -e /tmp/stop ]; do timeout 1 wget -q -O /dev/null "
          "http://10.0.2.2/bytes/1000000; done) >/dev/null 2>&1 &")
 
 
-def _serve(args: list[str], ctl: str, log) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "apps.cli", "serve", *args, "--control",
-                             ctl, "--log-level", "warning"], stdout=subprocess.DEVNULL,
-                            stderr=log, start_new_session=True)
-
-
-def _status(ctl: str) -> dict | None:
-    try:
-        with ControlClient(ctl, timeout=2) as c:
-            return c.request({"cmd": "status"})["status"]
-    except (ControlError, OSError, ValueError):
-        return None
-
-
-def _has_device(st: dict | None) -> bool:
-    dev = st and st.get("device")
-    return bool(dev) and all(q["started"] for q in dev["queues"])
-
-
 def _guest_connection(st: dict | None) -> bool:
     """A TCP connection from the guest, to our HTTP app (not a listener)."""
     return bool(st) and any(s["kind"] == "tcp" and s["state"] not in ("LISTEN", "CLOSED")
                             and (s.get("remote") or "").startswith("10.0.2.15")
                             for s in st["sockets"])
-
-
-def _wait(pred, timeout: float, poll: float = 0.02) -> float | None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if pred():
-            return time.monotonic()
-        time.sleep(poll)
-    return None
 
 
 def _count(vm: QemuVM, name: str) -> int:
@@ -90,14 +59,14 @@ def test_backend_killed_20_times_under_traffic(guest_image, tmp_path, mode, qemu
     log = open(tmp_path / "serve.log", "w")
     proc = None
     if mode == "reconnect":
-        proc = _serve(args, ctl, log)
-        assert _wait(lambda: os.path.exists(sock), 20), "no vhost-user socket"
+        proc = spawn_serve(args, ctl, log)
+        assert wait_for(lambda: os.path.exists(sock), 20), "no vhost-user socket"
     vm = QemuVM(guest_image, qemu=binary, nic_args=vhost_user_nic_args(
         sock, mac=GUEST_MAC, server=mode == "connect", vectors=vectors,
         extra_device_opts="packed=on" if packed else "")).start()
     try:
         if mode == "connect":
-            proc = _serve(args, ctl, log)
+            proc = spawn_serve(args, ctl, log)
         vm.wait_ready(timeout=120)
         vm.run_ok("ip link set eth0 up && udhcpc -i eth0 -n -q -t 5 -T 2 >/dev/null 2>&1",
                   timeout=60)
@@ -113,16 +82,15 @@ def test_backend_killed_20_times_under_traffic(guest_image, tmp_path, mode, qemu
         took = []
         for i in range(KILLS):
             time.sleep(1.0)  # traffic both ways, then the kill lands mid-transfer
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_serve(proc)
             t0 = time.monotonic()
-            proc = _serve(args, ctl, log)
-            up = _wait(lambda: _has_device(_status(ctl)), 30)
+            proc = spawn_serve(args, ctl, log)
+            up = wait_for(lambda: has_device(control_status(ctl)), 30)
             assert up is not None, f"restart {i + 1}: QEMU did not set the rings up again"
-            conn = _wait(lambda: _guest_connection(_status(ctl)), 30)
+            conn = wait_for(lambda: _guest_connection(control_status(ctl)), 30)
             assert conn is not None, (
                 f"restart {i + 1}: no connection from the guest; after {took}; backend "
-                f"status {_status(ctl)}; guest console:\n{vm.tail(40)}")
+                f"status {control_status(ctl)}; guest console:\n{vm.tail(40)}")
             took.append((round(up - t0, 2), round(conn - up, 2)))
         print("seconds to the device, then to the guest's first connection:", took)
         assert max(c for _, c in took) < UP_TO_CONNECTION, took
@@ -137,13 +105,12 @@ def test_backend_killed_20_times_under_traffic(guest_image, tmp_path, mode, qemu
         assert " 0% packet loss" in vm.run_ok("ping -c 2 -W 5 10.0.2.2", timeout=60)
         kernel = vm.run_ok("dmesg")
         assert "timed out" not in kernel and "NETDEV WATCHDOG" not in kernel, kernel[-3000:]
-        st = _status(ctl)
+        st = control_status(ctl)
         assert st and not any(q["broken"] or q["errors"] for q in st["device"]["queues"])
         if packed:  # (the restarts above were on packed rings, resumed from their flags)
             assert any("RING_PACKED" in f for f in st["device"]["features"]), st["device"]
     finally:
         vm.kill()
         if proc is not None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_serve(proc)
         log.close()
