@@ -239,6 +239,23 @@ ffibuilder.set_source(
         }
     }
 
+    /* One descriptor into the chain's buffers: readable ones first, then writable ones
+       (a readable one after a writable one breaks the rule). Shared by both walkers. */
+    static int vu_take(uint16_t flags, uint64_t a, uint32_t l, uint64_t *addr, uint32_t *len,
+                       uint32_t *count, int *writable, uint32_t *readable)
+    {
+        if (flags & F_WRITE)
+            *writable = 1;
+        else if (*writable)
+            return VU_E_READ_AFTER_WRITE;
+        else
+            (*readable)++;
+        addr[*count] = a;
+        len[*count] = l;
+        (*count)++;
+        return 0;
+    }
+
     static int vu_walk(const uint8_t *desc, uint32_t n, uint32_t head, int indirect_ok,
                        const struct vu_region *regs, uint32_t nregs,
                        uint64_t *addr, uint32_t *len, uint32_t *nread, uint64_t *err)
@@ -283,15 +300,8 @@ ffibuilder.set_source(
                 i = 0;
                 continue;
             }
-            if (flags & F_WRITE)
-                writable = 1;
-            else if (writable)
+            if (vu_take(flags, a, l, addr, len, &count, &writable, &readable))
                 return VU_E_READ_AFTER_WRITE;
-            else
-                readable++;
-            addr[count] = a;
-            len[count] = l;
-            count++;
             if (!(flags & F_NEXT)) {
                 *nread = readable;
                 return (int)count;
@@ -439,29 +449,15 @@ ffibuilder.set_source(
                     memcpy(&tf, t + 14, 2);
                     if (tf & F_INDIRECT)
                         return VU_E_NESTED;
-                    if (tf & F_WRITE)
-                        writable = 1;
-                    else if (writable)
+                    if (vu_take(tf, ta, tl, addr, len, &k, &writable, &readable))
                         return VU_E_READ_AFTER_WRITE;
-                    else
-                        readable++;
-                    addr[k] = ta;
-                    len[k] = tl;
-                    k++;
                 }
                 *nread = readable;
                 *head = bid | (1u << 16);
                 return (int)k;
             }
-            if (flags & F_WRITE)
-                writable = 1;
-            else if (writable)
+            if (vu_take(flags, a, l, addr, len, &k, &writable, &readable))
                 return VU_E_READ_AFTER_WRITE;
-            else
-                readable++;
-            addr[k] = a;
-            len[k] = l;
-            k++;
             if (!(flags & F_NEXT)) {
                 *nread = readable;
                 *head = bid | (steps << 16);
