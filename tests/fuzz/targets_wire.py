@@ -284,39 +284,30 @@ def _tcp_wire(b: bytearray, c: _Ctx) -> None:
     _same("tcp bytes (emit of a re-parse)", bytes(out), bytes(out2))
 
 
-def _dhcpv4(b: bytearray, c: _Ctx) -> None:
+def _reparsed(name: str, b: bytearray, repr_cls, packet_cls) -> None:
+    """A format emitted our way, not canonically: parse, emit, and the re-parse equals."""
     try:
-        r = dhcpv4.DhcpRepr.parse(dhcpv4.DhcpPacket.new_checked(b))
+        r = repr_cls.parse(packet_cls.new_checked(b))
     except Error:
         return
     out = bytearray(r.buffer_len())
-    r.emit(dhcpv4.DhcpPacket(out))
-    # not canonical: options are reordered, merged and split again, sname/file zeroed
-    _same("dhcpv4", r, _again("dhcpv4", lambda: dhcpv4.DhcpRepr.parse(
-        dhcpv4.DhcpPacket.new_checked(out))))
+    r.emit(packet_cls(out))
+    _same(name, r, _again(name, lambda: repr_cls.parse(packet_cls.new_checked(out))))
+
+
+def _dhcpv4(b: bytearray, c: _Ctx) -> None:
+    # options are reordered, merged and split again, sname/file zeroed
+    _reparsed("dhcpv4", b, dhcpv4.DhcpRepr, dhcpv4.DhcpPacket)
 
 
 def _dhcpv6(b: bytearray, c: _Ctx) -> None:
-    try:
-        r = dhcpv6.Dhcpv6Repr.parse(dhcpv6.Dhcpv6Packet.new_checked(b))
-    except Error:
-        return
-    out = bytearray(r.buffer_len())
-    r.emit(dhcpv6.Dhcpv6Packet(out))
-    # not canonical: options are reordered, IA_NA keeps only its IAID and status
-    _same("dhcpv6", r, _again("dhcpv6", lambda: dhcpv6.Dhcpv6Repr.parse(
-        dhcpv6.Dhcpv6Packet.new_checked(out))))
+    # options are reordered, IA_NA keeps only its IAID and status
+    _reparsed("dhcpv6", b, dhcpv6.Dhcpv6Repr, dhcpv6.Dhcpv6Packet)
 
 
 def _dns(b: bytearray, c: _Ctx) -> None:
-    try:
-        r = dns.DnsRepr.parse(dns.DnsPacket.new_checked(b))
-    except Error:
-        return
-    out = bytearray(r.buffer_len())
-    r.emit(dns.DnsPacket(out))
-    # not canonical: names are compressed our way, trailing bytes dropped
-    _same("dns", r, _again("dns", lambda: dns.DnsRepr.parse(dns.DnsPacket.new_checked(out))))
+    # names are compressed our way, trailing bytes dropped
+    _reparsed("dns", b, dns.DnsRepr, dns.DnsPacket)
 
 
 FORMATS: tuple[tuple[str, Callable[[bytearray, _Ctx], None]], ...] = (
