@@ -106,6 +106,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
               + (f"DHCP leases from {c.dhcp_first}; " if c.dhcp else "no DHCP; ")
               + "UDP echo on 7, udpserver on 5555; TCP echo on 7, discard on 9, chargen on 19, "
               "echoserver on 5555, HTTP on 80.", flush=True, file=out)
+        if c.boot.enabled:
+            from apps.servers.boot import summary
+
+            print(summary(c.boot, c.boot_base_url,
+                          str(c.ipv6_address) if c.ipv6 else None), flush=True, file=out)
         gw = stack.gateway
         if gw is None:
             print("No gateway (--no-gateway): the guest reaches only these apps.",
@@ -181,8 +186,11 @@ def _stack_config(args: argparse.Namespace):
                       tcp_orphan_retries=args.tcp_orphan_retries,
                       tcp_max_orphans=args.tcp_max_orphans,
                       tcp_max_tw_buckets=args.tcp_max_tw_buckets, max_sockets=args.max_sockets)
+    from apps.servers.boot import BootConfig
     from gateway import GatewayConfig
 
+    cfg.boot = BootConfig(tftp_dir=args.tftp, bootfile=args.bootfile, kernel=args.boot_kernel,
+                          initrd=args.boot_initrd, append=args.boot_append)
     cfg.gateway = GatewayConfig(
         enabled=not args.no_gateway,
         map_host_loopback=None if args.no_map_host_loopback else args.map_host_loopback,
@@ -314,6 +322,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="NAT flows per protocol; more are dropped and counted (default 4096)")
     gw.add_argument("--udp-timeout", type=float, default=180.0, metavar="SECONDS",
                     help="a UDP flow idle this long is closed (default 180)")
+    nb = serve.add_argument_group(
+        "network boot (a VM started with -boot n boots from us; QEMU's NIC ROM is iPXE)")
+    nb.add_argument("--boot-kernel", metavar="FILE",
+                    help="boot this kernel (a bzImage or a multiboot ELF): iPXE gets a "
+                         "script that fetches it (and --boot-initrd) from our HTTP app, "
+                         "http://10.0.2.2/boot/; no -kernel needed on QEMU's line")
+    nb.add_argument("--boot-initrd", metavar="FILE", help="the initrd for --boot-kernel")
+    nb.add_argument("--boot-append", metavar="ARGS", default="",
+                    help="the kernel command line for --boot-kernel, e.g. 'console=ttyS0'")
+    nb.add_argument("--tftp", metavar="DIR",
+                    help="serve DIR read-only over TFTP (port 69, IPv4 and IPv6; blksize, "
+                         "tsize, timeout and windowsize options), as -netdev user,tftp=")
+    nb.add_argument("--bootfile", metavar="NAME",
+                    help="the boot file DHCP names (option 67 and BOOTP's file; we are "
+                         "the next server): a file under --tftp DIR, or a URL; with "
+                         "--boot-kernel, PXE ROMs get NAME and iPXE the script (chainload)")
     st.add_argument("--pcap", metavar="FILE",
                     help="capture every frame at the virtqueue (classic pcap; .pcapng for "
                          "pcapng with directions; a FIFO streams live to wireshark -k -i)")

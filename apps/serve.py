@@ -179,6 +179,6 @@ def make_server(*, stack_config: StackConfig | None = None, backend: BackendConf
                 app.control.close()
             server.close()
             raise
-    if start_apps and stack.config.apps:
+    if start_apps and (stack.config.apps or stack.boot_files):
         stack.start_apps()
     return server, stack, app

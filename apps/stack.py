@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from apps.servers.boot import BootConfig, FileSource
 from gateway import Gateway, GatewayConfig
 from netstack.iface import Interface, InterfaceConfig
 from netstack.runtime import Runtime
@@ -65,6 +66,8 @@ class StackConfig:
     max_sockets: int = 131072
     # NAT to the host and the world (the gateway package); on by default
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    # network boot (TFTP, DHCP boot file, an iPXE script for a kernel); off by default
+    boot: BootConfig = field(default_factory=BootConfig)
 
     def limits(self) -> Limits:
         return Limits(fin_timeout=self.tcp_fin_timeout, orphan_retries=self.tcp_orphan_retries,
@@ -157,6 +160,15 @@ class StackConfig:
             raise ValueError(f"{opt}: {e}") from None
         if self.gateway.enabled:
             self.gateway.check()
+        self.boot.check()
+        if self.boot.enabled and not self.dhcp:
+            raise ValueError("network boot (--tftp, --bootfile, --boot-kernel) needs our DHCP "
+                             "server: drop --no-dhcp")
+
+    @property
+    def boot_base_url(self) -> str:
+        """Where the boot files are served over HTTP (our HTTP app's /boot/)."""
+        return f"http://{self.interface.ip}/boot/"
 
     @property
     def ipv6_network(self) -> ipaddress.IPv6Network:
@@ -183,17 +195,25 @@ class Stack:
     dhcp: DhcpServer | None
     dns: DnsResponder
     gateway: Gateway | None = None
+    boot_files: dict[str, FileSource] = field(default_factory=dict)  # HTTP /boot/, TFTP
     app_threads: list[threading.Thread] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     def start_apps(self) -> None:
+        """The example apps (with `config.apps`), and the HTTP app alone when only the
+        boot files need it."""
         from apps.servers import echo, http, tcpapps, udpserver
 
-        for target in (echo.serve_udp, udpserver.serve, tcpapps.serve_echo,
-                       tcpapps.serve_discard, tcpapps.serve_chargen, tcpapps.serve_echoserver,
-                       http.serve_http):
+        targets = [echo.serve_udp, udpserver.serve, tcpapps.serve_echo,
+                   tcpapps.serve_discard, tcpapps.serve_chargen, tcpapps.serve_echoserver,
+                   http.serve_http] if self.config.apps else []
+        if self.boot_files and not targets:
+            targets = [http.serve_http]
+        for target in targets:
+            kwargs = {"files": self.boot_files} if target is http.serve_http else {}
             t = threading.Thread(target=target, args=(self.runtime, self.stop_event),
-                                 name=f"{target.__module__}.{target.__name__}", daemon=True)
+                                 kwargs=kwargs, daemon=True,
+                                 name=f"{target.__module__}.{target.__name__}")
             t.start()
             self.app_threads.append(t)
 
@@ -232,11 +252,14 @@ def build_stack(config: StackConfig | None = None, *, gateway_thread: bool = Tru
                                       ipv6_addrs=addrs6, ipv6_router=True, accept_ra=False))
     sockets = SocketSet(config.limits())
     dhcp = None
+    boot_files = config.boot.boot_files(config.boot_base_url)
     if config.dhcp:
+        boot_file, ipxe_boot_file = config.boot.dhcp_names(config.boot_base_url)
         dhcp = DhcpServer(DhcpServerConfig(
             server_ip=net.ip, subnet=net.network, pool_start=config.dhcp_first,
             pool_size=config.dhcp_count, router=net.ip,
-            dns_servers=(dns_ip,), lease_time=config.lease_time))
+            dns_servers=(dns_ip,), lease_time=config.lease_time,
+            boot_file=boot_file, ipxe_boot_file=ipxe_boot_file))
         sockets.add(DhcpServerSocket(dhcp))
     dns = DnsResponder(records={"gateway.vhostnet": [net.ip], "dns.vhostnet": [dns_ip]})
     if config.ipv6:
@@ -269,7 +292,7 @@ def build_stack(config: StackConfig | None = None, *, gateway_thread: bool = Tru
         for sock in sockets.of_kind("udp"):
             if isinstance(sock, DnsServerSocket):
                 sock.forwarder = gateway.dns
-    st = Stack(config, iface, sockets, runtime, dhcp, dns, gateway)
+    st = Stack(config, iface, sockets, runtime, dhcp, dns, gateway, boot_files)
     if gateway is not None and gateway.dns is not None:
         from gateway.dns import serve_tcp
 

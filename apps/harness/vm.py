@@ -349,8 +349,12 @@ class QemuVM:
         append_extra: str = "",
         qemu: str = "qemu-system-x86_64",
         reboot: bool = False,
+        netboot: bool = False,
     ) -> None:
         self.image = image
+        # netboot=True: no -kernel/-initrd, `-boot n`: the NIC's ROM (iPXE) boots what the
+        # network serves; serve it `image.kernel`, the initrd and `kernel_append()`
+        self.netboot = netboot
         # reboot=True: no -no-reboot, so a guest `reboot -f` restarts the machine; each
         # wait_ready() then waits for the next boot marker after the last one it saw
         self.reboot = reboot
@@ -376,13 +380,20 @@ class QemuVM:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def command_line(self, initrd: Path) -> list[str]:
-        """The full QEMU command line (for logs and debugging)."""
-        assert self.image is not None
+    def kernel_append(self) -> str:
+        """The guest kernel's command line (what a network boot must pass too)."""
         append = "console=ttyS0 panic=-1 quiet"
         if self.append_extra:
             append += " " + self.append_extra
+        return append
+
+    def command_line(self, initrd: Path) -> list[str]:
+        """The full QEMU command line (for logs and debugging)."""
+        assert self.image is not None
+        append = self.kernel_append()
         nic = self.nic_args or ["-nic", "none"]
+        boot = (["-boot", "n"] if self.netboot else
+                ["-kernel", str(self.image.kernel), "-initrd", str(initrd), "-append", append])
         mem = self.memory_mb
         return [
             self.qemu, "-nodefaults", "-display", "none",
@@ -391,8 +402,7 @@ class QemuVM:
             "-object", f"memory-backend-memfd,id=mem,size={mem}M,share=on",
             "-machine", "memory-backend=mem",
             "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
-            "-kernel", str(self.image.kernel), "-initrd", str(initrd), "-append", append,
-            *nic, *self.extra_args,
+            *boot, *nic, *self.extra_args,
         ]  # fmt: skip
 
     def start(self) -> QemuVM:
@@ -403,7 +413,7 @@ class QemuVM:
         if shutil.which(self.qemu) is None and not os.path.exists(self.qemu):
             raise GuestError(f"{self.qemu} not found (apt-get install qemu-system-x86)")
         initrd = self.image.initrd
-        if self.image.extra_files:
+        if self.image.extra_files and not self.netboot:
             self._tmpdir = tempfile.mkdtemp(prefix="vhostnet-vm-")
             initrd = self.image.write_initrd(Path(self._tmpdir) / "initrd.cpio.gz")
         cmd = self.command_line(initrd)

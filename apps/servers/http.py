@@ -43,13 +43,14 @@ import hashlib
 import html
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from http import HTTPStatus
 from ipaddress import ip_address
 from urllib.parse import urlsplit
 
+from apps.servers.boot import FileSource, file_size, read_chunks
 from netstack.net import TcpStream
 from netstack.runtime import Runtime
 
@@ -464,11 +465,25 @@ def sink(body: Iterable[bytes]) -> Response:
     return Response.text(200, f"{n} {h.hexdigest()}\n")
 
 
-def route(request: Request, body: Iterator[bytes]) -> Response:
+def route(request: Request, body: Iterator[bytes],
+          files: Mapping[str, FileSource] | None = None) -> Response:
     """The server's answer to `request`; `body` yields the request body as it arrives (a
-    route that does not read it leaves it to the caller to drain)."""
+    route that does not read it leaves it to the caller to drain). `files` are served at
+    /boot/NAME (network boot: apps/servers/boot.py)."""
     path, method = request.path, request.method
     get = method in ("GET", "HEAD")
+    if files and path.startswith("/boot/"):
+        source = files.get(path[len("/boot/"):])
+        if source is None:
+            return Response.text(404, f"no such boot file: {request.path}\n")
+        if not get:
+            return _not_allowed("GET, HEAD")
+        try:
+            size = file_size(source)
+        except OSError as e:
+            return Response.text(500, f"{request.path}: {e.strerror}\n")
+        return Response(200, [("Content-Type", "application/octet-stream")],
+                        read_chunks(source), size)
     if path == "/":
         if not get:
             return _not_allowed("GET, HEAD")
@@ -505,12 +520,17 @@ DRAIN_LIMIT = 1 << 20  # an unread request body up to this size is read and drop
 
 
 def serve_http(runtime: Runtime, stop: threading.Event, port: int = 80, *,
-               max_connections: int = 256) -> None:
+               max_connections: int = 256,
+               files: Mapping[str, FileSource] | None = None) -> None:
     """Serve the routes above on `port` until `stop` is set: a thread per connection, at
-    most `max_connections` at a time (see `apps.servers.tcpapps.serve_tcp`)."""
+    most `max_connections` at a time (see `apps.servers.tcpapps.serve_tcp`); `files` at
+    /boot/NAME."""
     from apps.servers.tcpapps import serve_tcp
 
-    serve_tcp(runtime, stop, port, handle_connection, max_connections=max_connections)
+    def http_connection(stream: TcpStream) -> None:
+        handle_connection(stream, files)
+
+    serve_tcp(runtime, stop, port, http_connection, max_connections=max_connections)
 
 
 class RequestBody:
@@ -543,7 +563,8 @@ class RequestBody:
         raise StopIteration
 
 
-def handle_connection(stream: TcpStream) -> None:
+def handle_connection(stream: TcpStream,
+                      files: Mapping[str, FileSource] | None = None) -> None:
     """Answer requests on one connection until the client closes it or asks us to."""
     reader = Reader("server")
 
@@ -558,7 +579,7 @@ def handle_connection(stream: TcpStream) -> None:
             if isinstance(request, ConnectionClosed):
                 return
             body = RequestBody(stream, request, next_event)
-            response = route(request, body)
+            response = route(request, body, files)
         except HttpError as e:  # a bad head, or the body broke off
             send_response(stream, error_response(e), keep_alive=False)
             return

@@ -43,6 +43,16 @@ another client). This server is authoritative for its subnet: an INIT-REBOOT or 
 client we have no record of (the backend restarted under a running guest) gets its address
 back when it is free, instead of the silence RFC 2131 asks of non-authoritative servers.
 
+Network boot (PXE, iPXE; `boot_file` and friends in the config): OFFER and ACK carry the
+boot file in option 67 and the header's `file`, and the server to fetch it from in
+`siaddr` and option 66 (RFC 2132 §9.4/9.5). A client whose user class (option 77) says
+"iPXE" gets `ipxe_boot_file` instead when one is set: the usual chainload, where a PXE
+ROM fetches iPXE by TFTP and iPXE, asking again, gets an HTTP script. A PXE client
+(vendor class "PXEClient...") gets option 60 "PXEClient" back, which PXE ROMs look for.
+Plain BOOTP requests (RFC 951: no message type) are answered only when a boot file is
+set (a BOOTP client has nothing else to ask us for): one BOOTREPLY binds the address for
+`lease_time`, as an ACK would, with the RFC 1497 options and no DHCP-only ones.
+
 Bounds: the binding table never exceeds `max_leases` (and never the pool size); a DISCOVER
 that finds no free address gets no reply and counts `stats.pool_exhausted`. Offers expire
 after `offer_timeout`, so a flood of DISCOVERs from random MACs fills the pool for at most
@@ -57,12 +67,21 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Network
 from typing import NamedTuple
 
-from netstack.wire.dhcpv4 import CLIENT_PORT, SERVER_PORT, DhcpRepr, MessageType, OpCode
+from netstack.wire.dhcpv4 import (
+    CLIENT_PORT,
+    FILE,
+    SERVER_PORT,
+    DhcpRepr,
+    MessageType,
+    OpCode,
+    Option,
+)
 from netstack.wire.ethernet import BROADCAST, EthernetAddress
 
 LIMITED_BROADCAST = IPv4Address("255.255.255.255")
 INFINITE_LEASE = 0xFFFFFFFF
 ZERO = IPv4Address(0)
+FILE_FIELD_LEN = FILE.stop - FILE.start  # the header's `file`, NUL included
 
 
 def _ip(value) -> IPv4Address:
@@ -90,9 +109,20 @@ class DhcpServerConfig:
     offer_timeout: float = 60.0
     decline_timeout: float = 600.0
     check_src_mac: bool = True
+    # network boot: the file named to clients (None: no boot options), the one named to
+    # iPXE instead (None: the same), and the server holding them (None: server_ip)
+    boot_file: str | None = None
+    ipxe_boot_file: str | None = None
+    next_server: IPv4Address | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        if self.next_server is not None:
+            set_(self, "next_server", _ip(self.next_server))
+        for name in ("boot_file", "ipxe_boot_file"):
+            value = getattr(self, name)
+            if value is not None and not 0 < len(value.encode("utf-8")) <= 255:
+                raise ValueError(f"{name} must be 1 to 255 bytes (DHCP option 67)")
         set_(self, "server_ip", _ip(self.server_ip))
         set_(self, "subnet", IPv4Network(self.subnet))
         set_(self, "pool_start", _ip(self.pool_start))
@@ -166,6 +196,7 @@ class DhcpServerStats:
     declines: int = 0
     expired: int = 0
     pool_exhausted: int = 0
+    bootp: int = 0
     other_server: int = 0
     mac_mismatch: int = 0
     malformed: int = 0
@@ -251,7 +282,7 @@ class DhcpServer:
         """
         self.stats.received += 1
         self.expire(now)
-        if request.message_type.opcode != OpCode.REQUEST:
+        if request.opcode != OpCode.REQUEST:
             self.stats.ignored += 1
             return None
         if (self.config.check_src_mac and src_mac is not None
@@ -259,6 +290,8 @@ class DhcpServer:
                 and bytes(src_mac) != bytes(request.client_hardware_address)):
             self.stats.mac_mismatch += 1
             return None
+        if request.message_type is None:
+            return self._bootp(now, request)
         handler = {
             MessageType.DISCOVER: self._discover,
             MessageType.REQUEST: self._request,
@@ -353,12 +386,31 @@ class DhcpServer:
 
     # -- messages ------------------------------------------------------------------------
 
+    def _boot(self, request: DhcpRepr) -> dict:
+        """The boot fields and options for this client: {} without a boot file."""
+        cfg = self.config
+        user_class = request.option(Option.USER_CLASS) or b""
+        name = cfg.ipxe_boot_file if b"iPXE" in user_class else None
+        name = name or cfg.boot_file
+        if name is None:
+            return {}
+        server = cfg.next_server or cfg.server_ip
+        options = [(int(Option.TFTP_SERVER_NAME), str(server).encode()),
+                   (int(Option.BOOTFILE_NAME), name.encode("utf-8"))]
+        vendor = request.option(Option.VENDOR_CLASS) or b""
+        if vendor.startswith(b"PXEClient"):
+            options.append((int(Option.VENDOR_CLASS), b"PXEClient"))
+        fits = len(name.encode("utf-8")) < FILE_FIELD_LEN  # else option 67 alone
+        return {"server_ip": server, "boot_file": name if fits else "",
+                "additional_options": tuple(options)}
+
     def _reply(self, request: DhcpRepr, message_type: MessageType, your_ip: IPv4Address,
                *, lease: bool = True, message: str | None = None) -> DhcpRepr:
         cfg = self.config
         params = message_type != MessageType.NAK
         lease_time = cfg.lease_time if params and lease else None
         timers = lease_time is not None and lease_time != INFINITE_LEASE  # no T1/T2 if infinite
+        boot = self._boot(request) if params else {}
         return DhcpRepr(
             message_type=message_type,
             transaction_id=request.transaction_id,
@@ -378,7 +430,36 @@ class DhcpServer:
             dns_servers=cfg.dns_servers if params else (),
             domain_name=cfg.domain_name if params else None,
             message=message,
+            **boot,
         )
+
+    def _bootp(self, now: float, request: DhcpRepr) -> DhcpRepr | None:
+        """A plain BOOTP request (RFC 951): answered only when there is a file to boot."""
+        boot = self._boot(request)
+        if not boot:
+            self.stats.ignored += 1
+            return None
+        key = client_key(request)
+        current = self._by_key.get(key)
+        addr = None
+        for candidate in (current.address if current else None, self._remembered.get(key)):
+            if self._free_for(key, candidate):
+                addr = candidate
+                break
+        addr = addr or self._next_free(key)
+        lease = None if addr is None else self._bind(key, request, addr, LeaseState.BOUND,
+                                                     now + self.config.lease_time)
+        if lease is None:
+            self.stats.pool_exhausted += 1
+            return None
+        self.stats.bootp += 1
+        cfg = self.config
+        return DhcpRepr(
+            None, request.transaction_id, request.client_hardware_address,
+            op=OpCode.REPLY, broadcast=request.broadcast, client_ip=request.client_ip,
+            your_ip=lease.address, relay_agent_ip=request.relay_agent_ip,
+            subnet_mask=self._mask, router=cfg.router, dns_servers=cfg.dns_servers,
+            domain_name=cfg.domain_name, **boot)
 
     def _discover(self, now: float, request: DhcpRepr) -> DhcpRepr | None:
         key = client_key(request)

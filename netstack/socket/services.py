@@ -48,8 +48,10 @@ class DhcpServerSocket(UdpSocket):
         except SocketError as e:
             log.warning("DHCP reply to %s not sent: %s", dest.ip, e)
         else:
-            log.info("DHCP %s %s -> %s", reply.message_type.name, reply.your_ip,
-                     request.client_hardware_address)
+            kind = reply.message_type.name if reply.message_type else "BOOTREPLY"
+            boot = f" boot {reply.option(67).decode(errors='replace')}" if reply.option(67) else ""
+            log.info("DHCP %s %s -> %s%s", kind, reply.your_ip,
+                     request.client_hardware_address, boot)
 
     def poll_at(self, now: float) -> float | None:
         at = super().poll_at(now)

@@ -5,8 +5,13 @@ client and server need. Malformed input raises `wire.Error` (see wire/__init__).
 
 Parsing rules:
 
-- The buffer must hold the fixed 236-byte BOOTP header and the magic cookie 99.130.83.99;
-  htype must be 1 (Ethernet) and hlen 6.
+- The buffer must hold the fixed 236-byte BOOTP header; htype must be 1 (Ethernet) and
+  hlen 6. A message with no magic cookie 99.130.83.99, or with one but no message type
+  option (53), is plain BOOTP (RFC 951; network-boot ROMs and old clients still send it):
+  `message_type` is None, `op` says request or reply, and without the cookie the vendor
+  area is not read as options.
+- `sname` and `file` are ASCII text up to their first NUL (`server_name`, `boot_file`;
+  other bytes read as "?").
 - Options are walked from offset 240, bounded by the end of the buffer: PAD (0) is skipped,
   END (255) stops the walk (a missing END is tolerated: the buffer end stops it too), and a
   TLV whose length byte or data runs past the end raises `Error`.
@@ -16,9 +21,10 @@ Parsing rules:
   and trailing NULs stripped, so decoding never fails.
 - Option overload (52) is ignored: `sname`/`file` are never searched for options, and 52 is
   dropped rather than kept in `additional_options` (re-emitting it would lie about our own
-  zeroed `sname`/`file`).
+  `sname`/`file`).
 
-`emit` writes the BOOTP header with the cookie, options in a fixed order (message type first),
+`emit` writes the BOOTP header with the cookie, options in a fixed order (message type first,
+none for plain BOOTP),
 END, and zero padding up to the 300-byte BOOTP minimum; options longer than 255 bytes are split
 into several TLVs of the same code (RFC 3396).
 """
@@ -102,7 +108,11 @@ class Option(IntEnum):
     MAX_SIZE = 57
     RENEW_DURATION = 58
     REBIND_DURATION = 59
+    VENDOR_CLASS = 60
     CLIENT_IDENTIFIER = 61
+    TFTP_SERVER_NAME = 66
+    BOOTFILE_NAME = 67
+    USER_CLASS = 77
     END = 255
 
 
@@ -292,16 +302,26 @@ def _text(data: bytes) -> str:
     return data.rstrip(b"\x00").decode("utf-8", errors="replace")
 
 
+def _field_text(data) -> str:
+    """A NUL-terminated header field (sname, file) as text, never failing and never
+    longer than the field allows (its last byte is the NUL): bytes outside ASCII read
+    as "?"."""
+    raw = bytes(data[: len(data) - 1]).split(b"\x00", 1)[0]
+    return raw.decode("ascii", errors="replace").replace("\ufffd", "?")
+
+
 @dataclass(frozen=True, slots=True)
 class DhcpRepr:
     """A DHCP message as a client or server sees it.
 
-    `op` is not a field: it follows from `message_type` (`MessageType.opcode`). Optional
-    options are None (or empty) when absent; `additional_options` keeps every other option
-    verbatim as (code, data) in the order first seen.
+    `op` follows from `message_type` (`MessageType.opcode`); only plain BOOTP
+    (`message_type` None) needs it given. Optional options are None (or empty) when absent;
+    `additional_options` keeps every other option verbatim as (code, data) in the order
+    first seen. `server_name` and `boot_file` are the header's `sname` and `file` fields
+    (the boot file also travels as option 67, `additional_options`, when a server sets it).
     """
 
-    message_type: MessageType
+    message_type: MessageType | None
     transaction_id: int
     client_hardware_address: EthernetAddress
     secs: int = 0
@@ -325,32 +345,59 @@ class DhcpRepr:
     max_size: int | None = None
     message: str | None = None
     additional_options: tuple[tuple[int, bytes], ...] = ()
+    op: OpCode | None = None
+    server_name: str = ""
+    boot_file: str = ""
+
+    def __post_init__(self) -> None:
+        if self.message_type is None and self.op is None:
+            raise ValueError("dhcp: a plain BOOTP message needs its op")
+        for name, field, text in (("server_name", SNAME, self.server_name),
+                                  ("boot_file", FILE, self.boot_file)):
+            room = field.stop - field.start - 1  # NUL-terminated
+            if len(text.encode("utf-8")) > room:
+                raise ValueError(f"dhcp: {name} is longer than {room} bytes")
+
+    @property
+    def opcode(self) -> OpCode:
+        """BOOTREQUEST or BOOTREPLY: given, or the message type's."""
+        if self.message_type is None:
+            return self.op  # type: ignore[return-value]  # __post_init__ checked it
+        return self.message_type.opcode
+
+    def option(self, code: int) -> bytes | None:
+        """The data of an option kept in `additional_options`, or None."""
+        for c, data in self.additional_options:
+            if c == code:
+                return data
+        return None
 
     @classmethod
     def parse(cls, packet: DhcpPacket) -> DhcpRepr:
         packet.check_len()
-        if packet.magic_number != MAGIC_COOKIE:
-            raise Error("dhcp: bad magic cookie (plain BOOTP is not supported)")
         if packet.htype != HTYPE_ETHERNET or packet.hlen != 6:
             raise Error("dhcp: hardware type is not Ethernet with a 6-byte address")
+        if packet.op not in (OpCode.REQUEST, OpCode.REPLY):
+            raise Error(f"dhcp: op {packet.op} is neither BOOTREQUEST nor BOOTREPLY")
 
         merged: dict[int, bytearray] = {}
-        for code, data in packet.options():
-            if code in merged:
-                merged[code] += data
-            else:
-                merged[code] = bytearray(data)
+        if packet.magic_number == MAGIC_COOKIE:
+            for code, data in packet.options():
+                if code in merged:
+                    merged[code] += data
+                else:
+                    merged[code] = bytearray(data)
         opts = {code: bytes(data) for code, data in merged.items()}
 
         raw_type = opts.pop(Option.MESSAGE_TYPE, None)
-        if raw_type is None:
-            raise Error("dhcp: no message type option")
-        if len(raw_type) != 1:
-            raise Error("dhcp: message type option must be 1 byte")
-        try:
-            message_type = MessageType(raw_type[0])
-        except ValueError:
-            raise Error(f"dhcp: unknown message type {raw_type[0]}") from None
+        message_type = None  # plain BOOTP
+        if raw_type is not None:
+            if len(raw_type) != 1:
+                raise Error("dhcp: message type option must be 1 byte")
+            try:
+                message_type = MessageType(raw_type[0])
+            except ValueError:
+                raise Error(f"dhcp: unknown message type {raw_type[0]}") from None
 
         def take(code: Option, conv):
             data = opts.pop(code, None)
@@ -402,12 +449,17 @@ class DhcpRepr:
             max_size=max_size,
             message=message,
             additional_options=tuple(opts.items()),
+            op=OpCode(packet.op) if message_type is None else None,
+            server_name=_field_text(packet.buffer[SNAME]),
+            boot_file=_field_text(packet.buffer[FILE]),
         )
 
     def _options(self) -> list[tuple[int, bytes]]:
         """(code, data) pairs in emit order: message type first, the rest as a server and
         client conventionally send them, then `additional_options`."""
-        out: list[tuple[int, bytes]] = [(Option.MESSAGE_TYPE, bytes((self.message_type,)))]
+        out: list[tuple[int, bytes]] = []
+        if self.message_type is not None:
+            out.append((Option.MESSAGE_TYPE, bytes((self.message_type,))))
 
         def add(code: int, value, encode) -> None:
             if value is not None:
@@ -458,7 +510,7 @@ class DhcpRepr:
         length = self.buffer_len()
         if len(b) < length:
             raise ValueError(f"dhcp: buffer of {len(b)} bytes cannot hold {length}")
-        b[OP] = self.message_type.opcode
+        b[OP] = self.opcode
         b[HTYPE] = HTYPE_ETHERNET
         b[HLEN] = 6
         b[HOPS] = 0
@@ -470,6 +522,9 @@ class DhcpRepr:
         b[GIADDR] = self.relay_agent_ip.packed
         b[CHADDR] = bytes(self.client_hardware_address).ljust(16, b"\x00")
         b[SNAME.start : FILE.stop] = bytes(FILE.stop - SNAME.start)
+        for field, text in ((SNAME, self.server_name), (FILE, self.boot_file)):
+            data = text.encode("utf-8")
+            b[field.start : field.start + len(data)] = data
         b[MAGIC_NUMBER] = MAGIC_COOKIE
         i = OPTIONS
         for code, data in self._options():

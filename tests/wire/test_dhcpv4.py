@@ -265,18 +265,56 @@ def test_short_header():
             parse(DISCOVER[:n])
 
 
-def test_bad_cookie_hardware_type_and_length():
-    for offset, value in ((236, 0), (239, 0x62), (1, 6), (2, 16)):
+def test_bad_hardware_type_length_and_op():
+    for offset, value in ((1, 6), (2, 16), (0, 0), (0, 3)):
         data = bytearray(DISCOVER)
         data[offset] = value
         with pytest.raises(Error):
             parse(bytes(data))
 
 
+def test_no_cookie_is_plain_bootp_and_its_vendor_area_is_not_options():
+    for offset, value in ((236, 0), (239, 0x62)):
+        data = bytearray(DISCOVER)
+        data[offset] = value
+        r = parse(bytes(data))
+        assert r.message_type is None and r.opcode == OpCode.REQUEST
+        assert r.additional_options == () and r.client_identifier is None
+        assert r.transaction_id == 0x3903F326
+
+
+def test_bootp_with_rfc1497_vendor_extensions_round_trips_through_scapy():
+    """A BOOTP reply as a server sends it: no message type, the cookie and RFC 1497
+    options (subnet mask, router), the boot file in `file` and in option 67."""
+    reply = DhcpRepr(None, 0x1234, MAC, op=OpCode.REPLY, your_ip=IPv4Address("10.0.2.15"),
+                     server_ip=IPv4Address("10.0.2.2"), subnet_mask=IPv4Address("255.255.255.0"),
+                     router=IPv4Address("10.0.2.2"), server_name="10.0.2.2",
+                     boot_file="pxelinux.0", additional_options=((67, b"pxelinux.0"),))
+    buf = bytearray(reply.buffer_len())
+    reply.emit(DhcpPacket(buf))
+    pkt = BOOTP(bytes(buf))
+    assert pkt.op == 2 and pkt.file.rstrip(b"\0") == b"pxelinux.0"
+    assert pkt.sname.rstrip(b"\0") == b"10.0.2.2" and pkt.siaddr == "10.0.2.2"
+    opts = dict(o for o in pkt[DHCP].options if isinstance(o, tuple))
+    assert "message-type" not in opts and opts["router"] == "10.0.2.2"
+    assert parse(bytes(buf)) == reply
+    with pytest.raises(ValueError):
+        DhcpRepr(None, 1, MAC)  # BOOTP without its op
+    with pytest.raises(ValueError):
+        DhcpRepr(MessageType.OFFER, 1, MAC, boot_file="x" * 128)  # past the file field
+
+
+def test_header_text_fields_never_fail():
+    data = bytearray(DISCOVER)
+    data[108:112] = b"\xff\xfeab"
+    data[44:108] = b"s" * 64  # no NUL at all
+    r = parse(bytes(data))
+    assert r.boot_file == "??ab" and r.server_name == "s" * 63
+
+
 @pytest.mark.parametrize(
     "options",
     [
-        "ff",  # no message type
         "3501 00ff",  # message type 0
         "3501 09ff",  # message type 9
         "3502 0101ff",  # message type of 2 bytes
@@ -296,7 +334,8 @@ def test_malformed_options(options):
 
 
 def test_options_truncated_at_every_length():
-    """Cut inside a TLV → Error; cut at a TLV boundary → a valid, shorter option list."""
+    """Cut inside a TLV → Error; cut at a TLV boundary → a valid, shorter option list
+    (cut before the message type: plain BOOTP)."""
     options = bytes.fromhex(DISCOVER_OPTIONS)
     boundaries = {0}
     i = 0
@@ -305,9 +344,9 @@ def test_options_truncated_at_every_length():
         boundaries.add(i)
     for cut in range(len(options)):
         data = _with_options(options[:cut])
-        if cut in boundaries and cut >= 3:
+        if cut in boundaries:
             r = parse(data)
-            assert r.message_type == MessageType.DISCOVER
+            assert r.message_type == (MessageType.DISCOVER if cut >= 3 else None)
         else:
             with pytest.raises(Error):
                 parse(data)

@@ -1,0 +1,94 @@
+"""Network boot end to end: QEMU started with `-boot n` and no `-kernel`, its NIC's own ROM
+(Debian's ipxe-qemu: iPXE, a virtio driver we did not write) gets a lease from us, fetches
+what we serve and boots the bundled guest to userspace, which then leases again.
+
+The capture (our --pcap, read by scapy) shows each step: DHCP with iPXE's user class and
+our boot file, then HTTP (or TFTP) for the script, the kernel and the initrd."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from scapy.layers.dhcp import BOOTP, DHCP
+from scapy.layers.inet import TCP, UDP
+from scapy.utils import rdpcap
+
+from apps.harness.vm import GuestImage, QemuVM, vhost_user_nic_args
+from apps.servers.boot import BootConfig
+from apps.stack import StackConfig
+from tests.e2e.conftest import GUEST_MAC, Served
+
+pytestmark = pytest.mark.qemu
+
+
+def dhcp_options(pkt) -> dict:
+    return {o[0]: o[1] for o in pkt[DHCP].options if isinstance(o, tuple) and len(o) == 2}
+
+
+def http_requests(frames) -> list[str]:
+    """The request lines the guest sent over HTTP, in order."""
+    lines = []
+    for p in frames:
+        if TCP in p and p[TCP].dport == 80:
+            data = bytes(p[TCP].payload)
+            if data.startswith(b"GET "):
+                lines.append(data.split(b"\r\n", 1)[0].decode())
+    return lines
+
+
+def boot(tmp_path, boot_config: BootConfig, image: GuestImage, timeout: float = 180):
+    """Serve `boot_config`, start a VM with -boot n, wait for the guest's ready marker;
+    (served, vm, seconds to ready)."""
+    served = Served(str(tmp_path / "vhost.sock"), StackConfig(boot=boot_config),
+                    pcap=str(tmp_path / "boot.pcap"))
+    vm = QemuVM(image, netboot=True,
+                nic_args=vhost_user_nic_args(served.server.socket_path, mac=GUEST_MAC))
+    try:
+        t0 = time.monotonic()
+        vm.start()
+        vm.wait_ready(timeout=timeout)
+        return served, vm, time.monotonic() - t0
+    except BaseException:
+        vm.stop()
+        served.stop()
+        raise
+
+
+def test_ipxe_boots_the_kernel_and_initrd_we_serve_over_http(tmp_path, capsys) -> None:
+    image = GuestImage.default()
+    probe = QemuVM(image)
+    config = BootConfig(kernel=str(image.kernel), initrd=str(image.initrd),
+                        append=probe.kernel_append())
+    served, vm, seconds = boot(tmp_path, config, image)
+    try:
+        # userspace is up and leases again from us; the link works both ways
+        vm.run_ok("ip link set eth0 up")
+        out = vm.run_ok("udhcpc -i eth0 -n -q -t 5 -T 2 2>&1", timeout=60)
+        assert "10.0.2.15" in out, out
+        assert "bytes from 10.0.2.2" in vm.run_ok("ping -c 1 -W 5 10.0.2.2", timeout=20)
+    finally:
+        vm.stop()
+        served.stop()
+    frames = rdpcap(str(tmp_path / "boot.pcap"))
+    # iPXE's DHCP: its user class, our answer naming the script, from us as next server
+    ipxe = [p for p in frames if BOOTP in p and p[BOOTP].op == 1
+            and dhcp_options(p).get("user_class") == b"iPXE"]
+    assert ipxe, "no DHCP request from iPXE in the capture"
+    answers = [p for p in frames if BOOTP in p and p[BOOTP].op == 2
+               and p[BOOTP].xid == ipxe[0][BOOTP].xid]
+    assert answers and all(dhcp_options(p)["boot-file-name"]
+                           == b"http://10.0.2.2/boot/boot.ipxe" for p in answers)
+    assert answers[0][BOOTP].siaddr == "10.0.2.2"
+    # then the script, the kernel and the initrd over HTTP, each answered 200
+    assert http_requests(frames)[:3] == ["GET /boot/boot.ipxe HTTP/1.1",
+                                         "GET /boot/kernel HTTP/1.1",
+                                         "GET /boot/initrd HTTP/1.1"]
+    oks = [p for p in frames if TCP in p and p[TCP].sport == 80
+           and bytes(p[TCP].payload).startswith(b"HTTP/1.1 200")]
+    assert len(oks) >= 3
+    # and the booted guest's own udhcpc (no user class) got its lease
+    assert any(BOOTP in p and p[BOOTP].op == 1 and UDP in p
+               and "user_class" not in dhcp_options(p) for p in frames)
+    with capsys.disabled():
+        print(f"\n  netboot over HTTP: -boot n to the guest's userspace in {seconds:.1f} s")
