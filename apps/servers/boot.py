@@ -61,7 +61,7 @@ class BootConfig:
         if not self.kernel:
             return {}
         files: dict[str, FileSource] = {
-            SCRIPT: ipxe_script(base_url, initrd=self.initrd is not None, append=self.append),
+            SCRIPT: ipxe_script(initrd=self.initrd is not None, append=self.append),
             KERNEL: Path(self.kernel),
         }
         if self.initrd:
@@ -73,17 +73,18 @@ class BootConfig:
         return self.bootfile, (base_url + SCRIPT) if self.kernel else None
 
 
-def ipxe_script(base_url: str, *, initrd: bool, append: str = "") -> bytes:
-    """The iPXE script that boots our kernel (and initrd) over HTTP. The initrd is named
-    and `initrd=` passed, which Linux's EFI stub needs and BIOS boots ignore; a multiboot
-    ELF given as the kernel is loaded by the same `kernel` line (iPXE tells the formats
-    apart)."""
+def ipxe_script(*, initrd: bool, append: str = "") -> bytes:
+    """The iPXE script that boots our kernel (and initrd). Its URLs are relative: iPXE
+    resolves them against the script's own, so one script serves whoever fetched it, by
+    HTTP over IPv4 or IPv6 or by TFTP. The initrd is named and `initrd=` passed, which
+    Linux's EFI stub needs and BIOS boots ignore; a multiboot ELF given as the kernel is
+    loaded by the same `kernel` line (iPXE tells the formats apart)."""
     args = (f"initrd={INITRD} " if initrd else "") + append
     lines = ["#!ipxe",
-             f"echo vhostnet: fetching the kernel from {base_url}",
-             f"kernel {base_url}{KERNEL} {args}".rstrip()]
+             "echo vhostnet: fetching the kernel from ${cwuri}",
+             f"kernel {KERNEL} {args}".rstrip()]
     if initrd:
-        lines.append(f"initrd --name {INITRD} {base_url}{INITRD}")
+        lines.append(f"initrd --name {INITRD} {INITRD}")
     lines += ["echo vhostnet: booting", "boot"]
     return ("\n".join(lines) + "\n").encode()
 
