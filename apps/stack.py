@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from apps.servers.boot import BootConfig, FileSource
+from apps.servers.boot import SCRIPT, BootConfig, FileSource
 from gateway import Gateway, GatewayConfig
 from netstack.iface import Interface, InterfaceConfig
 from netstack.runtime import Runtime
@@ -161,9 +161,9 @@ class StackConfig:
         if self.gateway.enabled:
             self.gateway.check()
         self.boot.check()
-        if self.boot.enabled and not self.dhcp:
+        if self.boot.enabled and not (self.dhcp or self.ipv6):
             raise ValueError("network boot (--tftp, --bootfile, --boot-kernel) needs our DHCP "
-                             "server: drop --no-dhcp")
+                             "or DHCPv6 server: drop --no-dhcp or --no-ipv6")
 
     @property
     def boot_base_url(self) -> str:
@@ -275,8 +275,11 @@ def build_stack(config: StackConfig | None = None, *, gateway_thread: bool = Tru
         dns_servers = (config.ipv6_dns_address,)
         sockets.add(RouterAdvertiser(RouterAdvConfig(
             prefixes=[config.ipv6_network], rdnss=list(dns_servers), mtu=config.mtu), mac))
+        boot6 = (f"http://[{config.ipv6_address}]/boot/{SCRIPT}"
+                 if config.boot.kernel else config.boot.bootfile_url())
         sockets.add(Dhcpv6ServerSocket(Dhcpv6Server(Dhcpv6ServerConfig(
-            mac, dns_servers=dns_servers, domain_list=(dns.domain,)))))
+            mac, dns_servers=dns_servers, domain_list=(dns.domain,),
+            boot_file_url=boot6))))
         iface.join_multicast_group(ALL_DHCP_RELAY_AGENTS_AND_SERVERS)
     runtime = Runtime(iface, None, sockets)
     gateway = None

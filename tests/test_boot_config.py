@@ -31,7 +31,8 @@ def test_checks_say_what_is_wrong(tmp_path) -> None:
         with pytest.raises(ValueError, match=words):
             cfg.check()
     with pytest.raises(ValueError, match="--no-dhcp"):
-        StackConfig(dhcp=False, boot=BootConfig(kernel=str(kernel))).check()
+        StackConfig(dhcp=False, ipv6=False, boot=BootConfig(kernel=str(kernel))).check()
+    StackConfig(dhcp=False, boot=BootConfig(kernel=str(kernel))).check()  # DHCPv6 names it
 
 
 def test_the_script_fetches_kernel_and_initrd_and_boots() -> None:

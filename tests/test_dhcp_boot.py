@@ -102,3 +102,38 @@ def test_bootp_reply_is_not_taken_as_a_request_and_bad_config_is_refused() -> No
         DhcpServerConfig(boot_file="")
     with pytest.raises(ValueError):
         DhcpServerConfig(boot_file="x" * 256)
+
+
+# -- DHCPv6: RFC 5970's boot file URL ----------------------------------------------------
+
+
+def test_dhcpv6_names_the_boot_url_to_clients_that_ask_for_it() -> None:
+    from scapy.layers.dhcp6 import (
+        DHCP6_Advertise,
+        DHCP6_Reply,
+        DHCP6_Solicit,
+        DHCP6OptBootFileUrl,
+        DHCP6OptIA_NA,
+        DHCP6OptOptReq,
+    )
+
+    from netstack.socket.dhcpv6_server import Dhcpv6Server, Dhcpv6ServerConfig
+    from tests.test_dhcpv6_server import SERVER_MAC, answer, client_id, info_request
+
+    url = "http://[fd00:10:0:2::2]/boot/boot.ipxe"
+    server = Dhcpv6Server(Dhcpv6ServerConfig(SERVER_MAC, dns_servers=("fd00::3",),
+                                             boot_file_url=url))
+    # iPXE's Information-request asks for 23, 24, 59 and 60
+    r = DHCP6_Reply(answer(info_request(client_id(), DHCP6OptOptReq(reqopts=[23, 24, 59, 60])),
+                           server))
+    assert r[DHCP6OptBootFileUrl].optdata == url.encode()
+    # not asked: not sent; no URL configured: not sent
+    assert DHCP6OptBootFileUrl not in DHCP6_Reply(answer(info_request(client_id()), server))
+    assert DHCP6OptBootFileUrl not in DHCP6_Reply(answer(info_request(
+        client_id(), DHCP6OptOptReq(reqopts=[59]))))
+    # a UEFI HTTP-boot client asks in its SOLICIT
+    adv = DHCP6_Advertise(answer(DHCP6_Solicit(trid=5) / client_id() / DHCP6OptIA_NA(iaid=1)
+                                 / DHCP6OptOptReq(reqopts=[59, 82]), server))
+    assert adv[DHCP6OptBootFileUrl].optdata == url.encode()
+    with pytest.raises(ValueError):
+        Dhcpv6ServerConfig(SERVER_MAC, boot_file_url="")

@@ -68,6 +68,11 @@ class BootConfig:
             files[INITRD] = Path(self.initrd)
         return files
 
+    def bootfile_url(self) -> str | None:
+        """--bootfile when it is a URL (DHCPv6 names only URLs, RFC 5970), else None."""
+        b = self.bootfile
+        return b if b and "://" in b else None
+
     def dhcp_names(self, base_url: str) -> tuple[str | None, str | None]:
         """(the boot file named to every client, the one named to iPXE instead)."""
         return self.bootfile, (base_url + SCRIPT) if self.kernel else None

@@ -28,6 +28,10 @@ What it answers (RFC 8415 §16 validation, §18.3 server behaviour):
   unknown types): no answer. We never advertise an address, so no client can hold one of
   ours to request, renew, confirm, release or decline; CONFIRM must go unanswered by a server
   with no knowledge of the link's addresses (§18.3.3).
+- Network boot (RFC 5970): with `boot_file_url` set, a REPLY to a client whose ORO asks
+  for OPT_BOOTFILE_URL (59) carries it; iPXE asks for it in its Information-request, so
+  an IPv6-only network boots by HTTP over IPv6 (UEFI's HTTP boot asks in a SOLICIT,
+  which gets it too).
 - Relay messages never reach `answer`: `Dhcpv6Repr.parse` rejects them ("relay not
   supported"), so relayed clients are not served.
 """
@@ -62,6 +66,7 @@ log = logging.getLogger(__name__)
 SOL_MAX_RT_MIN = 60  # RFC 8415 §21.24: clients ignore values outside 60..86400
 SOL_MAX_RT_MAX = 86400
 NO_ADDRS_MESSAGE = "no addresses here: use SLAAC"
+OPT_BOOTFILE_URL = 59  # RFC 5970 §3.1
 
 # The identity-association options that make an Information-request invalid (§16.12).
 _IA_OPTIONS = frozenset({Option.IA_TA, Option.IA_PD})
@@ -77,6 +82,7 @@ class Dhcpv6ServerConfig:
     domain_list: tuple[str, ...] = ()
     information_refresh_time: int = IRT_DEFAULT
     sol_max_rt: int = 3600
+    boot_file_url: str | None = None  # RFC 5970 OPT_BOOTFILE_URL, when asked for
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -91,6 +97,8 @@ class Dhcpv6ServerConfig:
         if not SOL_MAX_RT_MIN <= self.sol_max_rt <= SOL_MAX_RT_MAX:
             raise ValueError(f"sol_max_rt {self.sol_max_rt} is not in "
                              f"{SOL_MAX_RT_MIN}..{SOL_MAX_RT_MAX}")
+        if self.boot_file_url is not None and not 0 < len(self.boot_file_url.encode()) < 1024:
+            raise ValueError("boot_file_url must be 1 to 1023 bytes")
         # Fails now, not on the first request, when the options do not fit a message.
         Dhcpv6Repr(MessageType.REPLY, 0, server_id=self.server_duid,
                    dns_servers=self.dns_servers, domain_list=self.domain_list).to_bytes()
@@ -152,7 +160,14 @@ class Dhcpv6Server:
             dns_servers=cfg.dns_servers,
             domain_list=cfg.domain_list,
             information_refresh_time=cfg.information_refresh_time,
+            other_options=self._boot(request),
         )
+
+    def _boot(self, request: Dhcpv6Repr) -> tuple[tuple[int, bytes], ...]:
+        url = self.config.boot_file_url
+        if url is None or OPT_BOOTFILE_URL not in request.requested_options:
+            return ()
+        return ((OPT_BOOTFILE_URL, url.encode()),)
 
     def _solicit(self, request: Dhcpv6Repr) -> Dhcpv6Repr | None:
         cfg = self.config
@@ -163,9 +178,9 @@ class Dhcpv6Server:
             self.stats.ignored += 1
             return None
         status = (StatusCode.NO_ADDRS_AVAIL, NO_ADDRS_MESSAGE)
-        other: tuple[tuple[int, bytes], ...] = ()
+        other: tuple[tuple[int, bytes], ...] = self._boot(request)
         if Option.SOL_MAX_RT in request.requested_options:
-            other = ((Option.SOL_MAX_RT, cfg.sol_max_rt.to_bytes(4, "big")),)
+            other += ((Option.SOL_MAX_RT, cfg.sol_max_rt.to_bytes(4, "big")),)
         self.stats.advertises += 1
         return Dhcpv6Repr(
             msg_type=MessageType.ADVERTISE,

@@ -92,3 +92,38 @@ def test_ipxe_boots_the_kernel_and_initrd_we_serve_over_http(tmp_path, capsys) -
                and "user_class" not in dhcp_options(p) for p in frames)
     with capsys.disabled():
         print(f"\n  netboot over HTTP: -boot n to the guest's userspace in {seconds:.1f} s")
+
+
+def test_ipxe_boots_over_ipv6_alone(tmp_path, capsys) -> None:
+    """No DHCPv4 (--no-dhcp): iPXE configures itself by SLAAC, its DHCPv6
+    Information-request asks for the boot file URL (RFC 5970), and it boots over HTTP to
+    our IPv6 address once its DHCPv4 attempts give up."""
+    from scapy.layers.dhcp6 import DHCP6_Reply, DHCP6OptBootFileUrl
+    from scapy.layers.inet6 import IPv6
+
+    image = GuestImage.default()
+    config = BootConfig(kernel=str(image.kernel), initrd=str(image.initrd),
+                        append=QemuVM(image).kernel_append())
+    served = Served(str(tmp_path / "vhost.sock"), StackConfig(dhcp=False, boot=config),
+                    pcap=str(tmp_path / "boot.pcap"))
+    vm = QemuVM(image, netboot=True,
+                nic_args=vhost_user_nic_args(served.server.socket_path, mac=GUEST_MAC))
+    try:
+        t0 = time.monotonic()
+        vm.start()
+        vm.wait_ready(timeout=180)
+        seconds = time.monotonic() - t0
+    finally:
+        vm.stop()
+        served.stop()
+    frames = rdpcap(str(tmp_path / "boot.pcap"))
+    urls = [p[DHCP6OptBootFileUrl].optdata for p in frames
+            if DHCP6_Reply in p and DHCP6OptBootFileUrl in p]
+    assert urls and urls[0] == b"http://[fd00:10:0:2::2]/boot/boot.ipxe"
+    gets = [p for p in frames if TCP in p and p[TCP].dport == 80
+            and bytes(p[TCP].payload).startswith(b"GET /boot/")]
+    assert len(gets) >= 3 and all(IPv6 in p for p in gets)
+    assert not any(BOOTP in p and p[BOOTP].op == 2 for p in frames)  # no DHCPv4 answer
+    with capsys.disabled():
+        print(f"\n  netboot over IPv6 alone: -boot n to userspace in {seconds:.1f} s "
+              "(iPXE's DHCPv4 gives up after ~15 s)")
