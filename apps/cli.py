@@ -214,7 +214,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     from apps.demo import main as demo_main
 
-    return demo_main(accel=args.accel, keep=args.keep, pcap=args.pcap)
+    return demo_main(accel=args.accel, keep=args.keep, pcap=args.pcap, netboot=args.netboot)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -367,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pcap", metavar="FILE",
                       help="capture the whole session at the virtqueue (pcap; .pcapng for "
                            "directions), e.g. then: tshark -r FILE")
+    demo.add_argument("--netboot", action="store_true",
+                      help="boot the guest from us instead (-boot n, no -kernel): QEMU's "
+                           "iPXE ROM leases, fetches our script, kernel and initrd over HTTP; "
+                           "each step with its timing")
     demo.add_argument("--keep", action="store_true",
                       help="leave the VM running after the steps (Ctrl-C ends it)")
     demo.add_argument("--log-level", default="warning",

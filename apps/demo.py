@@ -239,12 +239,101 @@ class Demo:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+@dataclass
+class NetbootDemo(Demo):
+    """`vhostnet demo --netboot`: the guest boots from us, with no -kernel on QEMU's line.
+    QEMU's NIC ROM (iPXE) leases, fetches our script, the kernel and the initrd over HTTP,
+    and Linux comes up and leases again. Each step waits for what the capture hook sees
+    cross the NIC (iPXE's requests), the DHCP server's counters, or the console."""
+
+    events: dict[str, float] = field(default_factory=dict)  # what, when it was seen first
+    t_boot: float = 0.0
+
+    def _watch(self, direction: str, frame) -> None:
+        if direction != "guest-tx" or len(frame) < 60:
+            return
+        data = bytes(frame)
+        i = data.find(b"GET /boot/")
+        if i >= 0:
+            name = data[i + 10:data.find(b" ", i + 10)].decode(errors="replace")
+            self.events.setdefault(name, time.monotonic())
+
+    def _wait(self, what: Callable[[], object], timeout: float, why: str):
+        deadline = time.monotonic() + timeout
+        while not (value := what()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(why)
+            if self.vm is not None and self.vm.returncode is not None:
+                raise RuntimeError(f"QEMU exited ({self.vm.returncode})")
+            time.sleep(0.02)
+        return value
+
+    def step_backend(self) -> str:
+        from apps.serve import make_server
+        from apps.servers.boot import BootConfig
+        from apps.stack import StackConfig
+
+        image = GuestImage.default()
+        self.image = image
+        boot = BootConfig(kernel=str(image.kernel), initrd=str(image.initrd),
+                          append=QemuVM(image).kernel_append())
+        self.server, self.stack, self.app = make_server(
+            socket_path=self.socket_path, pcap=self.pcap, stack_config=StackConfig(boot=boot))
+        self.app.add_frame_hook(self._watch)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        mib = {n: f.stat().st_size / 2**20 for n, f in (("kernel", image.kernel),
+                                                        ("initrd", image.initrd))}
+        extra = f"; capturing to {self.pcap}" if self.pcap else ""
+        return (f"serving the kernel ({mib['kernel']:.1f} MiB), initrd ({mib['initrd']:.1f} "
+                f"MiB) and an iPXE script at {self.stack.config.boot_base_url}{extra}")
+
+    def step_rom(self) -> str:
+        self.vm = QemuVM(self.image, netboot=True, accel=self.accel,
+                         nic_args=vhost_user_nic_args(self.socket_path, mac=GUEST_MAC))
+        self.t_boot = time.monotonic()
+        self.vm.start()
+        dhcp = self.stack.dhcp
+        self._wait(lambda: dhcp.stats.acks, 60, "iPXE got no DHCP lease in 60 s")
+        (lease,) = dhcp.leases()
+        return f"QEMU -boot n; iPXE leased {lease.address}, told {dhcp.config.ipxe_boot_file}"
+
+    def step_script(self) -> str:
+        self._wait(lambda: "boot.ipxe" in self.events, 30, "iPXE did not fetch the script")
+        return "GET /boot/boot.ipxe (kernel, initrd and command line; relative URLs)"
+
+    def step_kernel(self) -> str:
+        self._wait(lambda: "initrd" in self.events, 120, "the kernel download did not end")
+        dt = self.events["initrd"] - self.events.get("kernel", self.events["boot.ipxe"])
+        size = self.image.kernel.stat().st_size
+        return f"GET /boot/kernel: {size / 2**20:.1f} MiB in {dt:.1f} s " \
+               f"({size * 8 / dt / 1e6:.0f} Mbit/s into iPXE)"
+
+    def step_userspace(self) -> str:
+        ms = self.vm.wait_ready(timeout=180)
+        return f"GET /boot/initrd, then Linux {self.image.kernel_version} in userspace " \
+               f"({ms} ms after the kernel started; {time.monotonic() - self.t_boot:.1f} s " \
+               "from QEMU's start)"
+
+    STEPS = [
+        ("start the backend with the boot files", step_backend),
+        ("NIC's ROM (iPXE) leases from us", step_rom),
+        ("iPXE fetches our script", step_script),
+        ("iPXE fetches the kernel over HTTP", step_kernel),
+        ("the initrd, then Linux reaches userspace", step_userspace),
+        ("guest's virtio_net brings eth0 up", Demo.step_link),
+        ("guest leases again, from its own udhcpc", Demo.step_dhcp),
+        ("guest pings us", Demo.step_ping),
+    ]
+
+
 def _indent(text: str) -> str:
     return "\n".join("        " + line for line in text.splitlines())
 
 
-def main(accel: str = "tcg", keep: bool = False, pcap: str | None = None) -> int:
-    return Demo(accel=accel, keep=keep, pcap=pcap, out=lambda s: print(s, flush=True)).run()
+def main(accel: str = "tcg", keep: bool = False, pcap: str | None = None,
+         netboot: bool = False) -> int:
+    cls = NetbootDemo if netboot else Demo
+    return cls(accel=accel, keep=keep, pcap=pcap, out=lambda s: print(s, flush=True)).run()
 
 
 if __name__ == "__main__":
