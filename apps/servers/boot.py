@@ -86,7 +86,7 @@ def ipxe_script(*, initrd: bool, append: str = "") -> bytes:
     loaded by the same `kernel` line (iPXE tells the formats apart)."""
     args = (f"initrd={INITRD} " if initrd else "") + append
     lines = ["#!ipxe",
-             "echo vhostnet: fetching the kernel from ${cwuri}",
+             "echo vhostnet: fetching the kernel",
              f"kernel {KERNEL} {args}".rstrip()]
     if initrd:
         lines.append(f"initrd --name {INITRD} {INITRD}")

@@ -127,3 +127,38 @@ def test_ipxe_boots_over_ipv6_alone(tmp_path, capsys) -> None:
     with capsys.disabled():
         print(f"\n  netboot over IPv6 alone: -boot n to userspace in {seconds:.1f} s "
               "(iPXE's DHCPv4 gives up after ~15 s)")
+
+
+def build_multiboot(tmp_path):
+    """tests/data/multiboot/hello.S assembled and linked (binutils), or a skip."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("as") is None or shutil.which("ld") is None:
+        pytest.skip("binutils (as, ld) are not installed")
+    src = Path(__file__).parent.parent / "data" / "multiboot" / "hello.S"
+    obj, elf = tmp_path / "hello.o", tmp_path / "hello.elf"
+    subprocess.run(["as", "--32", "-o", str(obj), str(src)], check=True, timeout=60)
+    subprocess.run(["ld", "-m", "elf_i386", "-N", "-Ttext=0x100000", "-o", str(elf), str(obj)],
+                   check=True, timeout=60)
+    return elf
+
+
+def test_ipxe_boots_a_multiboot_elf_with_its_command_line(tmp_path) -> None:
+    """A unikernel-style multiboot ELF as --boot-kernel: iPXE loads it from the same script
+    and passes --boot-append; it prints its command line on the serial port and powers the
+    machine off (QEMU's isa-debug-exit: status 33)."""
+    elf = build_multiboot(tmp_path)
+    served = Served(str(tmp_path / "vhost.sock"),
+                    StackConfig(boot=BootConfig(kernel=str(elf), append="vhostnet=yes n=42")))
+    vm = QemuVM(GuestImage.default(), netboot=True,
+                nic_args=vhost_user_nic_args(served.server.socket_path, mac=GUEST_MAC),
+                extra_args=["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+    try:
+        vm.start()
+        vm.expect(rb"vhostnet-multiboot: hello, cmdline=\S*kernel vhostnet=yes n=42", timeout=120)
+        assert vm.wait(timeout=30) == 33
+    finally:
+        vm.stop()
+        served.stop()
