@@ -28,6 +28,7 @@ from netstack.socket.limits import Limits
 from netstack.socket.router_adv import RouterAdvConfig, RouterAdvertiser
 from netstack.socket.services import DhcpServerSocket, DnsServerSocket
 from netstack.socket.set import SocketSet
+from netstack.socket.tftp_server import TftpServer, TftpServerSocket
 from netstack.wire.dhcpv6 import ALL_DHCP_RELAY_AGENTS_AND_SERVERS
 from netstack.wire.ethernet import EthernetAddress
 from netstack.wire.ipv4 import Ipv4Cidr
@@ -261,6 +262,10 @@ def build_stack(config: StackConfig | None = None, *, gateway_thread: bool = Tru
             dns_servers=(dns_ip,), lease_time=config.lease_time,
             boot_file=boot_file, ipxe_boot_file=ipxe_boot_file))
         sockets.add(DhcpServerSocket(dhcp))
+    if config.boot.tftp_dir or boot_files:  # ahead of the others: see TftpServerSocket
+        tftp_addrs = [net.ip, *([config.ipv6_address] if config.ipv6 else [])]
+        sockets.add(TftpServerSocket(TftpServer(config.boot.tftp_dir, files=boot_files),
+                                     tftp_addrs, mtu=config.mtu))
     dns = DnsResponder(records={"gateway.vhostnet": [net.ip], "dns.vhostnet": [dns_ip]})
     if config.ipv6:
         dns.add_record(f"gateway.{dns.domain}", config.ipv6_address)

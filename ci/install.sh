@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything vhostnet's demo and tests need, idempotently and quickly when done:
-# Debian packages (QEMU, busybox, cpio, tshark, iproute2, DPDK's testpmd), the Python
-# package with its test extras in .venv (compiling the cffi helpers), and the guest kernel
-# + initramfs (cached outside git by ci/guest/build.py).
+# Debian packages (QEMU, busybox, cpio, tshark, iproute2, DPDK's testpmd, the TFTP clients
+# tftp-hpa and atftp), the Python package with its test extras in .venv (compiling the cffi
+# helpers), and the guest kernel + initramfs (cached outside git by ci/guest/build.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(qemu-system-x86 busybox-static cpio tshark iproute2 kmod iperf3 curl docker-compose passt
-              dpdk-dev debootstrap bubblewrap)
+              dpdk-dev debootstrap bubblewrap tftp-hpa atftp)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

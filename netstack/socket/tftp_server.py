@@ -18,8 +18,9 @@ caller says which ports are free through `port_in_use`, and the engine picks one
 port (all of them do) gets everything from one place.
 
 Blocks are counted with absolute indices 1, 2, 3... inside the engine; the wire carries the
-index modulo 65536, so block numbers roll over from 65535 to 0 as tftp-hpa, curl and iPXE
-expect (files past 32 MiB at 512-byte blocks). Block 0 is the OACK when options were
+index modulo 65536, so block numbers roll over from 65535 to 0 (files past 32 MiB at
+512-byte blocks), as tftp-hpa's server does and as curl, tftp-hpa, atftp and busybox
+expect (tests/netns/test_tftp.py). Block 0 is the OACK when options were
 accepted. A session holds a window `[base, next)`: `base` is the first block not yet
 acknowledged, `next` the first not yet sent. Sending fills the window up to
 `base + windowsize` blocks (only block 0 while the OACK is outstanding: RFC 2347 wants its
@@ -28,8 +29,8 @@ than the block size, so a file whose size is a multiple of it ends with an empty
 an empty file is one empty DATA.
 
 An ACK names a wire block number `b`. It is in the window when some sent, unacknowledged
-index `a` in `[base, next)` has `a % 65536 == b` (the window is at most 64 blocks, so there
-is at most one). Then `base` becomes `a + 1`, and the window restarts there: blocks after
+index `a` in `[base, next)` has `a % 65536 == b` (a window is shorter than 32768 blocks,
+so there is at most one). Then `base` becomes `a + 1`, and the window restarts there: blocks after
 `a` that were in flight are sent again (RFC 7440 §4: the receiver acknowledges the last
 block it got in order, and the sender starts the next window after it). An ACK for `a` =
 the last block ends the session. Any other ACK (a duplicate of one already taken, a block
@@ -40,7 +41,8 @@ Retransmission is on the timer alone: `timeout` seconds (the negotiated RFC 2349
 `config.timeout`) after a window went out with no ACK moving it, the window is sent again
 from `base`. No backoff: RFC 2349 makes the timeout the client's choice. After
 `config.retries` retransmissions of one window the session ends in silence (no ERROR: the
-peer stopped answering, and RFC 1350 §7 lets a timed-out side just stop).
+peer stopped answering, and RFC 1350 §7 has each side detect a dead transfer by its own
+timeout anyway).
 
 Every batch of datagrams the engine returns for one (local, client) pair supersedes any it
 returned for that pair before that the caller has not sent yet: a session's batch always
@@ -56,7 +58,9 @@ Requests (to port 69):
   what the link carries without fragments (the `max_blksize` of the call, capped by
   `config.max_blksize`; RFC 2348 lets the server answer smaller); `timeout` 1..255 s, echoed
   and used; `tsize` answered with the file size (octet only: the netascii size would need a
-  pass over the whole file, and RFC 2349 lets the server leave tsize out); `windowsize`
+  pass over the whole file, and RFC 2349 lets the server leave tsize out; and never for an
+  empty file, because curl (7.88) takes "tsize 0" in an OACK for an illegal answer and
+  fails the download, while the one empty DATA block says the size anyway); `windowsize`
   1..65535, answered with at most `config.max_windowsize`. With any option accepted the
   session opens with an OACK in the client's option order; without, with DATA 1.
 - A client that answers the OACK with ERROR (8 or any other) ends the session.
@@ -80,6 +84,11 @@ cannot block us) → ERROR 2. A file is opened when its RRQ arrives, read with `
 block at a time, and closed when the session ends, however it ends. Files are assumed not
 to change during a transfer: the size is taken at open, and a short read ends the transfer.
 
+Files the operator names (`files`: the boot files of `vhostnet serve --boot-kernel`, a path
+or bytes we made) are served under those names, ahead of the root's own (a leading "/" is
+dropped); they are not confined to the root, the guest cannot name any other, and bytes are
+read through a memfd like any file. `root` may then be None: those files alone.
+
 Netascii (RFC 1350 §5, RFC 764): LF goes out as CR LF and CR as CR NUL, converted while
 reading. A block boundary may fall between the two bytes of one expansion; the session keeps,
 for each block of the window, where in the file it starts and the byte carried over from the
@@ -101,7 +110,7 @@ import re
 import stat
 import struct
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -287,15 +296,40 @@ class TftpServer:
     """The engine (see the module docstring). `root`: the directory served, read-only.
     `port_in_use(port)`: whether a port is taken by someone else (the socket set's other
     UDP sockets); the engine itself avoids its live sessions' ports. `rng`: for the session
-    ports, seedable for tests."""
+    ports, seedable for tests.
 
-    def __init__(self, root: str | os.PathLike, config: TftpServerConfig | None = None, *,
+    >>> import os, tempfile
+    >>> from ipaddress import ip_address
+    >>> from netstack.wire.tftp import AckRepr, Opcode, RequestRepr, parse
+    >>> with tempfile.TemporaryDirectory() as root:
+    ...     with open(os.path.join(root, "hello.txt"), "wb") as f:
+    ...         _ = f.write(b"hi")
+    ...     server = TftpServer(root)
+    ...     client = (ip_address("10.0.2.15"), 1024)
+    ...     out = server.handle(0.0, (ip_address("10.0.2.2"), 69), client,
+    ...                         RequestRepr(Opcode.RRQ, "/hello.txt").to_bytes())
+    ...     print(parse(out[0].data), out[0].src[1] != 69, server.poll_at())
+    ...     print(server.handle(0.1, out[0].src, client, AckRepr(1).to_bytes()),
+    ...           server.sessions)
+    DataRepr(block=1, data=b'hi') True 1.0
+    [] 0
+    """
+
+    def __init__(self, root: str | os.PathLike | None, config: TftpServerConfig | None = None,
+                 *, files: Mapping[str, os.PathLike | bytes] | None = None,
                  port_in_use: Callable[[int], bool] | None = None,
                  rng: random.Random | None = None) -> None:
-        real = os.path.realpath(os.fsencode(root))
-        if not os.path.isdir(real):
-            raise ValueError(f"TFTP root {root!r} is not a directory")
-        self.root = real  # resolved, as bytes
+        real = None
+        if root is not None:
+            real = os.path.realpath(os.fsencode(root))
+            if not os.path.isdir(real):
+                raise ValueError(f"TFTP root {root!r} is not a directory")
+        elif not files:
+            raise ValueError("a TFTP server needs a root directory or files to serve")
+        self.root = real  # resolved, as bytes; None: only `files`
+        # files the operator named (the boot files: a path, or bytes we made), served at
+        # the root under these names ahead of the directory's own
+        self.files = {name.encode("latin-1"): src for name, src in (files or {}).items()}
         self.config = config if config is not None else TftpServerConfig()
         self.port_in_use = port_in_use
         self.rng = rng if rng is not None else random.Random()
@@ -330,7 +364,7 @@ class TftpServer:
             return []
         session = self._by_port.get(local[1])
         if session is not None:
-            return self._session_packet(now, session, local, client, msg)
+            return self._session_packet(now, session, client, msg)
         if isinstance(msg, RequestRepr):
             return self._request(now, local, client, msg, max_blksize)
         self.stats.unexpected += 1
@@ -407,7 +441,7 @@ class TftpServer:
             elif name == "timeout" and tftp.MIN_TIMEOUT <= n <= tftp.MAX_TIMEOUT:
                 timeout = float(n)
                 accepted.append((name, str(n)))
-            elif name == "tsize" and req.mode == Mode.OCTET:
+            elif name == "tsize" and req.mode == Mode.OCTET and size > 0:
                 accepted.append((name, str(size)))
             elif name == "windowsize" and tftp.MIN_WINDOWSIZE <= n <= tftp.MAX_WINDOWSIZE:
                 windowsize = min(n, cfg.max_windowsize)
@@ -433,9 +467,31 @@ class TftpServer:
                 return port
         return None
 
+    def _open_named(self, source: os.PathLike | bytes) -> tuple[int, int]:
+        """(fd, size) of one of the operator's `files`: bytes go through a memfd, so every
+        session reads by fd alike."""
+        try:
+            if isinstance(source, bytes):
+                fd = os.memfd_create("tftp", os.MFD_CLOEXEC)
+                os.write(fd, source)
+            else:
+                fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            raise _Refused(ErrorCode.FILE_NOT_FOUND, "file not found", "not_found") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise _Refused(ErrorCode.ACCESS_VIOLATION, "not a regular file", "not_file")
+        return fd, st.st_size
+
     def _open(self, filename: str) -> tuple[int, int]:
         """(fd, size) of the regular file `filename` names below the root; `_Refused`."""
         name = filename.encode("latin-1")
+        named = self.files.get(name.lstrip(b"/"))
+        if named is not None:
+            return self._open_named(named)
+        if self.root is None:
+            raise _Refused(ErrorCode.FILE_NOT_FOUND, "file not found", "not_found")
         if b"\\" in name:
             raise _Refused(ErrorCode.ACCESS_VIOLATION, "access violation", "path")
         parts = [p for p in name.split(b"/") if p not in (b"", b".")]
@@ -474,8 +530,8 @@ class TftpServer:
         return fd, st.st_size
 
     # -- sessions -------------------------------------------------------------------------
-    def _session_packet(self, now: float, s: _Session, local: Endpoint, client: Endpoint,
-                        msg) -> list[Datagram]:
+    def _session_packet(self, now: float, s: _Session, client: Endpoint, msg
+                        ) -> list[Datagram]:
         if client != s.client:
             self.stats.unknown_tid += 1
             log.debug("TFTP: %s from %s to the port of %s's transfer", type(msg).__name__,
@@ -552,13 +608,16 @@ class TftpServerSocket(Socket):
     live session's port too.
 
     The interface offers each UDP datagram to the sockets of kind "udp" in turn; `accepts`
-    claims port 69 on our addresses and the session ports. Replies are handed to the engine's
-    caller contract: one queue per (local, client) pair, each new batch for a pair replacing
-    what is still queued for it (see the engine's docstring), so a session never has more
-    than a window queued; `max_queued` bounds the total (a flood of requests, each answered
-    by an ERROR, cannot grow it either), past which datagrams are dropped and counted in
-    `tx_dropped` (TFTP's retransmission recovers them). `mtu` is the link's IP MTU: the
-    largest block offered is what fits in one datagram of it (MTU − IP − UDP − 4).
+    claims port 69 on our addresses and each live session's port on the address its request
+    went to. What the engine answers waits for `dispatch` in one queue per (local, client)
+    pair, each new batch for a pair replacing what is still queued for it (the engine's
+    contract, see its docstring), so a session never has more than a window queued, and a
+    datagram `emit` could not take (device full) stays at the head of its queue for the next
+    dispatch. Pairs take turns, one datagram each. `max_queued` bounds the total (a flood of
+    requests, each answered by an ERROR, cannot grow it either), past which datagrams are
+    dropped and counted in `tx_dropped` (TFTP's retransmission recovers them). `mtu` is the
+    link's IP MTU: the largest block offered is what fits in one datagram of it
+    (MTU − IP header − UDP header − 4: 1468 over IPv4, 1448 over IPv6 at 1500).
 
     Session ports avoid the ports of the other UDP sockets of the set. A UdpSocket bound
     later to an ephemeral port cannot see a live session's port, so it may get one, but the

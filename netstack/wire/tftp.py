@@ -1,4 +1,4 @@
-"""TFTP packets (RFC 1350) with the option extension (RFC 2347) carried in UDP, port 69.
+r"""TFTP packets (RFC 1350) with the option extension (RFC 2347) carried in UDP, port 69.
 
 `TftpPacket` is a view over a datagram's payload: the opcode, the block number or error code
 of DATA/ACK/ERROR, and the NUL-terminated strings of requests and OACKs. One frozen repr per
@@ -11,18 +11,18 @@ Parsing rules:
 - Opcodes 1 RRQ, 2 WRQ, 3 DATA, 4 ACK, 5 ERROR, 6 OACK (RFC 2347); any other is `Error`.
 - Strings (file name, mode, option names and values, the error message) are decoded as
   latin-1: every byte maps to one character, so decoding never fails and
-  `s.encode("latin-1")` gives the bytes back. RFC 1350 says "netascii", but clients send
-  whatever their user typed (UTF-8 file names from a shell, 8-bit ones from old ROMs); the
-  server, not the parser, decides what names it serves (it uses the bytes as a POSIX path).
+  `s.encode("latin-1")` gives the bytes back. RFC 1350 says "netascii", but a client sends
+  whatever name it was given (UTF-8 from a shell, for one); the server, not the parser,
+  decides what names it serves (it uses the bytes as a POSIX path).
 - Requests: file name, mode, then option name/value pairs, each string NUL-terminated. A
   request that ends without its NUL, or an option name without a value, is `Error`. After
-  the last pair, bytes that are all NULs are padding (some boot ROMs pad requests) and are
-  ignored; anything else after an empty option name is `Error`. The same rules hold for the
-  option list of an OACK.
+  the last pair, bytes that are all NULs are taken for padding and ignored (a request whose
+  options are whole is worth answering); anything else after an empty option name is
+  `Error`. The same rules hold for the option list of an OACK.
 - Modes and option names are case-insensitive (RFC 1350 §5, RFC 2347): both are kept in
   lower case. Option values are kept as sent (strings: the server parses the numbers).
-  An option named twice keeps its first value; RFC 2347 does not say, and the first is what
-  tftp-hpa's server honours.
+  An option named twice keeps its first value: RFC 2347 does not say, and keeping one keeps
+  an OACK from naming an option twice.
 - DATA: everything after the block number is data (no length limit here: the block size is
   the session's business). ACK: bytes after the block number are ignored.
 - ERROR: the message runs to the first NUL; a missing NUL is tolerated (the message is the
@@ -32,6 +32,13 @@ Parsing rules:
 Emit writes exactly `buffer_len()` bytes; strings are encoded as latin-1, and a string that
 holds a NUL (or a character beyond latin-1) raises ValueError: a bug of the caller, not a
 malformed packet.
+
+>>> parse(b"\x00\x01/pxelinux.0\x00OCTET\x00BlkSize\x001468\x00")
+RequestRepr(opcode=<Opcode.RRQ: 1>, filename='/pxelinux.0', mode='octet', options=(('blksize', '1468'),))
+>>> OackRepr({"blksize": "1468"}).to_bytes()
+b'\x00\x06blksize\x001468\x00'
+>>> parse(AckRepr(65535).to_bytes())
+AckRepr(block=65535)
 """
 
 from __future__ import annotations
