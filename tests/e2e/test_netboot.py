@@ -162,3 +162,45 @@ def test_ipxe_boots_a_multiboot_elf_with_its_command_line(tmp_path) -> None:
     finally:
         vm.stop()
         served.stop()
+
+
+def test_ipxe_boots_by_tftp_alone_and_the_guest_fetches_by_tftp(tmp_path, capsys) -> None:
+    """The classic PXE layout, as -netdev user,tftp=DIR,bootfile=FILE: --tftp DIR
+    --bootfile tftpboot.ipxe, a script whose relative names iPXE fetches by TFTP from us
+    too. Then the booted guest's busybox tftp fetches the kernel again (SHA-256)."""
+    import hashlib
+    import shutil
+
+    image = GuestImage.default()
+    root = tmp_path / "tftp"
+    root.mkdir()
+    shutil.copy(image.kernel, root / "vmlinuz")
+    shutil.copy(image.initrd, root / "initrd.img")
+    append = QemuVM(image).kernel_append()
+    (root / "tftpboot.ipxe").write_text(
+        f"#!ipxe\nkernel vmlinuz initrd=initrd.img {append}\n"
+        "initrd --name initrd.img initrd.img\nboot\n")
+    served, vm, seconds = boot(tmp_path, BootConfig(tftp_dir=str(root),
+                                                    bootfile="tftpboot.ipxe"), image,
+                               timeout=300)
+    try:
+        vm.run_ok("ip link set eth0 up")
+        vm.run_ok("udhcpc -i eth0 -n -q -t 5 -T 2 2>&1", timeout=60)
+        t0 = time.monotonic()
+        vm.run_ok("tftp -g -r vmlinuz -l /tmp/k -b 1468 10.0.2.2", timeout=120)
+        fetch_s = time.monotonic() - t0
+        got = vm.run_ok("sha256sum /tmp/k").split()[0]
+    finally:
+        vm.stop()
+        served.stop()
+    data = (root / "vmlinuz").read_bytes()
+    assert got == hashlib.sha256(data).hexdigest()
+    frames = rdpcap(str(tmp_path / "boot.pcap"))
+    rrqs = [bytes(p[UDP].payload)[2:].split(b"\0", 1)[0] for p in frames
+            if UDP in p and p[UDP].dport == 69 and bytes(p[UDP].payload)[:2] == b"\0\1"]
+    assert rrqs[:3] == [b"tftpboot.ipxe", b"vmlinuz", b"initrd.img"], rrqs
+    assert not http_requests(frames)
+    with capsys.disabled():
+        print(f"\n  netboot over TFTP: -boot n to userspace in {seconds:.1f} s; busybox tftp "
+              f"fetched {len(data) / 2**20:.1f} MiB in {fetch_s:.1f} s "
+              f"({len(data) * 8 / fetch_s / 1e6:.0f} Mbit/s at blksize 1468)")
