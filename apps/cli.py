@@ -109,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if c.boot.enabled:
             from apps.servers.boot import summary
 
-            print(summary(c.boot, c.boot_base_url,
+            print(summary(c.boot, str(c.interface.ip),
                           str(c.ipv6_address) if c.ipv6 else None), flush=True, file=out)
         gw = stack.gateway
         if gw is None:

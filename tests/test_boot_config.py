@@ -79,8 +79,11 @@ def test_the_stack_names_the_script_to_ipxe(tmp_path) -> None:
         assert st.dhcp.config.ipxe_boot_file == BASE + "boot.ipxe"
         assert st.dhcp.config.boot_file == "undionly.kpxe"
         assert set(st.boot_files) == {"boot.ipxe", "kernel"}
-        line = summary(st.config.boot, BASE)
+        line = summary(st.config.boot, "10.0.2.2")
         assert "iPXE boots" in line and "undionly.kpxe to PXE ROMs" in line and "-boot n" in line
+        assert "(http://10.0.2.2/boot/boot.ipxe)" in line
+        tftp = summary(BootConfig(tftp_dir="/srv"), "10.0.2.2", "fd00:10:0:2::2")
+        assert "TFTP serves /srv on 10.0.2.2:69 and [fd00:10:0:2::2]:69" in tftp
     finally:
         st.stop()
 

@@ -426,7 +426,27 @@ def _stack_status(stack) -> dict:
         "sockets": sockets,
         "dhcp_leases": leases,
         "gateway": _gateway_status(stack),
+        "boot": _boot_status(stack),
     }
+
+
+def _boot_status(stack) -> dict | None:
+    """Network boot: what DHCP names, the boot files, and the TFTP server's counters."""
+    from netstack.socket.tftp_server import TftpServerSocket
+
+    boot = getattr(stack.config, "boot", None)
+    if boot is None or not boot.enabled:
+        return None
+    dhcp = stack.dhcp.config if stack.dhcp is not None else None
+    out: dict = {"bootfile": dhcp.boot_file if dhcp else None,
+                 "ipxe_bootfile": dhcp.ipxe_boot_file if dhcp else None,
+                 "files": sorted(stack.boot_files), "tftp_root": boot.tftp_dir, "tftp": None}
+    for sock in stack.sockets.of_kind("udp"):
+        if isinstance(sock, TftpServerSocket):
+            stats = asdict(sock.server.stats)
+            stats["refused"] = dict(sock.server.stats.refused)
+            out["tftp"] = {"sessions": sock.server.sessions, **stats}
+    return out
 
 
 def _gateway_status(stack) -> dict | None:
@@ -754,6 +774,15 @@ def format_status(st: dict) -> str:
             lines.append(f"  {le['address']:15} {le['mac']} {le['state']:7} "
                          f"{le['hostname'] or ''} expires in {le['expires_in']:.0f}s")
         lines.extend(_format_gateway(st.get("gateway")))
+        boot = st.get("boot")
+        if boot is not None:
+            names = [f"DHCP names {boot['bootfile']}" if boot["bootfile"] else "",
+                     f"iPXE gets {boot['ipxe_bootfile']}" if boot["ipxe_bootfile"] else ""]
+            lines.append("network boot: " + "; ".join(n for n in names if n)
+                         + (f"; files {', '.join(boot['files'])}" if boot["files"] else ""))
+            if boot["tftp"] is not None:
+                lines.append(f"  TFTP ({boot['tftp_root'] or 'boot files only'}): "
+                             f"{_counters({k: v for k, v in boot['tftp'].items() if v})}")
         f = st["faults"]
         if f["enabled"]:
             lines.append(f"faults: ON {_counters(f['knobs'])}")

@@ -108,20 +108,20 @@ def read_chunks(source: FileSource, chunk: int = 256 * 1024):
             yield data
 
 
-def summary(config: BootConfig, base_url: str, ipv6_address: str | None = None) -> str:
+def summary(config: BootConfig, address: str, ipv6_address: str | None = None) -> str:
     """What `vhostnet serve` prints about network boot: what each client is told and the
     QEMU option that makes a VM boot from us."""
     parts = []
     if config.kernel:
         parts.append(f"iPXE boots {config.kernel}"
                      + (f" with {config.initrd}" if config.initrd else "")
-                     + f" ({base_url}{SCRIPT})")
+                     + f" (http://{address}/boot/{SCRIPT})")
     if config.bootfile:
         parts.append(f"DHCP names {config.bootfile}"
                      + (" to PXE ROMs" if config.kernel else ""))
     if config.tftp_dir:
-        v6 = f" and [{ipv6_address}]" if ipv6_address else ""
+        v6 = f" and [{ipv6_address}]:69" if ipv6_address else ""
         parts.append(f"TFTP serves {config.tftp_dir}"
-                     + (" and the boot files" if config.kernel else "") + f" on port 69{v6}")
+                     + (" and the boot files" if config.kernel else "") + f" on {address}:69{v6}")
     return ("Network boot: " + "; ".join(parts)
             + ". Add -boot n to QEMU's line (no -kernel) to boot from it.")

@@ -190,9 +190,16 @@ def test_ipxe_boots_by_tftp_alone_and_the_guest_fetches_by_tftp(tmp_path, capsys
         vm.run_ok("tftp -g -r vmlinuz -l /tmp/k -b 1468 10.0.2.2", timeout=120)
         fetch_s = time.monotonic() - t0
         got = vm.run_ok("sha256sum /tmp/k").split()[0]
+        from apps.control import _boot_status
+
+        with served.stack.runtime.lock:
+            status = _boot_status(served.stack)
     finally:
         vm.stop()
         served.stop()
+    tftp = status["tftp"]  # what `vhostnet status` shows: iPXE's three files, busybox's one
+    assert status["bootfile"] == "tftpboot.ipxe" and tftp["sessions"] == 0
+    assert tftp["sessions_completed"] == 4 and tftp["sessions_timed_out"] == 0
     data = (root / "vmlinuz").read_bytes()
     assert got == hashlib.sha256(data).hexdigest()
     frames = rdpcap(str(tmp_path / "boot.pcap"))
