@@ -21,6 +21,10 @@ in CI.
 - `gateway`, `dns_forward` (targets_gateway.py): the gateway on, confined to loopback
   peers and a fake resolver the target owns (flow cap, fds, frames to the guest checked);
   the DNS forwarder alone against hostile upstream answers.
+- `tftp` (targets_tftp.py): the TFTP server's engine over a directory with traversal bait
+  (symlinks out, a FIFO, names with "..", backslashes, NULs), fed scripted requests, ACKs,
+  errors and clock moves from several clients; every reply checked against a model of its
+  contract (file bytes per block, window, refusals, ports, fds).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from __future__ import annotations
 import os
 import struct
 
-from tests.fuzz import targets_gateway
+from tests.fuzz import targets_gateway, targets_tftp
 from vhostuser.errors import ProtocolError
 
 U16 = struct.Struct("<H")
@@ -252,4 +256,5 @@ TARGETS = {"message": message, "split_ring": split_ring, "packed_ring": packed_r
            "checksum": checksum,
            "stack": stack,
            "wire": _wire, "tcp": _tcp,
-           "gateway": targets_gateway.gateway, "dns_forward": targets_gateway.dns_forward}
+           "gateway": targets_gateway.gateway, "dns_forward": targets_gateway.dns_forward,
+           "tftp": targets_tftp.tftp}
