@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(qemu-system-x86 busybox-static cpio tshark iproute2 kmod iperf3 curl docker-compose passt
-              dpdk-dev debootstrap bubblewrap tftp-hpa atftp)
+              dpdk-dev debootstrap bubblewrap tftp-hpa atftp atftpd nftables)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

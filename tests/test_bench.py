@@ -59,7 +59,8 @@ def test_options_before_the_benchmark_reach_it(monkeypatch):
 
 def test_bench_all_runs_every_part_into_one_json(tmp_path):
     """`make bench` = `vhostnet bench all --json`: every benchmark in turn, one JSON (a quick
-    version here: short ring and stack, 50 connections, the VM smoke on our backend)."""
+    version here: short ring and stack, 50 connections, the VM and boot smokes on our
+    backend)."""
     import json
 
     from apps.bench import main
@@ -69,11 +70,16 @@ def test_bench_all_runs_every_part_into_one_json(tmp_path):
                  "--sockets", "300", "--repeat", "1",
                  "--smoke", "--backends", "ours", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert {"ring", "dpdk", "stack", "memory", "table", "vm", "machine", "time"} <= set(data)
+    assert {"ring", "dpdk", "stack", "memory", "table", "vm", "boot", "machine",
+            "time"} <= set(data)
     big = data["table"]["big"]
     assert big["sockets"] == 301 and big["time_wait"] == 100
     assert big["unknown_segment_us"] > 0 and big["bytes_per_connection"] > 0
     assert data["ring"] and data["vm"]
+    # --backends ours: our three boots (no slirp, so no ratios), the downloads from us
+    assert [b["variant"] for b in data["boot"]["boot"]] == ["kernel", "http", "tftp"]
+    assert data["boot"]["repeat"] == 1 and data["boot"]["size_mib"] == 4
+    assert all(r["backend"] == "ours" and r["sha256_ok"] for r in data["boot"]["tftp"])
     from apps.harness.dpdk import testpmd_path
 
     if testpmd_path() is not None:  # one size both ways, ours against DPDK's vhost

@@ -117,6 +117,18 @@ def test_run_mode_powers_off(image):
         os.kill(vm.pid, 0)
 
 
+def test_a_changed_guest_source_means_a_rebuild():
+    """GuestImage.default() rebuilds the image when ci/guest/ changed: it finds build.py
+    from the checkout (after apps/vm.py moved to apps/harness/ it looked in apps/ci/, found
+    nothing, and kept a stale image forever: a new guest tool never reached the guest)."""
+    import apps.harness.vm as harness
+
+    assert harness.BUILD_SCRIPT.is_file(), harness.BUILD_SCRIPT
+    want = harness._source_hash()
+    assert want is not None and len(want) == 16
+    assert (harness.REPO_ROOT / "ci" / "guest" / "tools" / "vhn-tftp.c").is_file()
+
+
 def test_nic_args():
     args = vhost_user_nic_args("/tmp/s.sock")
     assert args[:2] == ["-chardev", "socket,id=c_n0,path=/tmp/s.sock,reconnect=1"]

@@ -12,6 +12,9 @@ posts with frames of the asked size.
 
 stack, memory — our TCP/IP stack's throughput (loopback, and over a TAP against Linux) and
 the backend's resident memory; see apps/bench/stack.py.
+
+vm, boot — a TCG Linux guest on our backend and on QEMU's slirp (and others): see
+apps/bench/vm.py and apps/bench/boot.py.
 """
 
 from __future__ import annotations
@@ -455,6 +458,12 @@ BENCHMARKS = """benchmarks (WHAT):
           passt when installed (--backends); ratios to slirp. HTTP requests/s is a loop of
           busybox wget, one process and one TCP connection per request: the process spawn
           costs every backend the same, so it is a lower bound that understates differences
+  boot    network boot of the same guest: seconds from QEMU's start to the guest's ready
+          marker for -kernel/-initrd on our NIC, -boot n by HTTP and by TFTP from us, and
+          -boot n by TFTP from slirp (-netdev user,tftp=,bootfile=), the median of --repeat
+          boots (default 2), with the kernel's download time; then a --size-mib file (default
+          64 MiB) fetched into the guest by busybox tftp and by vhn-tftp with windowsize 16
+          and 1, from us and from slirp: seconds and Mbit/s, ratios to slirp
 
 examples:
   vhostnet bench                          # ring, 2 s per measurement
@@ -463,6 +472,7 @@ examples:
   vhostnet bench dpdk --seconds 5
   vhostnet bench stack --no-tap
   vhostnet bench vm --smoke --backends ours,slirp
+  vhostnet bench boot --json boot.json     # ~6 minutes; --smoke: one boot each, 4 MiB
 """
 
 
@@ -478,27 +488,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vhostnet bench", description=__doc__, epilog=BENCHMARKS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="?", default="ring", metavar="WHAT",
-                   choices=["ring", "dpdk", "vm", "stack", "memory", "table", "all",
+                   choices=["ring", "dpdk", "vm", "boot", "stack", "memory", "table", "all",
                             "backend"],
-                   help="ring (default), dpdk, stack, memory, table, vm, or all of them in "
-                        "turn (what `make bench` runs): see below")
+                   help="ring (default), dpdk, stack, memory, table, vm, boot, or all of them "
+                        "in turn (what `make bench` runs): see below")
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=2.0, help="per measurement (default 2)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--sizes", help="frame sizes (default 64,1500,65536; dpdk: 64,1500)")
-    p.add_argument("--size-mib", type=int, default=100,
-                   help="vm: MiB each way (default 100; 2 with --smoke)")
+    p.add_argument("--size-mib", type=int, default=None,
+                   help="vm: MiB each way (default 100; 2 with --smoke); boot: the TFTP "
+                        "download (default 64; 4 with --smoke)")
     p.add_argument("--backends", default="ours,gateway,slirp,tap,passt",
                    help="vm: of ours,gateway,slirp,tap,passt,passt-vu (tap, passt: root, a "
                         "netns; passt skipped with a note when not installed; passt-vu needs "
-                        "--qemu 10); default all but passt-vu")
+                        "--qemu 10); default all but passt-vu. boot: ours and/or slirp")
     p.add_argument("--qemu", default=None, metavar="VERSION",
                    help="vm: 10 runs every guest on Debian 13's QEMU 10 (needed by passt-vu, "
                         "passt's vhost-user mode); default the system's")
     p.add_argument("--http-count", type=int, default=500,
                    help="vm: HTTP requests for requests/s (default 500; 50 with --smoke)")
     p.add_argument("--smoke", action="store_true",
-                   help="vm: 2 MiB, fewer pings, datagrams and HTTP requests")
+                   help="vm: 2 MiB, fewer pings, datagrams and HTTP requests; boot: one "
+                        "boot of each variant, 4 MiB")
     p.add_argument("--connections", type=int, default=1000,
                    help="memory: TCP connections to hold open (default 1000)")
     p.add_argument("--no-tap", action="store_true", help="stack: skip the TAP/namespace part")
@@ -515,8 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rings", default="split,packed", type=_rings,
                    help="ring, dpdk: the virtqueue layouts, split and/or packed (default "
                         "both, side by side)")
-    p.add_argument("--repeat", type=int, default=3,
-                   help="dpdk: runs of each side, alternating; medians (default 3)")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="dpdk: runs of each side, alternating; medians (default 3). boot: "
+                        "boots of each variant, in turns; medians (default 2; 1 with --smoke)")
     p.add_argument("--ring-backend", choices=["c", "python"], default="c",
                    help="ring: the backend's data path: c (default; the batched C helpers) "
                         "or python (the per-frame Python path they replace)")
@@ -531,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.what == "all":
         out = {}
-        for part in ("ring", "dpdk", "stack", "memory", "table", "vm"):
+        for part in ("ring", "dpdk", "stack", "memory", "table", "vm", "boot"):
             print(f"== {part}", flush=True)
             out.update(_run(part, args, argv))
             print(flush=True)
@@ -550,14 +563,22 @@ def _run(what: str, args: argparse.Namespace, argv: list[str] | None) -> dict:
     if what == "vm":
         from apps.bench.vm import bench_vm, print_vm
 
+        size = args.size_mib or (2 if args.smoke else 100)  # explicit options win
         given = argv or sys.argv  # --smoke's defaults yield to explicit options
-        size = 2 if args.smoke and "--size-mib" not in given else args.size_mib
         http_count = 50 if args.smoke and "--http-count" not in given else args.http_count
         vm = bench_vm(size, args.backends.split(","), ping_count=5 if args.smoke else 20,
                       udp_count=200 if args.smoke else 2000, http_count=http_count,
                       qemu=args.qemu)
         print_vm(vm)
         out = {"vm": asdict(vm)}
+    elif what == "boot":
+        from apps.bench.boot import bench_boot, print_boot
+
+        boot = bench_boot(args.repeat or (1 if args.smoke else 2),
+                          args.size_mib or (4 if args.smoke else 64), args.backends.split(","),
+                          progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True))
+        print_boot(boot)
+        out = {"boot": asdict(boot)}
     elif what == "stack":
         from apps.bench.stack import bench_stack, print_stack
 
@@ -570,7 +591,7 @@ def _run(what: str, args: argparse.Namespace, argv: list[str] | None) -> dict:
             print("dpdk: skipped, dpdk-testpmd is not installed (apt-get install dpdk-dev)")
             return {"dpdk": None}
         sizes = _sizes(args.sizes, (64, 1500))
-        results = bench_dpdk(args.seconds, sizes, args.repeat, args.rings.split(","))
+        results = bench_dpdk(args.seconds, sizes, args.repeat or 3, args.rings.split(","))
         print_dpdk(results)
         out = {"dpdk": [asdict(r) for r in results]}
     elif what == "table":

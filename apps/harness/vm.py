@@ -56,7 +56,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # apps/harness/vm.py -> the checkout
 BUILD_SCRIPT = REPO_ROOT / "ci" / "guest" / "build.py"
 READY_RE = re.compile(rb"vhostnet-guest: ready \(kernel (\S+), (\d+) ms\)")
 _BEGIN = "__VHN_B_{}__"
