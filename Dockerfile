@@ -1,10 +1,11 @@
 # One image for both compose services: the backend (`vhostnet serve`) and a QEMU VM with the
 # bundled guest (`python -m apps.harness.vm`). See docker-compose.yml.
 FROM debian:bookworm
-# python3 (3.11) + venv + a C toolchain for the cffi helpers; qemu-system-x86 for the vm
-# service; busybox-static, cpio for ci/guest/build.py (it apt-get downloads the cloud kernel).
+# python3 (3.11) + venv + a C toolchain and libpcap-dev for the cffi helpers; qemu-system-x86
+# for the vm service; busybox-static, cpio for ci/guest/build.py (it apt-get downloads the
+# cloud kernel).
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        python3 python3-venv python3-dev gcc libc6-dev libffi-dev make \
+        python3 python3-venv python3-dev gcc libc6-dev libffi-dev libpcap-dev make \
         qemu-system-x86 busybox-static cpio \
         iproute2 kmod ca-certificates \
     && rm -rf /var/lib/apt/lists/*

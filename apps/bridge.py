@@ -38,6 +38,8 @@ import logging
 import sys
 from collections import Counter
 
+from apps.capture import hooks
+
 log = logging.getLogger(__name__)
 
 ETH_HLEN = 14
@@ -76,8 +78,10 @@ class TapBridge:
         self.batch = batch
         self.device = None
         self.counters: Counter[str] = Counter()
-        # callables (direction, frame) fed every frame at the virtqueue (`vhostnet capture`)
+        # callables (direction, frame) fed the frames at the virtqueue (`vhostnet capture`),
+        # each only those its filter in `hook_filters` accepts (none there: all)
         self.frame_hooks: list = []
+        self.hook_filters: dict = {}
 
     # -- App -------------------------------------------------------------------------
     def attach(self, device) -> None:
@@ -86,28 +90,25 @@ class TapBridge:
         log.info("guest attached: frames flow between its NIC and TAP %s",
                  getattr(self.tap, "name", "?"))
 
-    def add_frame_hook(self, fn) -> None:
+    def add_frame_hook(self, fn, match=None) -> None:
+        """Feed `fn(direction, frame)` the frames that the `Filter` `match` accepts (None:
+        all)."""
         self.frame_hooks.append(fn)
+        if match is not None:
+            self.hook_filters[fn] = match
         self._sync_frame_hook()
 
     def remove_frame_hook(self, fn) -> None:
         if fn in self.frame_hooks:
             self.frame_hooks.remove(fn)
+        self.hook_filters.pop(fn, None)
         self._sync_frame_hook()
 
     def _sync_frame_hook(self) -> None:
         if self.device is None:
             return
-        hooks = self.frame_hooks
-        if not hooks:
-            self.device.on_frame = None
-            return
-
-        def on_frame(direction: str, frame) -> None:
-            for fn in tuple(hooks):
-                fn(direction, frame)
-
-        self.device.on_frame = on_frame
+        hooks.install(self.device, [(fn, self.hook_filters.get(fn))
+                                    for fn in self.frame_hooks])
 
     def detach(self) -> None:
         self.device = None

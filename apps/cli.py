@@ -43,6 +43,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.pcap_rotate is not None and args.pcap in (None, "-"):
         print("vhostnet: --pcap-rotate needs --pcap FILE", file=sys.stderr)
         return 2
+    if args.pcap_filter is not None:
+        if args.raw or args.pcap is None:
+            print("vhostnet: --pcap-filter needs --pcap (and the stack, not --raw)",
+                  file=sys.stderr)
+            return 2
+        from apps.capture.bpf import Filter
+
+        try:
+            Filter.compile(args.pcap_filter)
+        except ValueError as e:  # libpcap's own words
+            print(f"vhostnet: bad --pcap-filter {args.pcap_filter!r}: {e}", file=sys.stderr)
+            return 2
     path = args.socket_path
     if args.fd is None and args.connect is None and path is None:
         path = "vhostnet.sock"
@@ -74,6 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server, stack, app = make_server(
                 stack_config=_stack_config(args), socket_path=path, connect_path=args.connect,
                 fd=args.fd, pcap=args.pcap, pcap_rotate=args.pcap_rotate,
+                pcap_filter=args.pcap_filter,
                 control=ctl, hostfwd=args.hostfwd,
                 hostfwd_masquerade=args.hostfwd_masquerade,
                 backend=BackendConfig(queue_pairs=args.queues, mtu=args.mtu))
@@ -344,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--pcap-rotate", metavar="SIZE", type=_size, default=None,
                     help="with --pcap FILE: go on in FILE.1, FILE.2, ... when FILE would "
                          "exceed SIZE (e.g. 10k, 100M; powers of 1024), each a whole capture")
+    st.add_argument("--pcap-filter", metavar="EXPR",
+                    help="with --pcap: write only the frames this pcap-filter expression "
+                         "accepts (tcpdump's syntax, e.g. 'tcp port 80 or icmp6')")
     st.add_argument("--hostfwd", action="append", default=[], type=_hostfwd_rule,
                     metavar="tcp|udp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT",
                     help="forward a host port to the guest, as QEMU's -netdev user,hostfwd= "

@@ -3,7 +3,10 @@
 The vhost-user server owns the one loop (socket, eventfds, signals); the stack's `Runtime`
 is its App (`attach/detach/poll`), and app threads (echo, udpserver, user code) wake that
 loop through `runtime.set_waker(server.wake)`. A pcap sink, when asked for, sits on the
-device's raw-frame hook: it sees exactly what crossed the virtqueues.
+device's raw-frame hook: it sees exactly what crossed the virtqueues (with `pcap_filter`,
+only the frames that pcap-filter expression accepts, as `tcpdump -w` with a filter).
+Live captures (the control socket) hang on the same hook, each with its own filter
+(apps/capture/hooks.py).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from apps.capture import hooks
+from apps.capture.bpf import Filter
 from apps.stack import Stack, StackConfig, build_stack
 from netstack.phy.fault import FaultInjector
 from netstack.phy.pcap import PcapSink
@@ -23,17 +28,23 @@ log = logging.getLogger("vhostnet")
 
 class StackApp:
     """The App the vhost-user server drives: the stack's runtime, plus the capture hooks
-    and, when asked for, a `FaultInjector` between the runtime and the device."""
+    and, when asked for, a `FaultInjector` between the runtime and the device.
+    `pcap_filter`: the frames the pcap sink gets (None: all)."""
 
-    def __init__(self, stack: Stack, pcap: PcapSink | None = None) -> None:
+    def __init__(self, stack: Stack, pcap: PcapSink | None = None,
+                 pcap_filter: Filter | None = None) -> None:
         self.stack = stack
         self.pcap = pcap
+        self.pcap_filter = pcap_filter
         self.device = None
-        # the knobs of the fault injector (None: no faults), and the live injector
+        # the knobs of the fault injector (None: no faults; `match` as the expression
+        # given), and the live injector
         self.fault_knobs: dict | None = None
         self.faults: FaultInjector | None = None
-        # callables (direction, frame) fed every frame at the virtqueue (control capture)
+        # callables (direction, frame) fed the frames at the virtqueue (control capture),
+        # each only those its filter in `hook_filters` accepts (none there: all)
         self.frame_hooks: list[Callable[[str, memoryview], None]] = []
+        self.hook_filters: dict[Callable, Filter] = {}
         self.pcap_error: str | None = None  # why the capture stopped, if it did
         self.control = None  # the ControlServer, when make_server was given `control`
         self.hostfwd = None  # the HostForwarder, when make_server was given `hostfwd`
@@ -56,59 +67,72 @@ class StackApp:
         if self.fault_knobs is None:
             self.faults = None
             return device
-        self.faults = FaultInjector(device, **self.fault_knobs)
+        self.faults = FaultInjector(device, **_injector_knobs(self.fault_knobs))
         return self.faults
 
     def set_faults(self, knobs: dict | None) -> None:
-        """Faults on with these `FaultInjector` knobs (None: off), on the live link too.
-        Changes the knobs of a running injector in place (its counters go on); off drops
-        the frames it held. ValueError/TypeError for bad knobs, and nothing changes."""
+        """Faults on with these `FaultInjector` knobs (None: off), on the live link too;
+        `match` is a pcap-filter expression (the frames the faults apply to; "" for
+        all). Changes the knobs of a running injector in place (its counters go on); off
+        drops the frames it held. ValueError/TypeError for bad knobs (a bad expression
+        with libpcap's message), and nothing changes."""
         if knobs is None:
             self.fault_knobs = None
             if self.faults is not None and self.device is not None:
                 self.stack.runtime.attach(self._wrap(self.device))
             self.faults = None
             return
+        compiled = _injector_knobs(knobs)  # a bad expression raises here
+        shown = {k: v for k, v in knobs.items() if k != "match"}
+        if compiled.get("match") is not None:  # ("" turns the match off)
+            shown["match"] = knobs["match"]
         if self.faults is not None:
-            self.faults.configure(**knobs)
-            self.fault_knobs = {**(self.fault_knobs or {}), **knobs}
+            self.faults.configure(**compiled)
+            before = {k: v for k, v in (self.fault_knobs or {}).items()
+                      if not (k == "match" and "match" in knobs)}
+            self.fault_knobs = {**before, **shown}
             return
-        FaultInjector(None, **knobs)  # validates
-        self.fault_knobs = dict(knobs)
+        FaultInjector(None, **compiled)  # validates
+        self.fault_knobs = shown
         if self.device is not None:
             self.stack.runtime.attach(self._wrap(self.device))
 
-    def add_frame_hook(self, fn: Callable[[str, memoryview], None]) -> None:
+    def add_frame_hook(self, fn: Callable[[str, memoryview], None],
+                       match: Filter | None = None) -> None:
+        """Feed `fn(direction, frame)` the frames at the virtqueue that `match` accepts
+        (None: all)."""
         self.frame_hooks.append(fn)
+        if match is not None:
+            self.hook_filters[fn] = match
         self._sync_frame_hook()
 
     def remove_frame_hook(self, fn: Callable[[str, memoryview], None]) -> None:
         if fn in self.frame_hooks:
             self.frame_hooks.remove(fn)
+        self.hook_filters.pop(fn, None)
         self._sync_frame_hook()
 
     def _sync_frame_hook(self) -> None:
-        """The device's one `on_frame` hook feeds the pcap sink and the frame hooks; no
-        hook at all when nobody listens (the data path then pays nothing)."""
+        """The device's one `on_frame` hook feeds the pcap sink and the frame hooks, each
+        the frames its filter accepts; no hook at all when nobody listens (the data path
+        then pays nothing)."""
         if self.device is None:
             return
-        sink, hooks = self.pcap, self.frame_hooks
-        if sink is None and not hooks:
-            self.device.on_frame = None
+        consumers: list[hooks.Consumer] = []
+        if self.pcap is not None:
+            consumers.append((self._write_pcap, self.pcap_filter))
+        consumers += [(fn, self.hook_filters.get(fn)) for fn in self.frame_hooks]
+        hooks.install(self.device, consumers)
+
+    def _write_pcap(self, direction: str, frame) -> None:
+        sink = self.pcap
+        if sink is None:
             return
-
-        def on_frame(direction: str, frame) -> None:
-            if sink is not None:
-                # guest-tx is what the stack receives ("rx"), guest-rx what it sends
-                try:
-                    sink.write(frame, time.monotonic(),
-                               "rx" if direction == "guest-tx" else "tx")
-                except (OSError, ValueError) as e:
-                    self._capture_failed(sink, e)
-            for fn in tuple(hooks):
-                fn(direction, frame)
-
-        self.device.on_frame = on_frame
+        # guest-tx is what the stack receives ("rx"), guest-rx what it sends
+        try:
+            sink.write(frame, time.monotonic(), "rx" if direction == "guest-tx" else "tx")
+        except (OSError, ValueError) as e:
+            self._capture_failed(sink, e)
 
     def _capture_failed(self, sink: PcapSink, e: Exception) -> None:
         """The pcap sink cannot be written (its reader exited: EPIPE; a full disk): the
@@ -138,10 +162,23 @@ class StackApp:
         return deadline
 
 
+def _injector_knobs(knobs: dict) -> dict:
+    """The FaultInjector's arguments for these knobs: `match` (an expression) compiled
+    to its `Filter.matches`, None for "" (ValueError with libpcap's message)."""
+    out = dict(knobs)
+    if "match" in out:
+        expr = out["match"]
+        if expr is not None and not isinstance(expr, str):
+            raise ValueError(f"match is a pcap-filter expression, not {expr!r}")
+        flt = Filter.compile(expr)
+        out["match"] = None if flt.everything else flt.matches
+    return out
+
+
 def make_server(*, stack_config: StackConfig | None = None, backend: BackendConfig | None = None,
                 socket_path: str | None = None, connect_path: str | None = None,
                 fd: int | None = None, pcap: str | None = None,
-                pcap_rotate: int | None = None,
+                pcap_rotate: int | None = None, pcap_filter: str | None = None,
                 start_apps: bool = True,
                 control: str | None = None,
                 hostfwd: list | None = None,
@@ -149,10 +186,13 @@ def make_server(*, stack_config: StackConfig | None = None, backend: BackendConf
     """The server, its stack and the App between them; with `control`, a control socket
     at that path (`app.control`, see apps/control/__init__.py: close it before the server); with
     `hostfwd` (QEMU-style rule strings or `gateway.hostfwd.HostFwd`), host ports forwarded
-    to the guest (`app.hostfwd`, see gateway/hostfwd.py: close it before the server)."""
+    to the guest (`app.hostfwd`, see gateway/hostfwd.py: close it before the server);
+    with `pcap_filter` (a pcap-filter expression), only what it accepts goes to `pcap`
+    (ValueError with libpcap's message for a bad one, before anything starts)."""
+    flt = Filter.compile(pcap_filter) if pcap_filter else None
     stack = build_stack(stack_config, gateway_thread=False)
     sink = PcapSink(pcap, rotate=pcap_rotate) if pcap else None  # pcap "-": stdout
-    app = StackApp(stack, sink)
+    app = StackApp(stack, sink, flt)
     server = VhostUserServer(socket_path=socket_path, connect_path=connect_path, fd=fd,
                              config=backend or BackendConfig(mtu=stack.config.mtu), app=app)
     stack.runtime.set_waker(server.wake)

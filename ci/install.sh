@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything vhostnet's demo and tests need, idempotently and quickly when done:
 # Debian packages (QEMU, busybox, cpio, tshark, iproute2, DPDK's testpmd, the TFTP clients
-# tftp-hpa and atftp), the Python package with its test extras in .venv (compiling the cffi
+# tftp-hpa and atftp, libpcap-dev for the capture filters' binding, tcpdump to test them
+# against), the Python package with its test extras in .venv (compiling the cffi
 # helpers), and the guest kernel + initramfs (cached outside git by ci/guest/build.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(qemu-system-x86 busybox-static cpio tshark iproute2 kmod iperf3 curl docker-compose passt
-              dpdk-dev debootstrap bubblewrap tftp-hpa atftp atftpd nftables)
+              dpdk-dev debootstrap bubblewrap tftp-hpa atftp atftpd nftables libpcap-dev tcpdump)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,11 +27,13 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 stamp=.venv/.vhostnet-install-stamp
-want=$(cat pyproject.toml setup.py netstack/_fast_build.py vhostuser/_fast_build.py | sha256sum | cut -c1-16)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c "import netstack._fast, vhostuser._fast" 2>/dev/null; then
+want=$(cat pyproject.toml setup.py netstack/_fast_build.py vhostuser/_fast_build.py \
+       apps/capture/_bpf_build.py | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
+        || ! .venv/bin/python -c "import netstack._fast, vhostuser._fast, apps.capture._bpf" 2>/dev/null; then
     echo "install: pip install -e .[test] (builds the cffi helpers)"
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-    .venv/bin/python -c "import netstack._fast, vhostuser._fast"
+    .venv/bin/python -c "import netstack._fast, vhostuser._fast, apps.capture._bpf"
     echo "$want" > "$stamp"
 fi
 

@@ -30,6 +30,12 @@ The ring helpers, where a profile of the ring benchmark showed Python's per-fram
   dropped (writable descriptor, too long, runt, outside guest memory, unreadable header).
   Python hands the frames on as memoryviews; `vu_push_zero()` then returns all the
   batch's chains to the used ring in one call.
+- `vu_tx_select()`, `vu_packed_select()`, `vu_tx_discard_select()`: a frame hook's
+  select (a `vu_select_fn`, a C predicate over a batch of frame pointers and lengths that
+  the hook's owner gives: apps/capture/bpf.py runs pcap filters) over a TX batch where
+  its frames lie, over frames back to back, or inside vu_tx_discard's loop, which stops
+  at the first batch with a selected frame and leaves it to Python. A capture whose
+  filter drops everything then costs one C call per batch and no Python per frame.
 - `vu_rx_batch()` writes frames (back to back, with their lengths and optional 10-byte
   headers) with their virtio_net_hdr into as many (mergeable) RX buffers as each needs,
   as net.py's `_write_rx` does one frame at a time, and pushes the used elements.
@@ -121,6 +127,22 @@ ffibuilder.cdef(
                       uint8_t *scratch, uint64_t scratch_size, uint32_t batch,
                       uint32_t *heads, int32_t *kind, uint64_t *off, uint32_t *flen,
                       uint64_t *aux, uint8_t *vhdr, uint64_t *drops);
+    typedef uint32_t (*vu_select_fn)(const void *ctx, const uint8_t *const *frames,
+                                     const uint32_t *lens, uint32_t count, uint8_t *out);
+    uint32_t vu_tx_select(const struct vu_vq *q, const uint8_t *scratch,
+                          const int32_t *kind, const uint64_t *off, const uint32_t *flen,
+                          uint32_t count, const uint8_t **frames, vu_select_fn sel,
+                          const void *ctx, uint8_t *out);
+    int vu_tx_discard_select(struct vu_vq *q, uint32_t max, uint32_t hdr,
+                             uint64_t max_total, int want_hdr, uint8_t *scratch,
+                             uint64_t scratch_size, uint32_t batch, uint32_t *heads,
+                             int32_t *kind, uint64_t *off, uint32_t *flen, uint64_t *aux,
+                             uint8_t *vhdr, uint64_t *drops, vu_select_fn sel,
+                             const void *ctx, const uint8_t **frames, uint8_t *out,
+                             uint32_t *pending);
+    uint32_t vu_packed_select(const uint8_t *data, const uint32_t *lens, uint32_t count,
+                              const uint8_t **frames, vu_select_fn sel, const void *ctx,
+                              uint8_t *out);
     int vu_rx_batch(struct vu_vq *q, uint32_t hdr, int mergeable, const uint8_t *data,
                     const uint32_t *lens, uint32_t nframes, const uint8_t *hdrs,
                     uint8_t *outcome);
@@ -694,24 +716,71 @@ ffibuilder.set_source(
         return k;
     }
 
+    /* A predicate over a batch of frames (pointers and lengths): out[i] = 1 for the
+       frames it selects, 0 for the others (a NULL frame is never selected); returns how
+       many it selected. The device's frame hook needs to see only those: the hook's
+       owner gives one (apps/capture/bpf.py runs pcap filters) and we call it where the
+       frames are, before any Python runs per frame. */
+    typedef uint32_t (*vu_select_fn)(const void *ctx, const uint8_t *const *frames,
+                                     const uint32_t *lens, uint32_t count, uint8_t *out);
+
+    /* `sel` over the frames of a walked TX batch (kind/off/flen as vu_tx_walk left
+       them: a region index, nregs for the scratch, a negative drop), in place in guest
+       memory; frames[] (count entries) is room for their pointers. */
+    static uint32_t vu_tx_select(const struct vu_vq *q, const uint8_t *scratch,
+                                 const int32_t *kind, const uint64_t *off,
+                                 const uint32_t *flen, uint32_t count,
+                                 const uint8_t **frames, vu_select_fn sel, const void *ctx,
+                                 uint8_t *out)
+    {
+        for (uint32_t i = 0; i < count; i++) {
+            int32_t k = kind[i];
+            if (k < 0) {
+                frames[i] = NULL;
+                continue;
+            }
+            frames[i] = ((uint32_t)k < q->nregs ? q->regs[k].host : scratch) + off[i];
+            /* the guest wrote it on another CPU a moment ago: start fetching its first
+               line now, for all the batch at once, rather than one miss per frame */
+            __builtin_prefetch(frames[i]);
+        }
+        return sel(ctx, (const uint8_t *const *)frames, flen, count, out);
+    }
+
     /* Pop, check and give back up to `max` TX chains, `batch` at a time (the arrays
        are vu_tx_batch's, of `batch` entries): a sink that looks at no frame. Each
        batch is pushed before the next is popped. Frames' bytes go to q->tx_bytes,
-       drops by kind to drops[-kind - 1] (6 counters), their total to q->tx_drops. Returns the chains completed;
-       a broken ring rule stops it with q->status set (the chains before it are
-       completed). */
-    static int vu_tx_discard(struct vu_vq *q, uint32_t max, uint32_t hdr, uint64_t max_total,
-                             uint8_t *scratch, uint64_t scratch_size, uint32_t batch,
-                             uint32_t *heads, int32_t *kind, uint64_t *off, uint32_t *flen,
-                             uint64_t *aux, uint8_t *vhdr, uint64_t *drops)
+       drops by kind to drops[-kind - 1] (6 counters), their total to q->tx_drops.
+       Returns the chains completed; a broken ring rule stops it with q->status set
+       (the chains before it are completed).
+       With `sel` (else NULL), each walked batch is first offered to it (vu_tx_select,
+       its flags in out[]): a batch with a selected frame stops the call, neither
+       counted nor pushed, its length in *pending: the caller shows the selected frames
+       to its hook and completes the batch itself (the arrays still describe it;
+       `want_hdr` as vu_tx_batch's, for that). */
+    static int vu_tx_discard_select(struct vu_vq *q, uint32_t max, uint32_t hdr,
+                                    uint64_t max_total, int want_hdr, uint8_t *scratch,
+                                    uint64_t scratch_size, uint32_t batch, uint32_t *heads,
+                                    int32_t *kind, uint64_t *off, uint32_t *flen,
+                                    uint64_t *aux, uint8_t *vhdr, uint64_t *drops,
+                                    vu_select_fn sel, const void *ctx,
+                                    const uint8_t **frames, uint8_t *out, uint32_t *pending)
     {
         uint32_t total = 0, bad = 0;
         uint64_t bytes = 0;
         q->status = 0;
+        if (pending)
+            *pending = 0;
         while (total < max) {
             uint32_t want = max - total < batch ? max - total : batch;
-            int k = vu_tx_walk(q, want, hdr, max_total, 0, scratch, scratch_size, heads,
-                               kind, off, flen, aux, vhdr);
+            int k = vu_tx_walk(q, want, hdr, max_total, want_hdr, scratch, scratch_size,
+                               heads, kind, off, flen, aux, vhdr);
+            if (sel && k > 0
+                    && vu_tx_select(q, scratch, kind, off, flen, (uint32_t)k, frames, sel,
+                                    ctx, out)) {
+                *pending = (uint32_t)k;
+                break;
+            }
             for (int i = 0; i < k; i++) {
                 if (kind[i] < 0) {
                     drops[-kind[i] - 1]++;
@@ -727,6 +796,29 @@ ffibuilder.set_source(
         q->tx_bytes = bytes;
         q->tx_drops = bad;
         return (int)total;
+    }
+
+    static int vu_tx_discard(struct vu_vq *q, uint32_t max, uint32_t hdr, uint64_t max_total,
+                             uint8_t *scratch, uint64_t scratch_size, uint32_t batch,
+                             uint32_t *heads, int32_t *kind, uint64_t *off, uint32_t *flen,
+                             uint64_t *aux, uint8_t *vhdr, uint64_t *drops)
+    {
+        return vu_tx_discard_select(q, max, hdr, max_total, 0, scratch, scratch_size, batch,
+                                    heads, kind, off, flen, aux, vhdr, drops, NULL, NULL,
+                                    NULL, NULL, NULL);
+    }
+
+    /* `sel` over `count` frames back to back in `data` (lengths in lens[]). */
+    static uint32_t vu_packed_select(const uint8_t *data, const uint32_t *lens,
+                                     uint32_t count, const uint8_t **frames,
+                                     vu_select_fn sel, const void *ctx, uint8_t *out)
+    {
+        uint64_t o = 0;
+        for (uint32_t i = 0; i < count; i++) {
+            frames[i] = data + o;
+            o += lens[i];
+        }
+        return sel(ctx, (const uint8_t *const *)frames, lens, count, out);
     }
 
     /* Mark the pages of guest-physical [gpa, gpa+len) in the dirty log (size bytes, a bit

@@ -8,7 +8,15 @@ VERSION_1 or MRG_RXBUF, 10 for a legacy guest without MRG_RXBUF.
 `phy.Device` protocol by shape (vhostuser never imports netstack):
 `receive(now) -> (RxToken, TxToken) | None`, `transmit(now) -> TxToken | None`,
 `capabilities()`. `flush()` publishes used rings and interrupts the guest once per batch.
-A raw-frame hook (`on_frame`) sees every frame both ways, for tests and debugging.
+A raw-frame hook (`on_frame`) sees every frame both ways, for tests and debugging; while it
+runs, `frame_vnet` holds the first 10 bytes of that frame's virtio_net_hdr (the guest's for
+a frame it sent, ours for one it is given; zeros when no offload was negotiated), for
+`vhostnet capture --vnet`. Without a hook neither costs anything.
+`set_frame_hook(hook, select)` adds a C predicate over a batch of frames (a
+`vu_select_fn`, see _fast_build.py; apps/capture/bpf.py's pcap filters are one): the
+batched paths run it where the frames lie and call the hook only for the frames it
+selects, so a capture whose filter drops everything leaves them at C speed. It sees
+frames as the guest wrote them (a checksum the guest left to us not yet filled in).
 
 Batches: with the C helpers (`virtqueue.USE_C`), `drain_tx` pops, walks and locates a
 batch of TX chains per C call (vu_tx_batch) and returns them to the used ring in one more;
@@ -25,6 +33,7 @@ from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import vhostuser.virtqueue as _vq
 from vhostuser.errors import GuestMemoryError, RingError
@@ -45,6 +54,10 @@ except ImportError:  # pragma: no cover - only without the C build
     _ffi = _lib = None
 
 log = logging.getLogger(__name__)
+
+
+def _ignore(frame) -> None:
+    """A handler that takes frames and does nothing with them."""
 
 
 class _OncePerInterval(logging.Filter):
@@ -83,6 +96,14 @@ RX_BACKLOG_FRAMES = 256  # frames held while the guest has posted no RX buffer
 RX_BACKLOG_BYTES = 4 << 20
 
 FrameHook = Callable[[str, memoryview], None]  # ("guest-tx" | "guest-rx", frame)
+
+
+class FrameSelect(Protocol):
+    """What `set_frame_hook` takes as `select`: the address of a C `vu_select_fn` and of
+    the context it gets as its first argument (the object keeps that context alive)."""
+
+    c_fn: int
+    c_ctx: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +152,10 @@ class TxBatch:
         self.scratch_size = scratch_size
         self.scratch_view = memoryview(_ffi.buffer(self.scratch))
         self.vhdr_view = memoryview(_ffi.buffer(self.vhdr))
+        # for a frame hook's select: the frames' addresses and what it selected
+        self.frames = _ffi.new("const uint8_t *[]", size)
+        self.selected = _ffi.new("uint8_t[]", size)
+        self.pending = _ffi.new("uint32_t *")
 
 
 class TxFrames:
@@ -301,6 +326,11 @@ class VirtioNetDevice:
         self.host_tso = False
         self.ipv6_offload = False
         self.on_frame: FrameHook | None = None
+        # (hook, vu_select_fn, ctx, owner): set_frame_hook's select, valid while on_frame
+        # is that hook
+        self._select: tuple | None = None
+        self._rx_select: tuple | None = None  # (frames, selected) arrays for RX batches
+        self.frame_vnet: bytes = NO_OFFLOAD  # the header of the frame on_frame is given
         self.stats: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         # frames waiting for RX buffers, in chunks of frames back to back (see _Chunk)
@@ -318,6 +348,26 @@ class VirtioNetDevice:
         self._discard_drops = None  # uint64_t[6]: discard_tx's drops by kind
 
     # -- configuration -------------------------------------------------------------
+    def set_frame_hook(self, hook: FrameHook | None, select: FrameSelect | None = None
+                       ) -> None:
+        """Install `hook` as `on_frame` (None: no hook). With `select`, a C predicate
+        saying which frames of a batch the hook wants (it must want no other: it is not
+        called for them on the batched paths; on the per-frame paths it sees every
+        frame and must ignore those itself)."""
+        self.on_frame = hook
+        if hook is None or select is None or _ffi is None:
+            self._select = None
+            return
+        self._select = (hook, _ffi.cast("vu_select_fn", select.c_fn),
+                        _ffi.cast("void *", select.c_ctx), select)
+
+    def _hook_select(self):
+        """set_frame_hook's select for the current hook, or None."""
+        sel = self._select
+        if sel is None or sel[0] is not self.on_frame:
+            return None
+        return sel
+
     @property
     def _tx_batches(self) -> bool:
         """Whether guest frames are taken by the C batch helpers: built and switched on
@@ -447,9 +497,11 @@ class VirtioNetDevice:
                 log.warning("guest TX buffer outside guest memory: %s", e)
                 return None
         frame = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        head = NO_OFFLOAD
         if self.csum_offload:
             try:
-                frame = from_guest(frame, self._tx_header(chain))
+                head = self._tx_header(chain)
+                frame = from_guest(frame, head)
             except (BadOffload, GuestMemoryError) as e:
                 self.drops["tx_bad_offload"] += 1
                 log.warning("guest TX frame dropped: %s", e)
@@ -457,6 +509,7 @@ class VirtioNetDevice:
         self.stats["guest_tx_frames"] += 1
         self.stats["guest_tx_bytes"] += len(frame)
         if self.on_frame is not None:
+            self.frame_vnet = head
             self.on_frame("guest-tx", memoryview(frame))
         return frame
 
@@ -555,10 +608,16 @@ class VirtioNetDevice:
         speed (`vhostnet serve --raw`, the benchmarks), checked as strictly as
         `drain_tx`; at most `limit` frames a call (the loop comes back for the rest: a
         guest reposting as fast as we complete cannot keep us here). With a frame hook
-        (capture) or without the C helpers the frames go
-        through `drain_tx_batches` instead, so the hook still sees them. Returns the
-        frames taken (not counting drops), as `drain_tx`."""
-        if self.on_frame is not None or not self._tx_batches:
+        (capture) or without the C helpers the frames go through `drain_tx_batches`
+        instead, so the hook still sees them; but with the hook's select (see
+        `set_frame_hook`) a batch goes through Python only when it selects a frame in
+        it. Returns the frames taken (not counting drops), as `drain_tx`."""
+        sel = None
+        if self.on_frame is not None:
+            sel = self._hook_select()
+            if sel is None:
+                return self.drain_tx_batches(lambda frames: None, limit)
+        if not self._tx_batches:
             return self.drain_tx_batches(lambda frames: None, limit)
         if self._pending_rx is not None:
             self._pending_rx.complete(self)
@@ -574,28 +633,44 @@ class VirtioNetDevice:
         if drops is None:
             drops = self._discard_drops = _ffi.new("uint64_t[6]")
         for q in self._txq:
-            if n >= limit:
-                break
-            if not (q.serviceable and q.batched and q.has_avail()):
-                continue
-            count, bad, nbytes, status = q.discard_tx(b, limit - n, self.hdr_len,
-                                                      MAX_FRAME + self.hdr_len, drops)
-            if count:
-                self._dirty.add(q)
-                if not q.enabled:
-                    self.drops["tx_queue_disabled"] += count
-                else:
-                    self.stats["guest_tx_frames"] += count - bad
-                    self.stats["guest_tx_bytes"] += nbytes
-                    if bad:
-                        self._count_discard_drops(drops)
-                    n += count - bad
-            if bad:
-                for i in range(6):
-                    drops[i] = 0
-            if status:  # the chains before the broken one are completed: now break
-                self._ring_error(q, q.batch_failed(status))
+            while n < limit and q.serviceable and q.batched and q.has_avail():
+                took, status, pending = self._discard_some(q, b, limit - n, drops, sel)
+                n += took
+                if status or not pending or not q.enabled:  # (disabled: nothing taken)
+                    break
         return n
+
+    def _discard_some(self, q: Virtqueue, b: TxBatch, limit: int, drops, sel
+                      ) -> tuple[int, int, int]:
+        """One vu_tx_discard(_select) call on `q`: (frames taken, status, and the length
+        of the batch it stopped at for the hook's select, handed here, or 0)."""
+        pending = 0
+        if sel is None:
+            count, bad, nbytes, status = q.discard_tx(b, limit, self.hdr_len,
+                                                      MAX_FRAME + self.hdr_len, drops)
+        else:
+            count, bad, nbytes, status, pending = q.discard_tx_select(
+                b, limit, self.hdr_len, MAX_FRAME + self.hdr_len, drops, self.csum_offload,
+                sel[1], sel[2])
+        n = 0
+        if count:
+            self._dirty.add(q)
+            if not q.enabled:
+                self.drops["tx_queue_disabled"] += count
+            else:
+                self.stats["guest_tx_frames"] += count - bad
+                self.stats["guest_tx_bytes"] += nbytes
+                if bad:
+                    self._count_discard_drops(drops)
+                n += count - bad
+        if bad:
+            for i in range(6):
+                drops[i] = 0
+        if pending:  # a batch with frames for the hook: as drain_tx_batches does
+            n += self._hand_tx_batch(q, b, pending, _ignore, status, selected=b.selected)
+        if status:  # the chains before the broken one are completed: now break
+            self._ring_error(q, q.batch_failed(status))
+        return n, status, pending
 
     def _count_discard_drops(self, drops) -> None:
         lib = _lib
@@ -645,12 +720,15 @@ class VirtioNetDevice:
 
     def _hand_tx_batch(self, q: Virtqueue, b: TxBatch, count: int,
                        handler: Callable[[memoryview], None], status: int = 0,
-                       before_push: Callable[[], None] | None = None) -> int:
+                       before_push: Callable[[], None] | None = None,
+                       selected=None) -> int:
         """Hand a popped batch's frames to `handler`, count its drops, complete its
         chains (all of them; if the handler raises, the ones not reached go back, and
         so does a broken chain after them: it is met again next time). `before_push`
-        runs after the last frame, while the views are still valid."""
+        runs after the last frame, while the views are still valid. `selected`: the
+        hook's select flags for the batch (the hook sees only those frames)."""
         unpack = _ffi.unpack
+        sel = None if selected is None else unpack(selected, count)
         kinds = unpack(b.kind, count)
         offs = unpack(b.off, count)
         lens = unpack(b.flen, count)
@@ -684,7 +762,9 @@ class VirtioNetDevice:
                         ln = len(frame)
                     handed += 1
                     nbytes += ln
-                    if hook is not None:
+                    if hook is not None and (sel is None or sel[done - 1]):
+                        h = 10 * (done - 1)  # (the batch read headers only for offloads)
+                        self.frame_vnet = bytes(b.vhdr_view[h:h + 10]) if csum else NO_OFFLOAD
                         hook("guest-tx", memoryview(frame))
                     handler(frame)
             if before_push is not None:
@@ -708,11 +788,23 @@ class VirtioNetDevice:
         with nothing to do per frame (no drop, no checksum to complete, no frame hook)
         costs a few C-speed list operations, whatever its size."""
         cq = q._cq
-        if (self.on_frame is not None or not q.enabled or cq.tx_drops
+        hook = self.on_frame
+        selected = None
+        if hook is not None and q.enabled:
+            sel = self._hook_select()
+            if sel is not None:  # the hook's select decides which frames it sees
+                if _lib.vu_tx_select(cq, b.scratch, b.kind, b.off, b.flen, count, b.frames,
+                                     sel[1], sel[2], b.selected):
+                    selected = b.selected
+                else:
+                    hook = None
+        if (hook is not None or not q.enabled or cq.tx_drops
                 or (self.csum_offload and cq.tx_csum)):
             frames: list = []
+            if selected is None and hook is None and self.on_frame is not None:
+                selected = b.selected  # all zero: the hook sees none of them
             handed = self._hand_tx_batch(q, b, count, frames.append, status,
-                                         lambda: handler(TxFrames.of(frames)))
+                                         lambda: handler(TxFrames.of(frames)), selected)
             return handed
         nbytes = cq.tx_bytes
         views = self.memory.c_views()
@@ -894,6 +986,7 @@ class VirtioNetDevice:
         self.stats["guest_rx_frames"] += 1
         self.stats["guest_rx_bytes"] += len(frame)
         if self.on_frame is not None:
+            self.frame_vnet = head
             self.on_frame("guest-rx", memoryview(frame))
         self._backlog_push(bytes(frame), array("I", [len(frame)]),
                            None if head == NO_OFFLOAD else bytes(head))
@@ -915,11 +1008,7 @@ class VirtioNetDevice:
         self.stats["guest_rx_frames"] += count
         self.stats["guest_rx_bytes"] += nbytes
         if self.on_frame is not None:
-            mv = memoryview(data)
-            o = 0
-            for ln in lens:
-                self.on_frame("guest-rx", mv[o:o + ln])
-                o += ln
+            self._hook_rx_batch(data, lens, hdrs)
         if self._backlog:
             self.flush_backlog()
         chunk = _Chunk(data, lens, hdrs)
@@ -928,6 +1017,32 @@ class VirtioNetDevice:
         if chunk.left:
             self._backlog_add(chunk.rest())
             self._trim_backlog()
+
+    def _hook_rx_batch(self, data, lens: array, hdrs: bytes | None) -> None:
+        """Show frames back to back in `data` to the hook: all of them, or only those
+        its select selects when it has one."""
+        hook = self.on_frame
+        count = len(lens)
+        flags = None
+        sel = self._hook_select()
+        if sel is not None:
+            arrays = self._rx_select
+            if arrays is None or len(arrays[1]) < count:
+                arrays = self._rx_select = (_ffi.new("const uint8_t *[]", max(count, 256)),
+                                            _ffi.new("uint8_t[]", max(count, 256)))
+            frames, out = arrays
+            if not _lib.vu_packed_select(_ffi.from_buffer("uint8_t[]", data),
+                                         _ffi.from_buffer("uint32_t[]", lens), count,
+                                         frames, sel[1], sel[2], out):
+                return
+            flags = _ffi.unpack(out, count)
+        mv = memoryview(data)
+        o = 0
+        for i, ln in enumerate(lens):
+            if flags is None or flags[i]:
+                self.frame_vnet = NO_OFFLOAD if hdrs is None else hdrs[10 * i:10 * i + 10]
+                hook("guest-rx", mv[o:o + ln])
+            o += ln
 
     # -- the backlog: frames waiting for RX buffers ------------------------------------
     def _backlog_push(self, data: bytes, lens: array, hdrs: bytes | None) -> None:
@@ -1038,8 +1153,9 @@ class VirtioNetDevice:
                         body = view[hdr:]
                         result = fn(body)
                         view[:hdr] = _HEADERS[hdr]
-                        view[:10] = self._guest_header(body)
-                        self._after_write(body)
+                        head = self._guest_header(body)
+                        view[:10] = head
+                        self._after_write(body, head)
                         view.release()
                         if self.memory.log is not None:
                             self.memory.log.mark(chain.writable[0][0], hdr + length)
@@ -1051,17 +1167,18 @@ class VirtioNetDevice:
         buf = bytearray(length)
         result = fn(memoryview(buf))
         head = self._guest_header(buf)
-        self._after_write(memoryview(buf))
+        self._after_write(memoryview(buf), head)
         self._backlog_push(bytes(buf), array("I", [length]),
                            None if head == NO_OFFLOAD else head)
         self.flush_backlog()
         self._trim_backlog()
         return result
 
-    def _after_write(self, frame: memoryview) -> None:
+    def _after_write(self, frame: memoryview, head: bytes = NO_OFFLOAD) -> None:
         self.stats["guest_rx_frames"] += 1
         self.stats["guest_rx_bytes"] += len(frame)
         if self.on_frame is not None:
+            self.frame_vnet = head
             self.on_frame("guest-rx", frame)
 
     @property

@@ -532,6 +532,23 @@ class Virtqueue:
         self._cq_out(cq)
         return k, cq.tx_drops, cq.tx_bytes, cq.status
 
+    def discard_tx_select(self, b, limit: int, hdr: int, max_total: int, drops,
+                          want_hdr: bool, sel, ctx) -> tuple[int, int, int, int, int]:
+        """`discard_tx` that offers each batch to the select `sel(ctx, ...)` first (see
+        vu_tx_discard_select): returns its five values, the last the length of the batch
+        it stopped at because `sel` selected a frame in it (0 if none did). That batch
+        is popped but neither counted nor completed: its entries are in `b` (`b.selected`
+        says which frames `sel` chose), for the caller to hand on and push."""
+        if not self.ready:
+            return 0, 0, 0, 0, 0
+        cq = self._cq_in()
+        k = _lib.vu_tx_discard_select(cq, limit, hdr, max_total, want_hdr, b.scratch,
+                                      b.scratch_size, b.size, b.heads, b.kind, b.off, b.flen,
+                                      b.aux, b.vhdr, drops, sel, ctx, b.frames, b.selected,
+                                      b.pending)
+        self._cq_out(cq)
+        return k, cq.tx_drops, cq.tx_bytes, cq.status, b.pending[0]
+
     def batch_failed(self, status: int) -> RingError:
         """Mark the queue broken for the rule a batch call reported; the error to raise
         (the C call leaves its arguments in the state until the next batch call)."""

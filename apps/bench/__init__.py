@@ -59,14 +59,18 @@ class RingResult:
     backend_cpu_us_per_frame: float
     frontend: str = "c"  # "c": TxBatch/RxBatch; "python": send_frames/recv_packets
     ring: str = "split"  # the virtqueue layout: "split" or "packed"
+    capture_filter: str | None = None  # a control-socket capture with this filter ran
+    captured: int = 0  # the frames that capture received
 
 
 # -- the backend side (a subprocess) ----------------------------------------------------
-def run_backend(mode: str, socket_path: str, size: int, path: str = "c") -> None:
+def run_backend(mode: str, socket_path: str, size: int, path: str = "c",
+                control: str | None = None) -> None:
     """Serve one front-end after another as `sink` (counts and drops what the guest
     sends), `source` (fills every RX buffer with `size`-byte frames) or `echo` (sends
     every frame back). `path`: the ring
-    code, "c" (the batched C helpers) or "python" (the per-frame Python path). On
+    code, "c" (the batched C helpers) or "python" (the per-frame Python path). With
+    `control`, a control socket there (apps/control: `vhostnet capture` attaches). On
     SIGTERM prints one JSON line of counts: frames and bytes the guest sent us (and in
     `source` mode how many differ from the frame it sends: a guest forwarding what it
     receives sends them back), frames given to the device for the guest, RX used
@@ -89,8 +93,32 @@ def run_backend(mode: str, socket_path: str, size: int, path: str = "c") -> None
     class Sink:
         device = None
 
+        def __init__(self) -> None:
+            self.frame_hooks: list = []  # control-socket captures, with their filters
+            self.hook_filters: dict = {}
+
+        def add_frame_hook(self, fn, match=None) -> None:
+            self.frame_hooks.append(fn)
+            if match is not None:
+                self.hook_filters[fn] = match
+            self._sync_frame_hook()
+
+        def remove_frame_hook(self, fn) -> None:
+            if fn in self.frame_hooks:
+                self.frame_hooks.remove(fn)
+            self.hook_filters.pop(fn, None)
+            self._sync_frame_hook()
+
+        def _sync_frame_hook(self) -> None:
+            if self.device is not None:
+                from apps.capture import hooks
+
+                hooks.install(self.device, [(fn, self.hook_filters.get(fn))
+                                            for fn in self.frame_hooks])
+
         def attach(self, device) -> None:
             self.device = device
+            self._sync_frame_hook()
 
         def detach(self) -> None:
             dev = self.device
@@ -174,12 +202,19 @@ def run_backend(mode: str, socket_path: str, size: int, path: str = "c") -> None
         server = VhostUserServer(connect_path=socket_path[len("connect:"):], app=app)
     else:
         server = VhostUserServer(socket_path=socket_path, app=app)
+    ctl = None
+    if control is not None:
+        from apps.control import ControlServer
+
+        ctl = ControlServer(server, app, control)
     if threading.current_thread() is threading.main_thread():
         install_signal_handlers(server)
     print("ready", flush=True)
     try:
         server.serve_forever()
     finally:
+        if ctl is not None:
+            ctl.close()
         server.close()
         if app.device is not None:
             app.detach()
@@ -188,10 +223,10 @@ def run_backend(mode: str, socket_path: str, size: int, path: str = "c") -> None
 
 # -- the front-end side -----------------------------------------------------------------
 def _start_backend(mode: str, path: str, size: int, ring: str = "c",
-                   stderr=None) -> subprocess.Popen:
+                   stderr=None, control: str | None = None) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "apps.bench", "backend", mode, path,
-                             str(size), ring], stdout=subprocess.PIPE, stderr=stderr,
-                            text=True)
+                             str(size), ring, *([control] if control else [])],
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError("benchmark backend did not start")
     return proc
@@ -229,22 +264,55 @@ def _ring_frontend(path: str, ring: str):
     return fe
 
 
+def _capture_client(control: str, expr: str) -> tuple[threading.Thread, list]:
+    """`vhostnet capture --filter EXPR` on the backend's control socket, in a thread that
+    counts the frames it gets (in `counted[0]`) until the backend closes the socket."""
+    from apps.control import ControlClient, ControlError
+
+    client = ControlClient(control)
+    frames = client.frames(filter=expr)
+    counted = [0]
+
+    def read() -> None:
+        try:
+            for _ in frames:
+                counted[0] += 1
+        except (ControlError, OSError, ValueError):
+            pass
+        finally:
+            client.close()
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return t, counted
+
+
 def ring_guest_to_backend(size: int, seconds: float, frontend: str = "c",
-                          backend: str = "c", ring: str = "split") -> RingResult:
+                          backend: str = "c", ring: str = "split",
+                          capture_filter: str | None = None,
+                          rate: int | None = None) -> RingResult:
     """Frames of `size` bytes to the sink, 256 (16 above 1514 bytes) per batch: with the
     C path as many as there are free buffers per call, the ring kept full; with the
     Python path one batch at a time, each waited for. Every frame sent must have reached
     the sink (its count and bytes), and no queue may have been declared broken.
     `backend`: the backend's ring path, "c" or "python"; `ring`: "split" or "packed"
     (our front-end drives packed rings frame by frame: its C batches are split-only; the
-    backend takes its C batches on both layouts)."""
+    backend takes its C batches on both layouts). `capture_filter`: a control-socket
+    capture with that pcap-filter expression is attached to the backend throughout.
+    `rate`: frames per second (C front-end only), sent a millisecond's worth at a time,
+    instead of as fast as the backend takes them."""
     if ring == "packed":
         frontend = "python"
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "bench.sock")
-        proc = _start_backend("sink", path, size, backend)
+        control = os.path.join(d, "bench.ctl") if capture_filter is not None else None
+        proc = _start_backend("sink", path, size, backend, control=control)
         counts = None
+        captured = [0]
         try:
+            reader = None
+            if control is not None:
+                reader, captured = _capture_client(control, capture_filter)
             fe = _ring_frontend(path, ring)
             frame = bytes(size)
             batch = 256 if size <= 1514 else 16
@@ -255,7 +323,19 @@ def ring_guest_to_backend(size: int, seconds: float, frontend: str = "c",
                 data, lens = frame * batch, array("I", [size] * batch)
             cpu0 = _cpu_seconds(proc.pid)
             t0 = time.perf_counter()
-            if frontend == "c":
+            if frontend == "c" and rate:
+                per_ms = max(1, rate // 1000)
+                data, lens = frame * per_ms, array("I", [size] * per_ms)
+                due = t0
+                while due - t0 < seconds:
+                    tx.reap()
+                    frames += tx.send(data, lens)
+                    due += per_ms / rate
+                    pause = due - time.perf_counter()
+                    if pause > 0:
+                        time.sleep(pause)
+                tx.flush(timeout=5)
+            elif frontend == "c":
                 while time.perf_counter() - t0 < seconds:
                     tx.reap()
                     n = tx.send(data, lens)
@@ -272,13 +352,16 @@ def ring_guest_to_backend(size: int, seconds: float, frontend: str = "c",
             cpu = _cpu_seconds(proc.pid) - cpu0
             fe.close()
             counts = _stop_backend(proc)
+            if reader is not None:
+                reader.join(5)
         finally:
             if counts is None:
                 proc.kill()
                 proc.wait(5)
     _check_counts(f"guest->backend {size}", counts, frames, frames * size)
     return RingResult("guest->backend", size, frames, dt, frames / dt,
-                      frames * size * 8 / dt / 1e9, cpu / frames * 1e6, frontend, ring)
+                      frames * size * 8 / dt / 1e9, cpu / frames * 1e6, frontend, ring,
+                      capture_filter, captured[0])
 
 
 def _check_counts(what: str, counts: dict, frames: int, nbytes: int) -> None:
@@ -363,16 +446,26 @@ def ring_backend_to_guest(size: int, seconds: float, rx_buffer: int | None = Non
 
 def bench_ring(seconds: float, sizes=(64, 1500, 65536),
                rx_buffer: int | None = None, frontend: str = "c",
-               backend: str = "c", rings=("split", "packed")) -> list[RingResult]:
+               backend: str = "c", rings=("split", "packed"),
+               capture_filter: str | None = None, rate: int | None = None
+               ) -> list[RingResult]:
     """`frontend`: "c" (the batched TxBatch/RxBatch path) or "python" (per frame);
     `backend`: the backend's ring path, the same two; `rings`: the layouts, side by side
-    (our front-end drives packed rings frame by frame)."""
+    (our front-end drives packed rings frame by frame). With `capture_filter` (a
+    pcap-filter expression) or `rate` (frames/s), guest->backend only: with a capture
+    filter, each case without a capture and then with a control-socket capture of that
+    filter attached, for the cost of the capture."""
     out = []
     for size in sizes:
         for ring in rings:
-            out.append(ring_guest_to_backend(size, seconds, frontend, backend, ring))
-            out.append(ring_backend_to_guest(size, seconds, rx_buffer, frontend, backend,
-                                             ring))
+            if capture_filter is None and rate is None:
+                out.append(ring_guest_to_backend(size, seconds, frontend, backend, ring))
+                out.append(ring_backend_to_guest(size, seconds, rx_buffer, frontend,
+                                                 backend, ring))
+                continue
+            for flt in (None, capture_filter) if capture_filter is not None else (None,):
+                out.append(ring_guest_to_backend(size, seconds, frontend, backend, ring,
+                                                 flt, rate))
     return out
 
 
@@ -433,7 +526,9 @@ def print_ring(results: list[RingResult]) -> None:
     for r in results:
         print(f"{r.direction:<16} {r.ring:>6} {r.frame_size:>6} {r.frames_per_s:>10.0f} "
               f"{r.gbit_per_s:>8.3f} {r.backend_cpu_us_per_frame:>17.2f}  "
-              + ("C batches" if r.frontend == "c" else "Python, per frame"))
+              + ("C batches" if r.frontend == "c" else "Python, per frame")
+              + (f"; capture {r.capture_filter!r} ({r.captured} captured)"
+                 if r.capture_filter is not None else ""))
 
 
 BENCHMARKS = """benchmarks (WHAT):
@@ -469,6 +564,8 @@ examples:
   vhostnet bench                          # ring, 2 s per measurement
   vhostnet bench all --json bench.json    # everything, one JSON (make bench; a few minutes)
   vhostnet bench ring --sizes 64,1500 --seconds 1 --json ring.json
+  vhostnet bench ring --sizes 64 --rings split --rate 100000 \\
+      --capture-filter 'ether host 00:00:00:00:00:01'   # what a capture costs
   vhostnet bench dpdk --seconds 5
   vhostnet bench stack --no-tap
   vhostnet bench vm --smoke --backends ours,slirp
@@ -533,6 +630,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ring-backend", choices=["c", "python"], default="c",
                    help="ring: the backend's data path: c (default; the batched C helpers) "
                         "or python (the per-frame Python path they replace)")
+    p.add_argument("--capture-filter", metavar="EXPR",
+                   help="ring: guest->backend without and then with a `vhostnet capture "
+                        "--filter EXPR` attached to the backend (e.g. 'ether host "
+                        "00:00:00:00:00:01', which drops everything): the capture's cost")
+    p.add_argument("--rate", type=int, metavar="FRAMES",
+                   help="ring: guest->backend only, FRAMES per second (a millisecond's "
+                        "worth at a time) instead of as fast as the backend goes")
     return p
 
 
@@ -618,6 +722,10 @@ def _run(what: str, args: argparse.Namespace, argv: list[str] | None) -> dict:
         rings = tuple(args.rings.split(","))
         if rings != ("split", "packed"):
             kw["rings"] = rings
+        if args.capture_filter is not None:
+            kw["capture_filter"] = args.capture_filter
+        if args.rate:
+            kw["rate"] = args.rate
         results = bench_ring(args.seconds, sizes, **kw)
         print_ring(results)
         out = {"ring": [asdict(r) for r in results]}

@@ -19,14 +19,23 @@ Requests:
 - `{"cmd": "faults"}` -> `{"ok": true, "faults": {"enabled", "knobs", "stats"}}`; with
   `"set": {knob: value, ...}` faults go on (or change) on the live link first, with
   `"off": true` they go off. Knobs are `FaultInjector`'s (`drop`, `delay`, `reorder`,
-  `duplicate`, `corrupt`, `corrupt_skip`, `rate_limit`, `interval`, `max_size`, `seed`);
+  `duplicate`, `corrupt`, `corrupt_skip`, `rate_limit`, `interval`, `max_size`, `seed`)
+  and `match`, a pcap-filter expression: the faults damage only the frames it accepts
+  ("" for all; a bad one fails the request with libpcap's message, nothing changed);
   `loss` and `rate` are accepted for `drop` and `rate_limit`.
-- `{"cmd": "capture"}` (optional `"snaplen": N`) -> `{"ok": true, "capturing": true}`, then
-  one line per frame crossing the virtqueues until the client hangs up:
-  `{"ts": unix time, "dir": "guest-tx" | "guest-rx", "len": N, "frame": hex, "lost": N}`.
-  `guest-tx` is a frame the guest sent, `guest-rx` one it was given. Frames that find more
-  than `CAPTURE_BUFFER` bytes waiting for a slow client are not sent (`lost` counts them).
-  The server sends raw frames; the client filters and decodes them.
+- `{"cmd": "capture"}` (optional `"snaplen": N`, `"filter": EXPR`) -> `{"ok": true,
+  "capturing": true}`, then one line per frame crossing the virtqueues until the client
+  hangs up: `{"ts": unix time, "dir": "guest-tx" | "guest-rx", "len": N, "frame": hex,
+  "lost": N}`. `guest-tx` is a frame the guest sent, `guest-rx` one it was given. `EXPR`
+  is a pcap-filter expression (tcpdump's syntax, compiled by libpcap: see
+  apps/capture/bpf.py; a bad one fails the request with libpcap's message): the server
+  runs it before a frame is encoded or queued, and sends only the frames it accepts.
+  Those that find more than `CAPTURE_BUFFER` bytes waiting for a slow client are not
+  sent (`lost` counts them). The client decodes what it gets (apps/capture/decode.py).
+  With `"vnet": true` each record also has `"vnet": hex`, the first 10 bytes of the
+  virtio_net_hdr the frame crossed the rings with (flags, gso_type, hdr_len, gso_size,
+  csum_start, csum_offset, little-endian): the guest's for `guest-tx`, ours for
+  `guest-rx`; all zeros when no offload was negotiated.
 
 Sessions go like this (a stack `StackApp`, a `VhostUserServer` built by `make_server`):
 
@@ -58,6 +67,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
+
+from apps.capture.bpf import Filter
 
 log = logging.getLogger("vhostnet.control")
 
@@ -220,6 +231,11 @@ class ControlServer:
             if not isinstance(knobs, dict):
                 raise ControlError('"set" is an object of fault knobs')
             knobs = {KNOB_ALIASES.get(k, k): v for k, v in knobs.items()}
+            if "match" in knobs:
+                try:
+                    Filter.compile(knobs["match"])
+                except (TypeError, ValueError) as e:
+                    raise ControlError(BAD_MATCH + " ".join(str(e).split())) from None
             try:
                 set_faults(knobs)
             except (TypeError, ValueError) as e:
@@ -237,8 +253,21 @@ class ControlServer:
         snaplen = req.get("snaplen")
         if snaplen is not None and (not isinstance(snaplen, int) or snaplen <= 0):
             raise ControlError("snaplen is a positive number of bytes")
+        expr = req.get("filter")
+        if expr is not None and not isinstance(expr, str):
+            raise ControlError("filter is a pcap-filter expression (a string)")
+        try:
+            match = Filter.compile(expr) if expr else None
+        except ValueError as e:  # libpcap's own words, one line
+            raise ControlError(" ".join(str(e).split())) from None
         c.snaplen = snaplen
+        vnet = req.get("vnet", False)
+        if not isinstance(vnet, bool):
+            raise ControlError("vnet is true or false")
+        app = self.app
 
+        # `match` runs first (add_frame_hook): the frames it rejects cost one BPF run,
+        # in C over a whole batch where the device can
         def hook(direction: str, frame: memoryview) -> None:
             if c.closed:
                 return
@@ -246,12 +275,15 @@ class ControlServer:
                 c.lost += 1
                 return
             data = frame[:c.snaplen] if c.snaplen else frame
+            # the device's header for this frame (vhostuser/net.py: set before the hook)
+            head = (f', "vnet": "{bytes(getattr(app.device, "frame_vnet", b"")).hex()}"'
+                    if vnet else "")
             c.out += (f'{{"ts": {time.time():.6f}, "dir": "{direction}", "len": {len(frame)}, '
-                      f'"frame": "{bytes(data).hex()}", "lost": {c.lost}}}\n').encode()
+                      f'"frame": "{bytes(data).hex()}", "lost": {c.lost}{head}}}\n').encode()
             self._flush(c)
 
         c.hook = hook
-        self.app.add_frame_hook(hook)
+        self.app.add_frame_hook(hook, match)
         return {"capturing": True}
 
     def _remove_hook(self, hook) -> None:
@@ -519,13 +551,20 @@ class ControlClient:
             raise ControlError("the backend closed the control connection")
         return json.loads(line)
 
-    def frames(self, snaplen: int | None = None, timeout: float | None = None
-               ) -> Iterator[dict]:
-        """Start a capture now; return an iterator of the frame records as they come
-        (forever; with `timeout`, socket.timeout when none came for that long)."""
+    def frames(self, snaplen: int | None = None, timeout: float | None = None,
+               filter: str | None = None, vnet: bool = False) -> Iterator[dict]:
+        """Start a capture now (of the frames the pcap-filter expression `filter`
+        accepts, evaluated by the backend); return an iterator of the frame records as
+        they come (forever; with `timeout`, socket.timeout when none came for that
+        long). ControlError with libpcap's message for a bad expression. With `vnet`,
+        the records carry the frames' virtio_net_hdr."""
         req: dict = {"cmd": "capture"}
         if snaplen:
             req["snaplen"] = snaplen
+        if filter:
+            req["filter"] = filter
+        if vnet:
+            req["vnet"] = True
         self.request(req)
         self.sock.settimeout(timeout)
         return iter(self.read, None)
@@ -541,123 +580,27 @@ class ControlClient:
         self.close()
 
 
-# -- capture filters ----------------------------------------------------------------------
-PROTOCOLS = ("tcp", "udp", "icmp", "arp", "dhcp", "dns", "ip")
+def format_frame(rec: dict, decoder=None) -> str:
+    """One capture record as tcpdump prints a packet: the local time, the direction
+    (`guest>` a frame the guest sent, `>guest` one it was given), the virtio_net_hdr when
+    the record carries it, then the frame decoded by `decoder` (an
+    apps.capture.decode.Decoder: its -v/-x, and what it keeps between the frames of one
+    capture; a fresh one when None). -v and -x add lines, as tcpdump's do.
 
-
-def parse_filter(text: str | None) -> Callable[[object], bool]:
-    """A small tcpdump-like filter over scapy packets: terms joined by `and` (or just
-    juxtaposed), each a protocol (tcp udp icmp arp dhcp dns ip), `port N`, `host ADDR`
-    (IPv4 or ARP address, either end), `src|dst host ADDR`, `src|dst port N`, optionally
-    preceded by `not`. ValueError for anything else.
-
-    >>> from scapy.layers.l2 import Ether
-    >>> from scapy.layers.inet import IP, TCP
-    >>> f = parse_filter("tcp port 80 and host 10.0.2.2")
-    >>> f(Ether()/IP(src="10.0.2.15", dst="10.0.2.2")/TCP(dport=80)), f(Ether()/IP()/TCP())
-    (True, False)
+    >>> rec = {"ts": 0.5, "dir": "guest-tx", "len": 42, "frame": "ff" * 6 + "525400123456"
+    ...        "08060001080006040001525400123456" "0a00020f000000000000" "0a000202"}
+    >>> format_frame(rec)[8:]
+    '.500000 guest> 52:54:00:12:34:56 > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), \
+length 42: Request who-has 10.0.2.2 tell 10.0.2.15, length 28'
     """
-    words = (text or "").split()
-    tests: list[Callable[[object], bool]] = []
-    i = 0
-    while i < len(words):
-        w = words[i].lower()
-        if w in ("and", "&&"):
-            i += 1
-            continue
-        negate = False
-        if w in ("not", "!"):
-            negate = True
-            i += 1
-            if i >= len(words):
-                raise ValueError("`not` needs a term after it")
-            w = words[i].lower()
-        direction = None
-        if w in ("src", "dst"):
-            direction = w
-            i += 1
-            if i >= len(words) or words[i].lower() not in ("host", "port"):
-                raise ValueError(f"`{w}` is followed by `host ADDR` or `port N`")
-            w = words[i].lower()
-        if w in PROTOCOLS:
-            test = _proto_test(w)
-            i += 1
-        elif w in ("port", "host"):
-            if i + 1 >= len(words):
-                raise ValueError(f"`{w}` needs a value")
-            value = words[i + 1]
-            if w == "port":
-                try:
-                    port = int(value)
-                except ValueError:
-                    raise ValueError(f"not a port number: {value!r}") from None
-                test = _port_test(port, direction)
-            else:
-                test = _host_test(value, direction)
-            i += 2
-        else:
-            raise ValueError(f"unknown filter term {words[i]!r} (protocols: "
-                             f"{' '.join(PROTOCOLS)}; port N; host ADDR; src/dst; not; and)")
-        tests.append((lambda p, t=test: not t(p)) if negate else test)
-    return lambda pkt: all(t(pkt) for t in tests)
+    from apps.capture.decode import Decoder, vnet_summary
 
-
-def _proto_test(name: str) -> Callable[[object], bool]:
-    from scapy.layers.dhcp import DHCP
-    from scapy.layers.dns import DNS
-    from scapy.layers.inet import ICMP, IP, TCP, UDP
-    from scapy.layers.l2 import ARP
-
-    layer = {"tcp": TCP, "udp": UDP, "icmp": ICMP, "arp": ARP, "dhcp": DHCP, "dns": DNS,
-             "ip": IP}[name]
-    if name == "dhcp":
-        return lambda p: p.haslayer(DHCP) or (p.haslayer(UDP) and p[UDP].dport in (67, 68))
-    return lambda p: p.haslayer(layer)
-
-
-def _port_test(port: int, direction: str | None) -> Callable[[object], bool]:
-    from scapy.layers.inet import TCP, UDP
-
-    def test(p) -> bool:
-        for layer in (TCP, UDP):
-            if p.haslayer(layer):
-                l4 = p[layer]
-                ports = {"src": (l4.sport,), "dst": (l4.dport,)}.get(direction,
-                                                                   (l4.sport, l4.dport))
-                return port in ports
-        return False
-
-    return test
-
-
-def _host_test(addr: str, direction: str | None) -> Callable[[object], bool]:
-    from scapy.layers.inet import IP
-    from scapy.layers.l2 import ARP
-
-    def test(p) -> bool:
-        if p.haslayer(IP):
-            ip = p[IP]
-            ends = {"src": (ip.src,), "dst": (ip.dst,)}.get(direction, (ip.src, ip.dst))
-            return addr in ends
-        if p.haslayer(ARP):
-            arp = p[ARP]
-            ends = {"src": (arp.psrc,), "dst": (arp.pdst,)}.get(direction,
-                                                               (arp.psrc, arp.pdst))
-            return addr in ends
-        return False
-
-    return test
-
-
-def format_frame(rec: dict, pkt=None) -> str:
-    """One capture line: time, direction arrow, length, scapy's summary."""
-    if pkt is None:
-        from scapy.layers.l2 import Ether
-
-        pkt = Ether(bytes.fromhex(rec["frame"]))
+    if decoder is None:
+        decoder = Decoder()
     ts = time.strftime("%H:%M:%S", time.localtime(rec["ts"])) + f"{rec['ts'] % 1:.6f}"[1:]
     arrow = "guest>" if rec["dir"] == "guest-tx" else ">guest"
-    return f"{ts} {arrow} {rec['len']:5d} {pkt.summary()}"
+    vnet = f"{vnet_summary(bytes.fromhex(rec['vnet']))} " if rec.get("vnet") else ""
+    return f"{ts} {arrow} {vnet}{decoder.decode(bytes.fromhex(rec['frame']), rec['len'])}"
 
 
 # -- structured logs ----------------------------------------------------------------------
@@ -845,7 +788,10 @@ def _format_ipv6(v6: dict) -> list[str]:
 # the injector's knobs by the option that sets them (what the user typed is what they read)
 FAULT_OPTIONS = {"drop": "--loss", "delay": "--delay", "reorder": "--reorder",
                  "duplicate": "--duplicate", "corrupt": "--corrupt", "max_size": "--max-size",
-                 "seed": "--seed", "rate_limit": "--rate"}
+                 "seed": "--seed", "rate_limit": "--rate", "match": "--match"}
+
+
+BAD_MATCH = "bad match expression: "  # the faults request's error (libpcap's words follow)
 
 
 def _user_words(text: str) -> str:
@@ -867,6 +813,8 @@ def cmd_faults(args: argparse.Namespace) -> int:
         knobs["corrupt_skip"] = 14  # keep the Ethernet header: damage what the stack parses
     if args.rate is not None:
         knobs["rate_limit"], knobs["interval"] = args.rate, 1.0
+    if args.match is not None:
+        knobs["match"] = args.match
     if args.off and knobs:
         return _fail("--off turns faults off; give it alone")
     req: dict = {"cmd": "faults"}
@@ -878,7 +826,10 @@ def cmd_faults(args: argparse.Namespace) -> int:
         with ControlClient(_path(args)) as c:
             faults = c.request(req)["faults"]
     except ControlError as e:
-        return _fail(_user_words(str(e)))
+        msg = str(e)
+        if msg.startswith(BAD_MATCH):  # libpcap's words, untouched
+            return _fail(f"bad --match {args.match!r}: {msg[len(BAD_MATCH):]}")
+        return _fail(_user_words(msg))
     if args.json:
         print(json.dumps(faults, indent=2))
     elif faults["enabled"]:
@@ -894,25 +845,27 @@ def cmd_faults(args: argparse.Namespace) -> int:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    try:
-        match = parse_filter(args.filter)
-    except ValueError as e:
-        return _fail(f"bad --filter: {e}")
-    from scapy.layers.l2 import Ether
+    from apps.capture.decode import Decoder
 
+    # (--json records carry the frame's hex already: their summary gets no hex dump)
+    decoder = Decoder(args.verbose, hexdump=args.hex and not args.json)
     seen = 0
     lost = 0
     try:
         with ControlClient(_path(args)) as c:
-            for rec in c.frames(args.snaplen):
+            try:
+                frames = c.frames(args.snaplen, filter=args.filter, vnet=args.vnet)
+            except ControlError as e:  # the backend compiled the filter: libpcap's words
+                if args.filter:
+                    return _fail(f"bad --filter {args.filter!r}: {e}")
+                raise
+            for rec in frames:
                 lost = rec.get("lost", 0)
-                pkt = Ether(bytes.fromhex(rec["frame"]))
-                if not match(pkt):
-                    continue
                 if args.json:
+                    rec["summary"] = decoder.decode(bytes.fromhex(rec["frame"]), rec["len"])
                     print(json.dumps(rec), flush=True)
                 else:
-                    print(format_frame(rec, pkt), flush=True)
+                    print(format_frame(rec, decoder), flush=True)
                 seen += 1
                 if args.count and seen >= args.count:
                     break
@@ -971,6 +924,7 @@ def add_parser(sub) -> None:
                     "what they did (passed, dropped, delayed, ... per direction).",
         epilog="examples:\n  vhostnet faults --loss 0.05 --delay 0.02 --reorder 0.01\n"
                "  vhostnet faults --rate 100        # at most 100 frames/s each way\n"
+               "  vhostnet faults --loss 0.3 --match 'tcp port 5432'\n"
                "  vhostnet faults                   # what is on, and its counters\n"
                "  vhostnet faults --off")
     _add_target(f)
@@ -986,6 +940,10 @@ def add_parser(sub) -> None:
                    help="at most FRAMES frames per second each way; the rest are dropped")
     f.add_argument("--max-size", type=int, metavar="BYTES", help="drop longer frames")
     f.add_argument("--seed", type=int, help="seed of the injector's randomness")
+    f.add_argument("--match", metavar="EXPR",
+                   help="damage only the frames this pcap-filter expression accepts "
+                        "(tcpdump's syntax, both directions); the others pass untouched "
+                        "(counted as unmatched); '' for all frames again")
     f.add_argument("--off", action="store_true", help="no faults any more")
     f.set_defaults(func=cmd_faults)
 
@@ -994,16 +952,37 @@ def add_parser(sub) -> None:
         formatter_class=raw,
         description="Print one line per frame crossing the virtqueues of a running "
                     "backend: time, direction (guest> the guest sent it, >guest it was "
-                    "given), length and a scapy summary. Ctrl-C ends it. The backend "
-                    "streams raw frames; filtering and decoding happen here.\n\n"
-                    "filter terms (all must match): tcp udp icmp arp dhcp dns ip, "
-                    "port N, host ADDR, src/dst before port or host, not before a term.",
+                    "given), then the frame as `tcpdump -n -e` prints it: MACs, "
+                    "EtherType, addresses and ports, ICMP/ICMPv6 types, TCP flags, "
+                    "seq/ack/win and options, DNS, DHCP, TFTP... (-v, -vv, -vvv and -x "
+                    "as tcpdump's -v, -vv, -vvv and -XX). Ctrl-C ends it. The backend "
+                    "filters (--filter: tcpdump's pcap-filter syntax, compiled by "
+                    "libpcap and run before a frame leaves the backend) and streams the "
+                    "raw frames; decoding happens here.",
         epilog="examples:\n  vhostnet capture\n  vhostnet capture --filter 'tcp port 80'\n"
                "  vhostnet capture --filter 'udp and not port 53' --count 10\n"
-               "  vhostnet capture --json > frames.jsonl")
+               "  vhostnet capture --filter 'icmp6 or (tcp[tcpflags] & tcp-syn != 0)'\n"
+               "  vhostnet capture -v --filter 'udp port 67 or udp port 68'  # DHCP options\n"
+               "  vhostnet capture -x --count 1                  # and the frame in hex\n"
+               "  vhostnet capture --vnet --filter tcp           # offloads: GSO, csum\n"
+               "  vhostnet capture --json > frames.jsonl   # each with its line: \"summary\"")
     _add_target(c)
-    c.add_argument("--filter", metavar="EXPR", help="show only matching frames (see above)")
+    c.add_argument("--filter", metavar="EXPR",
+                   help="show only the frames this pcap-filter expression accepts, as "
+                        "tcpdump's (man 7 pcap-filter), e.g. 'tcp port 80 or icmp6'")
     c.add_argument("--count", type=int, metavar="N", help="stop after N matching frames")
     c.add_argument("--snaplen", type=int, metavar="BYTES",
                    help="ask the backend for at most BYTES of each frame")
+    c.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more detail, as tcpdump's -v: IP ttl/id/flags/length, "
+                        "checksums (a partial one the guest left to the device shows as "
+                        "incorrect), DHCP and NDP options, DNS answer names; -vv adds a "
+                        "DNS response's question, -vvv DNS TTLs")
+    c.add_argument("-x", "--hex", action="store_true",
+                   help="the whole frame in hex and ASCII below its line (tcpdump -XX)")
+    c.add_argument("--vnet", action="store_true",
+                   help="show each frame's virtio_net_hdr: flags (NEEDS_CSUM, "
+                        "DATA_VALID), gso_type (NONE, TCPV4, TCPV6, UDP), hdr_len, "
+                        "gso_size, csum_start and csum_offset, as the guest sent it "
+                        "(guest>) or we gave it (>guest)")
     c.set_defaults(func=cmd_capture)

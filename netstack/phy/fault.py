@@ -6,6 +6,11 @@ Every fault applies to both directions; each direction keeps its own counters (`
 `stats.tx`) and its own rate-limit bucket. Randomness comes from one `random.Random(seed)`,
 so the same seed and the same sequence of calls give the same damage. Knobs:
 
+- `match`: a predicate over a frame (None: every frame). A frame it rejects passes
+  untouched, at once, counted only as `unmatched`: no other knob sees it (it takes no
+  rate token and draws no random number). `vhostnet faults --match EXPR` makes it a
+  pcap-filter expression (apps/capture/bpf.py; netstack knows only the callable).
+
 - `drop`, `corrupt`, `duplicate`, `reorder`: probabilities in [0, 1], per frame.
 - `corrupt` flips one random byte (XOR with 1..255, so it always changes), never in the first
   `corrupt_skip` bytes (e.g. 14 to keep the Ethernet header intact); a frame no longer than
@@ -18,8 +23,8 @@ so the same seed and the same sequence of calls give the same damage. Knobs:
   are dropped (`rate_limited`). None = unlimited.
 - `delay`: frames are held until `now >= t + delay`.
 
-Order of checks per frame: size, rate, drop, corrupt, duplicate, reorder, delay. Knobs can be
-changed at any time with `configure(**kw)`.
+Order of checks per frame: match, size, rate, drop, corrupt, duplicate, reorder, delay.
+Knobs can be changed at any time with `configure(**kw)`.
 
 Held frames (delayed, reordered, waiting for room on the inner device) are released by the
 next `receive`/`transmit` call at or after their time; `poll_at()` says when that is, so the
@@ -66,8 +71,12 @@ class FaultConfig:
     rate_limit: int | None = None
     interval: float = 0.1
     delay: float = 0.0
+    match: Callable[[bytearray], bool] | None = None
 
     def validate(self) -> None:
+        if self.match is not None and not callable(self.match):
+            raise ValueError(f"match must be a predicate over frames or None, got "
+                             f"{self.match!r}")
         for name in ("drop", "corrupt", "duplicate", "reorder"):
             p = getattr(self, name)
             if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
@@ -97,6 +106,7 @@ class FaultCounters:
     reordered: int = 0
     delayed: int = 0
     overflow: int = 0  # dropped because queue_limit frames were already held
+    unmatched: int = 0  # passed untouched: `match` rejected them
 
 
 @dataclass(slots=True)
@@ -163,6 +173,7 @@ class FaultInjector:
         rate_limit: int | None = None,
         interval: float = 0.1,
         delay: float = 0.0,
+        match: Callable[[bytearray], bool] | None = None,
         queue_limit: int = 1024,
     ) -> None:
         if queue_limit <= 0:
@@ -178,6 +189,7 @@ class FaultInjector:
             rate_limit=rate_limit,
             interval=interval,
             delay=delay,
+            match=match,
         )
         self.config.validate()
         self.queue_limit = queue_limit
@@ -304,6 +316,10 @@ class FaultInjector:
 
     def _process(self, lane: _Lane, frame: bytearray, now: float) -> None:
         cfg, c, rng = self.config, lane.counters, self.rng
+        if cfg.match is not None and not cfg.match(frame):
+            c.unmatched += 1
+            self._push(lane, frame, now)
+            return
         if cfg.max_size is not None and len(frame) > cfg.max_size:
             c.oversize += 1
             return

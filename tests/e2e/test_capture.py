@@ -79,3 +79,84 @@ def test_a_pcap_reader_that_exits_stops_the_capture_not_the_traffic(tmp_path, gu
     assert log.count("pcap capture stopped") == 1, log
     assert "Traceback" not in log, log
     assert len(log.splitlines()) < 40, log
+
+
+def test_filters_in_the_backend_with_a_guest(tmp_path, guest_image):
+    """pcap-filter expressions where the backend runs them, with a Linux guest: `serve
+    --pcap-filter 'tcp port 80'` writes only the HTTP frames; `vhostnet capture --filter
+    'icmp or arp'` gets only ARP and ICMP while the guest also downloads by HTTP; and
+    `faults --match icmp --loss 1` loses every ping while the download still works."""
+    import json
+    import os
+    import sys
+    import time
+
+    from scapy.layers.inet import ICMP
+    from scapy.layers.l2 import ARP, Ether
+
+    sock, ctl, pcap = (str(tmp_path / n) for n in ("vhost.sock", "vhost.ctl", "http.pcap"))
+    cli = [sys.executable, "-m", "apps.cli"]
+    serve = subprocess.Popen([*cli, "serve", "--socket-path", sock, "--control", ctl,
+                              "--pcap", pcap, "--pcap-filter", "tcp port 80"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             cwd=os.getcwd())
+    capture = None
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(ctl):
+            assert time.monotonic() < deadline and serve.poll() is None, serve.stderr.read()
+            time.sleep(0.1)
+        with QemuVM(guest_image, nic_args=vhost_user_nic_args(sock, mac=GUEST_MAC)) as vm:
+            vm.wait_ready(timeout=120)
+            vm.run_ok("ip link set eth0 up && udhcpc -i eth0 -n -q -t 5 -T 2", timeout=60)
+            capture = subprocess.Popen([*cli, "capture", "--control", ctl, "--json",
+                                        "--filter", "icmp or arp"],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, cwd=os.getcwd())
+            time.sleep(2)  # (the capture attaches)
+            vm.run_ok("ip neigh flush dev eth0; ping -c 3 -i 0.2 10.0.2.2")
+            vm.run_ok("wget -q -O /tmp/a http://10.0.2.2/bytes/200000 && wc -c /tmp/a",
+                      timeout=60)
+            time.sleep(1)
+            capture.terminate()
+            out, err = capture.communicate(timeout=10)
+            frames = [Ether(bytes.fromhex(json.loads(line)["frame"]))
+                      for line in out.splitlines()]
+            assert all(p.haslayer(ARP) or p.haslayer(ICMP) for p in frames)
+            icmp = [p[ICMP].type for p in frames if p.haslayer(ICMP)]
+            assert icmp.count(8) == 3 and icmp.count(0) == 3, icmp
+            assert any(p.haslayer(ARP) for p in frames)
+
+            r = subprocess.run([*cli, "faults", "--control", ctl, "--loss", "1",
+                                "--match", "icmp"], capture_output=True, text=True,
+                               timeout=30, cwd=os.getcwd())
+            assert r.returncode == 0 and "match=icmp" in r.stdout, r.stderr
+            ping = vm.run("ping -c 3 -i 0.2 -W 1 10.0.2.2", timeout=30)
+            assert "100% packet loss" in ping.output, ping.output
+            got = vm.run_ok("wget -q -O /tmp/b http://10.0.2.2/bytes/300000 && wc -c < /tmp/b",
+                            timeout=60)
+            assert got.split()[-1] == "300000"
+            faults = json.loads(subprocess.run(
+                [*cli, "faults", "--control", ctl, "--json"], capture_output=True,
+                text=True, timeout=30, check=True).stdout)
+            assert faults["knobs"] == {"drop": 1.0, "match": "icmp"}
+            assert faults["stats"]["rx"]["dropped"] >= 3
+            # the download's segments and the guest's ACKs, untouched
+            assert faults["stats"]["tx"]["unmatched"] >= 5
+            assert faults["stats"]["rx"]["unmatched"] >= 5
+            assert faults["stats"]["tx"]["dropped"] == 0
+            subprocess.run([*cli, "faults", "--control", ctl, "--off"], check=True,
+                           capture_output=True, timeout=30, cwd=os.getcwd())
+            vm.run_ok("ping -c 2 -i 0.2 10.0.2.2")
+    finally:
+        if capture is not None and capture.poll() is None:
+            capture.kill()
+        serve.terminate()
+        serve.wait(10)
+    r = subprocess.run(["tcpdump", "-n", "-r", pcap, "not tcp port 80"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == "", r.stdout
+    r = subprocess.run(["tcpdump", "-n", "-r", pcap], capture_output=True, text=True,
+                       timeout=30)
+    assert r.stdout.count("> 10.0.2.2.80: Flags [S],") == 2  # both downloads, whole
+    assert r.stdout.count("10.0.2.2.80 > 10.0.2.15") > 10

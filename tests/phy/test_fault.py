@@ -254,6 +254,53 @@ def test_bad_values_rejected(kw):
     assert fi.config.drop == 0.5  # unchanged
 
 
+def odd(frame) -> bool:
+    """A `match`: the frames whose first byte is odd."""
+    return frame[0] % 2 == 1
+
+
+@pytest.mark.parametrize("run", [rx_run, tx_run])
+def test_match_damages_only_matching_frames(run):
+    """Frames `match` rejects pass untouched, in order, counted only as unmatched."""
+    fi, got = run(1000, drop=1.0, match=lambda f: f[3] % 2 == 1)  # seqno(i), i odd
+    c = fi.stats.rx if run is rx_run else fi.stats.tx
+    assert got == [seqno(i) for i in range(0, 1000, 2)]
+    assert c.unmatched == len(got) and c.dropped == 1000 - len(got) > 0
+    assert c.passed == len(got)
+
+
+def test_match_leaves_unmatched_frames_undelayed_and_the_dice_alone():
+    """An unmatched frame overtakes delayed ones and draws no random number: the damage
+    done to the matching frames is the same with or without others among them."""
+    inner = Loopback()
+    fi = FaultInjector(inner, delay=0.5, match=odd)
+    put(inner, b"\x01 late")
+    put(inner, b"\x02 now")
+    assert drain(fi, 0.0) == [b"\x02 now"] and drain(fi, 0.5) == [b"\x01 late"]
+    assert fi.stats.rx.delayed == 1 and fi.stats.rx.unmatched == 1
+    frames = [bytes([2 * i + 1]) + b"m" * 20 for i in range(100)]
+    kept = []
+    for mixed in (False, True):
+        inner = Loopback(max_queue=1000)
+        fi = FaultInjector(inner, seed=5, drop=0.5, corrupt=0.3, corrupt_skip=1, match=odd)
+        for f in frames:
+            put(inner, f)
+            if mixed:
+                put(inner, b"\x00 other")
+        kept.append([f for f in drain(fi) if f != b"\x00 other"])
+    assert kept[0] == kept[1] and 0 < len(kept[0]) < 100
+
+
+def test_match_configure_and_bad_values():
+    fi = FaultInjector(Loopback(), drop=1.0, match=odd)
+    with pytest.raises(ValueError, match="match must be a predicate"):
+        fi.configure(match="tcp port 80")  # netstack takes the callable, not the text
+    assert fi.config.match is odd
+    fi.configure(match=None)
+    put(fi.inner, b"\x00")
+    assert drain(fi) == [] and fi.stats.rx.dropped == 1
+
+
 def test_unknown_knob_rejected():
     with pytest.raises(TypeError):
         FaultInjector(Loopback()).configure(lose=0.5)
