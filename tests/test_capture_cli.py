@@ -268,3 +268,44 @@ def test_cli_capture_help_teaches_the_decoding_flags():
     for words in ("tcpdump -n -e", "-v, --verbose", "-vvv DNS TTLs", "-x, --hex",
                   "tcpdump -XX", "--vnet", "NEEDS_CSUM", "gso_size", '"summary"'):
         assert words in text, words
+
+
+@pytest.mark.parametrize("name", ["w.pcapng", "w.pcap"])
+def test_cli_capture_writes_while_it_prints(backend, tmp_path, name):
+    """-w FILE: the frames shown are also written (pcapng with directions, or pcap),
+    with their own times and lengths; tshark and scapy read the file back, and it holds
+    what the backend's own --pcap holds for the same frames."""
+    from scapy.utils import rdpcap
+
+    out = tmp_path / name
+    cap = Capture(backend, "-w", str(out), "--filter", "icmp")
+    try:
+        guest_traffic(backend.fe)
+        cap.wait_for("ICMP echo reply")
+    finally:
+        err = cap.stop()
+    assert f"written to {out}" in err, err
+    ours = rdpcap(str(out))
+    assert [p[ICMP].type for p in ours] == [8, 0]
+    theirs = [p for p in rdpcap(backend.pcap) if p.haslayer(ICMP)]
+    assert [bytes(p) for p in ours] == [bytes(p) for p in theirs]
+    assert all(abs(float(a.time) - float(b.time)) < 0.01 for a, b in zip(ours, theirs, strict=True))
+    if shutil.which("tshark"):
+        r = subprocess.run(["tshark", "-r", str(out), "-T", "fields", "-e", "icmp.type",
+                            "-e", "frame.packet_flags_direction"], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        rows = [ln.split("\t") for ln in r.stdout.split("\n") if ln]
+        assert [row[0] for row in rows] == ["8", "0"]
+        if name.endswith(".pcapng"):  # the request came in to us, the reply went out
+            assert [row[1] for row in rows] == ["0x00000001", "0x00000002"], rows
+
+
+def test_cli_capture_write_errors_are_one_line(backend, tmp_path):
+    for argv, words in ((["-w", str(tmp_path / "no" / "x.pcapng")], "No such file"),
+                        (["--rotate", "1M"], "--rotate needs -w FILE")):
+        r = subprocess.run([sys.executable, "-m", "apps.cli", "capture", "--control",
+                            backend.ctl, *argv], cwd=REPO, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode != 0 and words in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -851,6 +851,20 @@ def cmd_capture(args: argparse.Namespace) -> int:
     decoder = Decoder(args.verbose, hexdump=args.hex and not args.json)
     seen = 0
     lost = 0
+    sink = None
+    if args.write:
+        from netstack.phy.pcap import PcapSink
+
+        fmt = "pcap" if args.write.endswith(".pcap") else "pcapng"
+        try:  # a file we cannot write is refused before the capture starts
+            open(args.write, "wb").close()
+        except OSError as e:
+            return _fail(f"-w {args.write}: {e.strerror}")
+
+        def open_sink(start: float) -> PcapSink:  # the frames' own times, exactly
+            return PcapSink(args.write, format=fmt, rotate=args.rotate, start=start)
+    elif args.rotate is not None:
+        return _fail("--rotate needs -w FILE")
     try:
         with ControlClient(_path(args)) as c:
             try:
@@ -861,6 +875,12 @@ def cmd_capture(args: argparse.Namespace) -> int:
                 raise
             for rec in frames:
                 lost = rec.get("lost", 0)
+                if args.write:  # guest-tx is what our side receives, as --pcap has it
+                    if sink is None:
+                        sink = open_sink(rec["ts"])
+                    sink.write(bytes.fromhex(rec["frame"]), rec["ts"],
+                               "rx" if rec["dir"] == "guest-tx" else "tx",
+                               orig_len=rec["len"])
                 if args.json:
                     rec["summary"] = decoder.decode(bytes.fromhex(rec["frame"]), rec["len"])
                     print(json.dumps(rec), flush=True)
@@ -880,9 +900,24 @@ def cmd_capture(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             sys.stdout.close()
         return 0
-    print(f"{seen} frame(s) shown" + (f"; {lost} lost by a slow reader" if lost else ""),
-          file=sys.stderr)
+    finally:
+        if args.write and sink is None:
+            sink = open_sink(time.time())  # no frame: a valid empty capture
+        if sink is not None:
+            sink.close()
+    written = f"; written to {', '.join(sink.files)}" if sink is not None else ""
+    print(f"{seen} frame(s) shown" + (f"; {lost} lost by a slow reader" if lost else "")
+          + written, file=sys.stderr)
     return 0
+
+
+def _size_arg(text: str) -> int:
+    from netstack.phy.pcap import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:
@@ -965,7 +1000,8 @@ def add_parser(sub) -> None:
                "  vhostnet capture -v --filter 'udp port 67 or udp port 68'  # DHCP options\n"
                "  vhostnet capture -x --count 1                  # and the frame in hex\n"
                "  vhostnet capture --vnet --filter tcp           # offloads: GSO, csum\n"
-               "  vhostnet capture --json > frames.jsonl   # each with its line: \"summary\"")
+               "  vhostnet capture --json > frames.jsonl   # each with its line: \"summary\"\n"
+               "  vhostnet capture -w session.pcapng        # watch and keep: tshark -r it")
     _add_target(c)
     c.add_argument("--filter", metavar="EXPR",
                    help="show only the frames this pcap-filter expression accepts, as "
@@ -985,4 +1021,11 @@ def add_parser(sub) -> None:
                         "DATA_VALID), gso_type (NONE, TCPV4, TCPV6, UDP), hdr_len, "
                         "gso_size, csum_start and csum_offset, as the guest sent it "
                         "(guest>) or we gave it (>guest)")
+    c.add_argument("-w", "--write", metavar="FILE",
+                   help="also write every frame shown to FILE while printing its line: "
+                        "pcapng with each frame's direction (FILE.pcap: classic pcap), "
+                        "for Wireshark or tshark -r")
+    c.add_argument("--rotate", metavar="SIZE", type=_size_arg, default=None,
+                   help="with -w FILE: go on in FILE.1, FILE.2, ... when FILE would exceed "
+                        "SIZE (e.g. 10k, 100M), each a whole capture, as serve --pcap-rotate")
     c.set_defaults(func=cmd_capture)

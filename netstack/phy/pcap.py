@@ -165,12 +165,15 @@ class PcapSink:
         frame: bytes | bytearray | memoryview,
         now: float,
         direction: Direction | str | None = None,
+        orig_len: int | None = None,
     ) -> None:
-        """Append `frame` seen at `now`; `direction` ("rx"/"tx") is kept in pcapng only."""
+        """Append `frame` seen at `now`; `direction` ("rx"/"tx") is kept in pcapng only.
+        `orig_len`: the frame's length on the wire when `frame` is a cut of it (a capture
+        taken with a snaplen elsewhere); default `len(frame)`."""
         if self._closed:
             raise ValueError("write to a closed PcapSink")
         frame = memoryview(frame).cast("B")
-        orig_len = len(frame)
+        orig_len = len(frame) if orig_len is None else max(orig_len, len(frame))
         data = frame[: self.snaplen]
         ts = self._timestamp_us(now)
         if self.format == "pcap":
