@@ -409,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     from apps.control import add_parser as add_control_parsers  # status, faults, capture
 
     add_control_parsers(sub)
+    from apps.capture.extcap import add_parser as add_extcap_parser  # Wireshark's extcap
+
+    add_extcap_parser(sub)
     return parser
 
 

@@ -115,6 +115,10 @@ class ControlServer:
         self.listener = _listen(path)
         self.listener.setblocking(False)
         server.add_reader(self.listener.fileno(), self._on_accept)
+        from apps.capture.extcap import register
+
+        # listed by `vhostnet extcap` (Wireshark, tshark -D) while we serve
+        self.registered = register(path)
 
     # -- connections --------------------------------------------------------------------
     def _on_accept(self) -> None:
@@ -188,6 +192,10 @@ class ControlServer:
 
     def close(self) -> None:
         """Stop serving: close every client and the listener, remove the socket file."""
+        from apps.capture.extcap import unregister
+
+        unregister(self.registered)
+        self.registered = None
         for c in list(self.clients.values()):
             self._drop(c)
         if self.listener is not None:

@@ -52,6 +52,7 @@ _IDB = 0x00000001
 _EPB = 0x00000006
 _BYTE_ORDER_MAGIC = 0x1A2B3C4D
 _OPT_ENDOFOPT = 0
+_OPT_COMMENT = 1
 _OPT_EPB_FLAGS = 2
 _EPB_INBOUND = 0b01
 _EPB_OUTBOUND = 0b10
@@ -93,6 +94,7 @@ class PcapSink:
         format: str | None = None,
         flush: bool = True,
         rotate: int | None = None,
+        comment: str | None = None,
     ) -> None:
         if not 0 < snaplen <= 0x3FFFFFFF:
             raise ValueError(f"snaplen must be in 1..0x3fffffff, got {snaplen}")
@@ -118,6 +120,7 @@ class PcapSink:
             raise ValueError(f"format must be 'pcap' or 'pcapng', got {format!r}")
         self.format = format
         self.snaplen = snaplen
+        self.comment = comment  # pcapng: the section's opt_comment (what was captured)
         self.frames = 0
         self._flush_each = flush
         self._start = time.time() if start is None else start
@@ -150,7 +153,13 @@ class PcapSink:
                 PCAP_MAGIC, *PCAP_VERSION, 0, 0, self.snaplen, LINKTYPE_ETHERNET
             )
         # Section Header Block: byte-order magic, version 1.0, section length unknown (-1).
-        shb = _pcapng_block(_SHB, struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1))
+        options = b""
+        if self.comment:
+            text = self.comment.encode()
+            options = (struct.pack("<HH", _OPT_COMMENT, len(text)) + text
+                       + bytes(_pad4(len(text))) + struct.pack("<HH", _OPT_ENDOFOPT, 0))
+        shb = _pcapng_block(_SHB, struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1)
+                            + options)
         # Interface Description Block: linktype, reserved, snaplen; default tsresol is 10^-6.
         idb = _pcapng_block(_IDB, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, self.snaplen))
         return shb + idb
