@@ -13,7 +13,8 @@ Wireshark and tshark run every program in their extcap folders to learn interfac
 - `--extcap-interface IF --capture --fifo PATH [--extcap-capture-filter EXPR]
   [--direction D]`: stream that backend's frames into PATH as pcapng (each frame's
   direction in `epb_flags`, a section comment naming the backend), until Wireshark closes
-  the FIFO or the backend goes away. The backend runs the filter (apps/capture/bpf.py).
+  the FIFO or the backend goes away. The backend runs the filter (apps/capture/bpf.py);
+  the section comment names the backend and the guest's MAC (its leases and ARP entries).
 
 Registry: every control socket (apps/control's ControlServer) links itself as
 `DIR/vhostnet-PID[-N].ctl` while it serves, DIR being $VHOSTNET_RUNTIME_DIR, else
@@ -161,8 +162,10 @@ def capture(interface: str, fifo: str, expr: str | None, direction: str = "both"
         raise ValueError(f"--direction {direction}: both, guest-tx or guest-rx")
     want = None if direction == "both" else direction
     with ControlClient(control, timeout=None) as c, open(fifo, "wb") as out:
+        macs = _guest_macs(c)
         frames = c.frames(filter=expr or None)
         comment = f"vhostnet backend pid {interface[len(PREFIX):]}, control {control}" \
+                  + (f", guest {', '.join(macs)}" if macs else "") \
                   + (f", filter {expr}" if expr else "")
         sink = PcapSink(out, format="pcapng", start=time.time(), comment=comment)
         try:
@@ -177,6 +180,19 @@ def capture(interface: str, fifo: str, expr: str | None, direction: str = "both"
             with contextlib.suppress(OSError, ValueError):
                 sink.close()
     return 0
+
+
+def _guest_macs(client) -> list[str]:
+    """The guest's MAC(s) as the backend knows them: its DHCP leases and ARP table."""
+    from apps.control import ControlError
+
+    try:
+        st = client.request({"cmd": "status"}).get("status", {})
+    except (ControlError, OSError, ValueError):
+        return []
+    macs = {le["mac"] for le in st.get("dhcp_leases") or []}
+    macs |= {n["mac"] for n in (st.get("interface") or {}).get("neighbors") or []}
+    return sorted(m for m in macs if m)
 
 
 def install(folder: str | None = None) -> str:

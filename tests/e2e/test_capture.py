@@ -160,3 +160,76 @@ def test_filters_in_the_backend_with_a_guest(tmp_path, guest_image):
                        timeout=30)
     assert r.stdout.count("> 10.0.2.2.80: Flags [S],") == 2  # both downloads, whole
     assert r.stdout.count("10.0.2.2.80 > 10.0.2.15") > 10
+
+
+def test_tshark_captures_a_live_guest_through_the_extcap(tmp_path, guest_image, monkeypatch):
+    """`vhostnet extcap --install`, then `tshark -i vhostnet-PID -c 20 -w x.pcapng` while a
+    Linux guest leases, pings and fetches over HTTP: the file (read by tshark and scapy)
+    holds those, both ways, with a comment naming the backend and the guest's MAC."""
+    import os
+    import shutil
+    import sys
+    import threading
+    import time
+
+    from apps.control import ControlClient
+    from apps.serve import make_server
+
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        pytest.skip("tshark is not installed")
+    monkeypatch.setenv("VHOSTNET_RUNTIME_DIR", str(tmp_path / "run"))
+    home = tmp_path / "home"
+    env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    subprocess.run([sys.executable, "-m", "apps.cli", "extcap", "--install"], cwd=repo,
+                   env=env, check=True, capture_output=True, timeout=60)
+    path = str(tmp_path / "vhost.sock")
+    server, stack, app = make_server(socket_path=path, control=path + ".ctl")
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    out = tmp_path / "live.pcapng"
+    proc = None
+    try:
+        with QemuVM(guest_image, nic_args=vhost_user_nic_args(path, mac=GUEST_MAC)) as vm:
+            vm.wait_ready(timeout=120)
+            vm.run_ok("ip link set eth0 up && udhcpc -i eth0 -n -q -t 5 -T 2", timeout=60)
+            proc = subprocess.Popen(
+                [tshark, "-i", f"vhostnet-{os.getpid()}", "-c", "20", "-w", str(out),
+                 "-f", "icmp or udp port 67 or udp port 68 or tcp port 80"],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 60
+            with ControlClient(path + ".ctl") as c:
+                while not c.request({"cmd": "status"})["status"]["captures"]:
+                    assert time.monotonic() < deadline and proc.poll() is None, \
+                        proc.stderr.read()
+                    time.sleep(0.1)
+            vm.run_ok("udhcpc -i eth0 -n -q -t 5 -T 2", timeout=60)
+            vm.run_ok("ping -c 3 -i 0.2 10.0.2.2")
+            vm.run_ok("wget -q -O /dev/null http://10.0.2.2/bytes/1000")
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline:
+                vm.run_ok("ping -c 1 10.0.2.2")
+            assert proc.wait(15) == 0, proc.stderr.read()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        server.stop()
+        t.join(5)
+        app.control.close()
+        server.close()
+        stack.stop()
+    frames = rdpcap(str(out))
+    assert len(frames) == 20
+    rows = subprocess.run([tshark, "-r", str(out), "-T", "fields", "-e", "frame.protocols",
+                           "-e", "frame.packet_flags_direction"], capture_output=True,
+                          text=True, timeout=60, env=env, check=True).stdout.splitlines()
+    protocols = " ".join(r.split("\t")[0] for r in rows)
+    for proto in ("dhcp", "icmp", "http"):
+        assert proto in protocols, protocols
+    assert {r.split("\t")[1] for r in rows} == {"0x00000001", "0x00000002"}
+    if shutil.which("capinfos"):
+        info = subprocess.run(["capinfos", str(out)], capture_output=True, text=True,
+                              timeout=60).stdout
+        assert f"vhostnet backend pid {os.getpid()}" in info and GUEST_MAC in info, info
