@@ -72,6 +72,13 @@ def test_the_registry_lists_serving_backends_and_forgets_stopped_ones(backend, t
     assert [n for n, _ in extcap.running()] == [name] and not stale.exists()
     app.control.close()
     assert extcap.running() == []
+    # a new backend's registration removes the links of processes that are gone
+    dead = tmp_path / "run" / "vhostnet-999998-1.ctl"
+    os.symlink(str(tmp_path / "gone.ctl"), dead)
+    link = extcap.register(str(tmp_path / "other.ctl"))
+    assert not dead.exists() and link is not None and os.path.islink(link)
+    extcap.unregister(link)
+    assert not os.path.lexists(link)
 
 
 @pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")

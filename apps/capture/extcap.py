@@ -19,7 +19,8 @@ Wireshark and tshark run every program in their extcap folders to learn interfac
 Registry: every control socket (apps/control's ControlServer) links itself as
 `DIR/vhostnet-PID[-N].ctl` while it serves, DIR being $VHOSTNET_RUNTIME_DIR, else
 $XDG_RUNTIME_DIR/vhostnet, else /tmp/vhostnet-UID. Links whose backend no longer answers
-(one killed with -9) are skipped and removed when listed. `vhostnet extcap --install`
+(one killed with -9) are skipped and removed when listed, and those of processes that
+are gone when another backend registers. `vhostnet extcap --install`
 links the program into the user's extcap folder (~/.config/wireshark/extcap, where
 Wireshark 4.0 looks).
 """
@@ -54,6 +55,7 @@ def register(control_path: str) -> str | None:
     d = registry_dir()
     try:
         os.makedirs(d, mode=0o700, exist_ok=True)
+        _prune(d)
         target = os.path.abspath(control_path)
         for n in range(100):
             name = f"{PREFIX}{os.getpid()}" + (f"-{n}" if n else "") + ".ctl"
@@ -66,6 +68,23 @@ def register(control_path: str) -> str | None:
     except OSError:
         return None
     return None
+
+
+def _prune(d: str) -> None:
+    """Remove the links of processes that are gone (killed with -9: they never
+    unregistered), so the registry does not grow."""
+    for name in os.listdir(d):
+        if not (name.startswith(PREFIX) and name.endswith(".ctl")):
+            continue
+        pid = name[len(PREFIX):-len(".ctl")].split("-")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            unregister(os.path.join(d, name))
+        except OSError:
+            pass  # alive, someone else's
 
 
 def unregister(link: str | None) -> None:
