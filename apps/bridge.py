@@ -62,7 +62,7 @@ def oversize(frame: memoryview | bytes, mtu: int) -> bool:
     return not (n <= ETH_HLEN + VLAN_TAG_LEN + mtu and bytes(frame[12:14]) in VLAN_TPIDS)
 
 
-class TapBridge:
+class TapBridge(hooks.FrameHooks):
     """An App joining the guest's NIC and a TAP: frames cross unchanged, both ways.
 
     `tap` is anything shaped like `netstack.phy.tap.TapDevice` (`receive(now)`,
@@ -78,10 +78,8 @@ class TapBridge:
         self.batch = batch
         self.device = None
         self.counters: Counter[str] = Counter()
-        # callables (direction, frame) fed the frames at the virtqueue (`vhostnet capture`),
-        # each only those its filter in `hook_filters` accepts (none there: all)
-        self.frame_hooks: list = []
-        self.hook_filters: dict = {}
+        # callables (direction, frame) fed the frames at the virtqueue (`vhostnet capture`)
+        self._init_frame_hooks()
 
     # -- App -------------------------------------------------------------------------
     def attach(self, device) -> None:
@@ -89,26 +87,6 @@ class TapBridge:
         self._sync_frame_hook()
         log.info("guest attached: frames flow between its NIC and TAP %s",
                  getattr(self.tap, "name", "?"))
-
-    def add_frame_hook(self, fn, match=None) -> None:
-        """Feed `fn(direction, frame)` the frames that the `Filter` `match` accepts (None:
-        all)."""
-        self.frame_hooks.append(fn)
-        if match is not None:
-            self.hook_filters[fn] = match
-        self._sync_frame_hook()
-
-    def remove_frame_hook(self, fn) -> None:
-        if fn in self.frame_hooks:
-            self.frame_hooks.remove(fn)
-        self.hook_filters.pop(fn, None)
-        self._sync_frame_hook()
-
-    def _sync_frame_hook(self) -> None:
-        if self.device is None:
-            return
-        hooks.install(self.device, [(fn, self.hook_filters.get(fn))
-                                    for fn in self.frame_hooks])
 
     def detach(self) -> None:
         self.device = None

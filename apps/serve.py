@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 from apps.capture import hooks
 from apps.capture.bpf import Filter
@@ -26,7 +25,7 @@ from vhostuser.server import VhostUserServer
 log = logging.getLogger("vhostnet")
 
 
-class StackApp:
+class StackApp(hooks.FrameHooks):
     """The App the vhost-user server drives: the stack's runtime, plus the capture hooks
     and, when asked for, a `FaultInjector` between the runtime and the device.
     `pcap_filter`: the frames the pcap sink gets (None: all)."""
@@ -41,10 +40,8 @@ class StackApp:
         # given), and the live injector
         self.fault_knobs: dict | None = None
         self.faults: FaultInjector | None = None
-        # callables (direction, frame) fed the frames at the virtqueue (control capture),
-        # each only those its filter in `hook_filters` accepts (none there: all)
-        self.frame_hooks: list[Callable[[str, memoryview], None]] = []
-        self.hook_filters: dict[Callable, Filter] = {}
+        # callables (direction, frame) fed the frames at the virtqueue (control capture)
+        self._init_frame_hooks()
         self.pcap_error: str | None = None  # why the capture stopped, if it did
         self.control = None  # the ControlServer, when make_server was given `control`
         self.hostfwd = None  # the HostForwarder, when make_server was given `hostfwd`
@@ -97,32 +94,12 @@ class StackApp:
         if self.device is not None:
             self.stack.runtime.attach(self._wrap(self.device))
 
-    def add_frame_hook(self, fn: Callable[[str, memoryview], None],
-                       match: Filter | None = None) -> None:
-        """Feed `fn(direction, frame)` the frames at the virtqueue that `match` accepts
-        (None: all)."""
-        self.frame_hooks.append(fn)
-        if match is not None:
-            self.hook_filters[fn] = match
-        self._sync_frame_hook()
-
-    def remove_frame_hook(self, fn: Callable[[str, memoryview], None]) -> None:
-        if fn in self.frame_hooks:
-            self.frame_hooks.remove(fn)
-        self.hook_filters.pop(fn, None)
-        self._sync_frame_hook()
-
-    def _sync_frame_hook(self) -> None:
-        """The device's one `on_frame` hook feeds the pcap sink and the frame hooks, each
-        the frames its filter accepts; no hook at all when nobody listens (the data path
-        then pays nothing)."""
-        if self.device is None:
-            return
-        consumers: list[hooks.Consumer] = []
+    def _frame_consumers(self) -> list[hooks.Consumer]:
+        """The pcap sink (its frames: `pcap_filter`'s), then the frame hooks."""
+        consumers = super()._frame_consumers()
         if self.pcap is not None:
-            consumers.append((self._write_pcap, self.pcap_filter))
-        consumers += [(fn, self.hook_filters.get(fn)) for fn in self.frame_hooks]
-        hooks.install(self.device, consumers)
+            consumers.insert(0, (self._write_pcap, self.pcap_filter))
+        return consumers
 
     def _write_pcap(self, direction: str, frame) -> None:
         sink = self.pcap

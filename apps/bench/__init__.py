@@ -90,31 +90,11 @@ def run_backend(mode: str, socket_path: str, size: int, path: str = "c",
     counts = {"guest_tx_frames": 0, "guest_tx_bytes": 0, "guest_rx_frames": 0,
               "rx_used": 0, "mismatched": 0, "ring_errors": 0, "drops": {}}
 
-    class Sink:
-        device = None
+    from apps.capture.hooks import FrameHooks
 
+    class Sink(FrameHooks):  # control-socket captures attach through the frame hooks
         def __init__(self) -> None:
-            self.frame_hooks: list = []  # control-socket captures, with their filters
-            self.hook_filters: dict = {}
-
-        def add_frame_hook(self, fn, match=None) -> None:
-            self.frame_hooks.append(fn)
-            if match is not None:
-                self.hook_filters[fn] = match
-            self._sync_frame_hook()
-
-        def remove_frame_hook(self, fn) -> None:
-            if fn in self.frame_hooks:
-                self.frame_hooks.remove(fn)
-            self.hook_filters.pop(fn, None)
-            self._sync_frame_hook()
-
-        def _sync_frame_hook(self) -> None:
-            if self.device is not None:
-                from apps.capture import hooks
-
-                hooks.install(self.device, [(fn, self.hook_filters.get(fn))
-                                            for fn in self.frame_hooks])
+            self._init_frame_hooks()
 
         def attach(self, device) -> None:
             self.device = device

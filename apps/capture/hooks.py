@@ -65,3 +65,41 @@ def install(device, consumers: Sequence[Consumer]) -> None:
         setter(hook, select)
     else:
         device.on_frame = hook
+
+
+class FrameHooks:
+    """The frame-hook registry an App shares with `vhostnet capture` (StackApp, the TAP
+    bridge, the ring benchmark's sink): consumers `fn(direction, frame)` in `frame_hooks`,
+    each fed only what its `Filter` in `hook_filters` accepts (none there: all), installed
+    on `self.device` whenever they change. An App adds consumers of its own (a pcap file)
+    by overriding `_frame_consumers`."""
+
+    device = None
+
+    def _init_frame_hooks(self) -> None:
+        self.frame_hooks: list[Callable[[str, memoryview], None]] = []
+        self.hook_filters: dict[Callable, Filter] = {}
+
+    def add_frame_hook(self, fn: Callable[[str, memoryview], None],
+                       match: Filter | None = None) -> None:
+        """Feed `fn(direction, frame)` the frames at the virtqueue that `match` accepts
+        (None: all)."""
+        self.frame_hooks.append(fn)
+        if match is not None:
+            self.hook_filters[fn] = match
+        self._sync_frame_hook()
+
+    def remove_frame_hook(self, fn: Callable[[str, memoryview], None]) -> None:
+        if fn in self.frame_hooks:
+            self.frame_hooks.remove(fn)
+        self.hook_filters.pop(fn, None)
+        self._sync_frame_hook()
+
+    def _frame_consumers(self) -> list[Consumer]:
+        return [(fn, self.hook_filters.get(fn)) for fn in self.frame_hooks]
+
+    def _sync_frame_hook(self) -> None:
+        """The device's one hook for every consumer; none at all when nobody listens
+        (the data path then pays nothing)."""
+        if self.device is not None:
+            install(self.device, self._frame_consumers())
