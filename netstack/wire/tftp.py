@@ -182,6 +182,15 @@ def _options(strings: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(out.items())
 
 
+def _option(options: tuple[tuple[str, str], ...], name: str) -> str | None:
+    """The value of option `name` (any case) in normalized `options`, or None."""
+    name = name.lower()
+    for n, v in options:
+        if n == name:
+            return v
+    return None
+
+
 def _normalize(options) -> tuple[tuple[str, str], ...]:
     pairs = options.items() if isinstance(options, Mapping) else options
     out: dict[str, str] = {}
@@ -245,11 +254,7 @@ class RequestRepr(_Emit):
 
     def option(self, name: str) -> str | None:
         """The value of option `name` (any case), or None."""
-        name = name.lower()
-        for n, v in self.options:
-            if n == name:
-                return v
-        return None
+        return _option(self.options, name)
 
     @classmethod
     def parse(cls, packet: TftpPacket) -> RequestRepr:
@@ -356,11 +361,8 @@ class OackRepr(_Emit):
         object.__setattr__(self, "options", _normalize(self.options))
 
     def option(self, name: str) -> str | None:
-        name = name.lower()
-        for n, v in self.options:
-            if n == name:
-                return v
-        return None
+        """The value of option `name` (any case), or None."""
+        return _option(self.options, name)
 
     @classmethod
     def parse(cls, packet: TftpPacket) -> OackRepr:

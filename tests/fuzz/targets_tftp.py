@@ -44,6 +44,7 @@ from netstack.socket.udp import EPHEMERAL_FIRST, EPHEMERAL_LAST
 from netstack.wire import Error as WireError
 from netstack.wire import tftp as wtftp
 from netstack.wire.tftp import AckRepr, ErrorRepr, OackRepr, Opcode, RequestRepr
+from tests.fuzz.targets_gateway import _Input  # the fuzzer's bytes as small numbers
 
 CONFIG = TftpServerConfig(max_sessions=4, retries=2, timeout=1.0, max_windowsize=16)
 SERVER4, SERVER6 = IPv4Address("10.0.2.2"), IPv6Address("fd00:10:0:2::2")
@@ -163,27 +164,6 @@ def _root() -> _Root:
 
 
 # -- the input ---------------------------------------------------------------------------
-class _Input:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.off = data, 0
-
-    @property
-    def more(self) -> bool:
-        return self.off < len(self.data)
-
-    def take(self, n: int) -> bytes:
-        b = self.data[self.off:self.off + n]
-        self.off += n
-        return b
-
-    def u8(self) -> int:
-        b = self.take(1)
-        return b[0] if b else 0
-
-    def u16(self) -> int:
-        return int.from_bytes(self.take(2).rjust(2, b"\0"), "big")
-
-
 def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
